@@ -1,0 +1,226 @@
+"""The sampler interface: a sampler is a generator that asks for model evaluations and gets answers back.
+
+    sampler = Sampler.create("dpmpp_2m", noise_schedule, steps=20, schedule="karras")
+    x = sampler.initial_latents(noise)                 # or sampler.noised_latents(x0, noise, strength)
+    loop = sampler.run(x, noise_source)
+    call = next(loop)                                  # ModelCall(x, timestep, alpha_bar, step)
+    while True:
+        output = model(call.x, call.timestep)          # guidance happens here, in the caller
+        try:
+            call = loop.send(output)
+        except StopIteration as done:
+            latents = done.value
+            break
+
+The caller owns the loop, so progress bars, timing, cancellation and CUDA graphs live in one place (the
+runtime's pipeline), and a sampler with two evaluations per step needs nothing special. Temperature is
+applied here, between the caller and the sampler, so each sampler reads as its plain formula.
+`sample()` runs the whole loop for a plain model function.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Protocol
+
+import numpy as np
+
+from .noise_schedule import NoiseSchedule
+from .schedules import SIGMA_SCHEDULES, SPACINGS, Schedule
+from .temperature import Temperature
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One request for a network evaluation."""
+
+    x: np.ndarray  # latents exactly as the network must see them (VP scale); read-only for the caller
+    timestep: float  # the value for the network's timestep input (fractional for some schedules)
+    alpha_bar: float  # noise level of this evaluation, abar = 1 / (1 + sigma^2)
+    step: int  # index of the sampling step this evaluation belongs to
+
+
+NoiseSource = Callable[[tuple], np.ndarray]
+"""Returns standard-normal float32 noise of the given shape; called in a fixed, documented order."""
+
+StepEnd = Callable[[int, np.ndarray], np.ndarray]
+"""Called by a sampler after step i with the new latents; returns the latents to continue from (inpainting)."""
+
+SamplerLoop = Generator[ModelCall, np.ndarray, np.ndarray]
+
+
+class RunFn(Protocol):
+    def __call__(self, x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, noise: NoiseSource,
+                 *, start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop: ...
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler as the registry knows it. Families (vp, sigma, multistep) provide the callables."""
+
+    name: str  # what users type: "dpmpp_2m"
+    title: str  # what users read: "DPM++ 2M"
+    stochastic: bool  # injects fresh noise while sampling (Constant Noise Scaling needs this)
+    default_spacing: str  # the diffusers counterpart's class default
+    build_schedule: Callable[[NoiseSchedule, int, str, str, str], Schedule]  # (ns, steps, schedule, spacing, family)
+    run: RunFn
+    init_noise_sigma: Callable[[Schedule, NoiseSchedule, str], float]  # (schedule, ns, spacing)
+    add_noise: Callable[[np.ndarray, np.ndarray, Schedule, NoiseSchedule, int], np.ndarray]  # (x0, noise, sched, ns, step)
+    diffusers_counterpart: str | None = None  # e.g. "DPMSolverMultistepScheduler(algorithm_type='dpmsolver++')"
+    options: dict = field(default_factory=dict)  # defaults of sampler-specific options (eta, s_noise, ...)
+    schedules: tuple[str, ...] = SIGMA_SCHEDULES  # sigma schedules this sampler supports
+
+
+REGISTRY: dict[str, SamplerSpec] = {}
+
+
+def register(spec: SamplerSpec) -> SamplerSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def sampler_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_spec(name: str) -> SamplerSpec:
+    """The registered sampler, or a ValueError that suggests the closest name."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_").replace("++", "pp")
+    if key in REGISTRY:
+        return REGISTRY[key]
+    close = difflib.get_close_matches(key, REGISTRY, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown sampler {name!r}: {hint}choose one of {', '.join(sampler_names())}")
+
+
+def _identity_step_end(step: int, x: np.ndarray) -> np.ndarray:
+    return x
+
+
+class Sampler:
+    """A sampler bound to a model's noise schedule, a step count, a schedule and a temperature."""
+
+    def __init__(self, spec: SamplerSpec, noise_schedule: NoiseSchedule, schedule: Schedule, spacing: str,
+                 options: dict, temperature: Temperature, model_family: str = "sd1") -> None:
+        self.spec = spec
+        self.noise_schedule = noise_schedule
+        self.schedule = schedule
+        self.spacing = spacing
+        self.options = options
+        self.temperature = temperature
+        self.model_family = model_family
+
+    @classmethod
+    def create(cls, name: str, noise_schedule: NoiseSchedule, steps: int, schedule: str = "normal",
+               spacing: str | None = None, temperature: Temperature | None = None, model_family: str = "sd1",
+               **options: float) -> "Sampler":
+        """Validate the user's choices and build the schedule, with one-line errors that name the fix."""
+        spec = get_spec(name)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        if schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SIGMA_SCHEDULES)}")
+        if schedule not in spec.schedules:
+            raise ValueError(f"sampler {spec.name!r} does not support the {schedule!r} schedule: "
+                             f"choose one of {', '.join(spec.schedules)}")
+        spacing = spacing or noise_schedule.timestep_spacing or spec.default_spacing
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+        unknown = set(options) - set(spec.options)
+        if unknown:
+            allowed = ", ".join(sorted(spec.options)) or "none"
+            raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
+        temperature = temperature or Temperature()
+        merged = {**spec.options, **options}
+        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0
+        if temperature.method == "cns" and not temperature.is_identity and not stochastic:
+            raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
+                             "noise: use --temperature-method tsr, or a sampler such as euler_a or ddpm")
+        built = spec.build_schedule(noise_schedule, steps, schedule, spacing, model_family)
+        return cls(spec, noise_schedule, built, spacing, merged, temperature, model_family)
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        return self.schedule.timesteps
+
+    def initial_latents(self, noise: np.ndarray) -> np.ndarray:
+        """Starting latents for txt2img from standard-normal noise (init_noise_sigma, and CNS's 1/sqrt(k))."""
+        scale = self.spec.init_noise_sigma(self.schedule, self.noise_schedule, self.spacing)
+        scale *= self.temperature.noise_scale
+        return (noise * np.float32(scale)).astype(np.float32, copy=False)
+
+    def start_step(self, strength: float) -> int:
+        """First step for img2img at `strength`, with diffusers' rounding (strength 1 starts from pure noise)."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        n = self.num_steps
+        start = max(n - min(int(n * strength), n), 0)
+        if start >= n:
+            raise ValueError(f"strength {strength} with {n} steps leaves no step to run: raise --strength or --steps")
+        return start
+
+    def add_noise(self, x0: np.ndarray, noise: np.ndarray, step: int) -> np.ndarray:
+        """x0 noised to the level the sampler expects at `step` (img2img start, inpaint blending)."""
+        return self.spec.add_noise(x0, noise, self.schedule, self.noise_schedule, step)
+
+    def noised_latents(self, x0: np.ndarray, noise: np.ndarray, strength: float) -> tuple[np.ndarray, int]:
+        """img2img start: (latents, first step) for clean latents x0 and standard-normal noise."""
+        start = self.start_step(strength)
+        return self.add_noise(x0, noise * np.float32(self.temperature.noise_scale), start), start
+
+    def run(self, x: np.ndarray, noise: NoiseSource, start_step: int = 0,
+            end_step: StepEnd | None = None) -> SamplerLoop:
+        """The sampling loop as a generator (see the module docstring); returns the final latents."""
+        scale = self.temperature.noise_scale
+        if scale != 1.0:
+            raw_noise = noise
+
+            def noise(shape: tuple) -> np.ndarray:  # noqa: F811 - CNS: every injected noise scaled by 1/sqrt(k)
+                return raw_noise(shape) * np.float32(scale)
+
+        loop = self.spec.run(x, self.schedule, self.noise_schedule, noise, start_step=start_step,
+                             end_step=end_step or _identity_step_end, options=self.options)
+        if self.temperature.method != "tsr" or self.temperature.is_identity:
+            return loop
+        return self._with_tsr(loop)
+
+    def _with_tsr(self, loop: SamplerLoop) -> SamplerLoop:
+        prediction_type = self.noise_schedule.prediction_type
+        call = next(loop)
+        while True:
+            output = yield call
+            output = self.temperature.rescale_output(output, call.x, call.alpha_bar, prediction_type)
+            try:
+                call = loop.send(output)
+            except StopIteration as done:
+                return done.value
+
+
+ModelFn = Callable[[np.ndarray, float], np.ndarray]
+
+
+def drive(loop: SamplerLoop, model: ModelFn) -> np.ndarray:
+    """Run a sampler loop to the end with `model(x, timestep) -> prediction`."""
+    try:
+        call = next(loop)
+        while True:
+            call = loop.send(model(call.x, call.timestep))
+    except StopIteration as done:
+        return done.value
+
+
+def sample(name: str, model: ModelFn, latents: np.ndarray, noise: NoiseSource, noise_schedule: NoiseSchedule,
+           steps: int, schedule: str = "normal", spacing: str | None = None,
+           temperature: Temperature | None = None, model_family: str = "sd1", **options: float) -> np.ndarray:
+    """Sample from standard-normal `latents` with any sampler and a plain numpy model function.
+
+    `model(x, timestep)` returns the network's prediction (in the noise schedule's prediction_type) for the
+    latents x at that timestep; `noise(shape)` supplies every injected noise, in order. No engine needed.
+    """
+    sampler = Sampler.create(name, noise_schedule, steps, schedule, spacing, temperature, model_family, **options)
+    return drive(sampler.run(sampler.initial_latents(latents), noise), model)
