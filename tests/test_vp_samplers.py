@@ -89,6 +89,33 @@ def test_img2img_matches_diffusers(name: str, steps: int, strength: float) -> No
     assert rel_error(ours, ref) <= TOL
 
 
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_lcm_img2img_matches_diffusers(steps: int, strength: float) -> None:
+    """LatentConsistencyModelImg2ImgPipeline: set_timesteps(N, strength) truncates the 50 distillation
+    timesteps to int(50 strength) and still runs all N steps; add_noise at the first of them."""
+    config = dict(SD1_CONFIG, prediction_type="epsilon")
+    x0, noise = initial_noise(seed=3), initial_noise(seed=4)
+    scheduler, module = _diffusers_scheduler("lcm", config)
+    scheduler.set_timesteps(steps, strength=strength)
+    with diffusers_noise(module, NoiseStream()):
+        x = scheduler.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), scheduler.timesteps[:1])
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.from_numpy(synthetic_model(x.numpy(), float(t))), t, x, return_dict=False)[0]
+    sampler = Sampler.create("lcm", NoiseSchedule.from_config(config), steps)
+    latents, start = sampler.noised_latents(x0, noise, strength)
+    assert start == 0 and sampler.timesteps.tolist() == scheduler.timesteps.tolist()
+    ours = drive(sampler.run(latents, NoiseStream(), start_step=start), synthetic_model)
+    assert rel_error(ours, x.numpy()) <= TOL
+
+
+def test_lcm_img2img_with_too_few_distillation_timesteps_names_the_fix() -> None:
+    sampler = Sampler.create("lcm", NoiseSchedule.from_config(SD1_CONFIG), 8)
+    with pytest.raises(ValueError, match=r"^lcm img2img at strength 0\.1 has 5 distillation timesteps for 8 "
+                                         r"steps: raise --strength or lower --steps$"):
+        sampler.noised_latents(initial_noise(), initial_noise(seed=2), 0.1)
+
+
 def test_plms_img2img_runs_the_warm_up_from_its_start_step() -> None:
     """Deliberate difference: diffusers' img2img slices PNDM's duplicated timestep list (timesteps[t_start:]),
     so it starts one level noisier and later evaluates the model at a timestep its latents are not at. We start

@@ -135,21 +135,29 @@ def _build(prev_rule: str):
     return build
 
 
-def _lcm_schedule(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
-    """LCMScheduler.set_timesteps: N of the 50 distillation timesteps (T//50 * j - 1), evenly by index.
-
-    `spacing` does not apply: LCM models only know their distillation timesteps.
+def _lcm_timesteps(ns: NoiseSchedule, steps: int, strength: float = 1.0) -> VPSchedule:
+    """LCMScheduler.set_timesteps: N of the first int(50 strength) distillation timesteps (T//50 * j - 1),
+    evenly by index, noisiest first. Strength < 1 (img2img) truncates the distillation schedule; all N steps run.
     """
     T = ns.num_train_timesteps
-    origin = (np.arange(1, LCM_ORIGINAL_STEPS + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
+    available = int(LCM_ORIGINAL_STEPS * strength)
     if steps > LCM_ORIGINAL_STEPS:
         raise ValueError(f"lcm runs at most {LCM_ORIGINAL_STEPS} steps (its distillation schedule), got {steps}")
+    if steps > available:
+        raise ValueError(f"lcm img2img at strength {strength} has {available} distillation timesteps for "
+                         f"{steps} steps: raise --strength or lower --steps")
+    origin = (np.arange(1, available + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
     timesteps = origin[np.floor(np.linspace(0, len(origin), steps, endpoint=False)).astype(np.int64)]
     alpha_bars = ns.alphas_cumprod[timesteps].astype(np.float64)
     prev_alpha_bars = np.append(alpha_bars[1:], alpha_bars[-1])  # the last step returns the denoised sample
     sigmas = _sigmas_from_alpha_bars(np.append(alpha_bars, 1.0))
     return _check_evaluable(ns, VPSchedule(timesteps.astype(np.float64), sigmas, alpha_bars, prev_alpha_bars,
                                            alpha_bars.copy()))
+
+
+def _lcm_schedule(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
+    """`spacing` does not apply: LCM models only know their distillation timesteps."""
+    return _lcm_timesteps(ns, steps)
 
 
 def init_noise_sigma(schedule: Schedule, ns: NoiseSchedule, spacing: str) -> float:
@@ -248,6 +256,9 @@ def plms(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noi
     start with the average of both outputs (a Heun warm-up costing one extra model call; both calls report
     step = start). Outputs are combined as the network gives them (eps or v) and converted afterwards, as
     diffusers does. end_step runs after both the trial and the redone first step, since both feed the model.
+    img2img (start_step > 0) warms up at its first step. diffusers' img2img instead slices PNDM's duplicated
+    list (timesteps[t_start:]), starting one level noisier and later asking the model about a timestep its
+    latents are not at; we do not reproduce that.
     """
     ptype = noise_schedule.prediction_type
     outputs: list[np.ndarray] = []  # newest last
@@ -305,4 +316,5 @@ register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=
 register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("ddim"), run=plms,
                      diffusers_counterpart="PNDMScheduler(skip_prk_steps=True)", **_COMMON))
 register(SamplerSpec(name="lcm", title="LCM", stochastic=True, build_schedule=_lcm_schedule, run=lcm,
-                     diffusers_counterpart="LCMScheduler", schedules=("normal",), **_COMMON))
+                     diffusers_counterpart="LCMScheduler", schedules=("normal",),
+                     strength_schedule=_lcm_timesteps, **_COMMON))
