@@ -289,3 +289,43 @@ def test_ddim_eta_makes_it_stochastic_and_draws_one_noise_per_step() -> None:
     stream = NoiseStream()
     run_sdrt("ddim", 7, initial_noise(), config, stream)
     assert stream.draws == 0
+
+
+@pytest.mark.parametrize("name, schedule", [(n, s) for n in ("ddim", "ddpm", "plms") for s in ("normal", "karras")]
+                         + [("lcm", "normal")])
+def test_end_step_sees_every_step_and_its_latents_are_used(name: str, schedule: str) -> None:
+    """Inpainting hooks in here: end_step(i, x) after each step, and its return value is what the model sees
+    next. PLMS calls it twice for its first step (trial and redone step both feed the model)."""
+    ns = NoiseSchedule.from_config(SD1_CONFIG)
+    sampler = Sampler.create(name, ns, 6, schedule=schedule)
+    seen, replaced = [], []
+
+    def end_step(i: int, x: np.ndarray) -> np.ndarray:
+        seen.append(i)
+        replaced.append(np.full_like(x, float(len(seen))))
+        return replaced[-1]
+
+    loop = sampler.run(sampler.initial_latents(initial_noise()), NoiseStream(), end_step=end_step)
+    call = next(loop)
+    inputs = []
+    try:
+        while True:
+            call = loop.send(synthetic_model(call.x, call.timestep))
+            inputs.append(call.x)
+    except StopIteration as done:
+        final = done.value
+    assert seen == ([0, 0, 1, 2, 3, 4, 5] if name == "plms" else [0, 1, 2, 3, 4, 5])
+    assert all(x is r for x, r in zip(inputs, replaced[:-1]))
+    assert final is replaced[-1]
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "ays"])
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "plms"])
+def test_sigma_schedule_img2img_denoises_a_point_mass_exactly(name: str, schedule: str) -> None:
+    ns = NoiseSchedule.from_config(SD1_CONFIG)
+    center = -0.4
+    sampler = Sampler.create(name, ns, 10, schedule=schedule)
+    latents, start = sampler.noised_latents(np.full((2, 4, 8, 8), center, np.float32), initial_noise(), 0.55)
+    assert start == 5
+    out = drive(sampler.run(latents, NoiseStream(), start_step=start), _point_mass_model(ns, center))
+    np.testing.assert_allclose(out, center, rtol=0, atol=2e-5)
