@@ -153,6 +153,8 @@ class Sampler:
 
     def initial_latents(self, noise: np.ndarray) -> np.ndarray:
         """Starting latents for txt2img from standard-normal noise (init_noise_sigma, and CNS's 1/sqrt(k))."""
+        if self.spec.strength_schedule is not None:  # undo an earlier noised_latents' strength schedule
+            self.schedule = self.spec.strength_schedule(self.noise_schedule, self.num_steps, 1.0)
         scale = self.spec.init_noise_sigma(self.schedule, self.noise_schedule, self.spacing)
         scale *= self.temperature.noise_scale
         return (noise * np.float32(scale)).astype(np.float32, copy=False)
@@ -174,7 +176,8 @@ class Sampler:
     def noised_latents(self, x0: np.ndarray, noise: np.ndarray, strength: float) -> tuple[np.ndarray, int]:
         """img2img start: (latents, first step) for clean latents x0 and standard-normal noise.
 
-        For a sampler with a `strength_schedule` (LCM) this replaces the schedule and returns step 0."""
+        For a sampler with a `strength_schedule` (LCM) this replaces the schedule (initial_latents restores the
+        full one) and returns step 0."""
         if self.spec.strength_schedule is not None:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
