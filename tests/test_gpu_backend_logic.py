@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sdrt.engines.profiles import ShapeRange
@@ -155,8 +156,48 @@ def test_providers_for_each_gpu_backend(tmp_path) -> None:
     trt = providers_for("ort-trt", tmp_path, [P0])
     assert [p for p, _ in trt] == [TRT_EP, CUDA_EP, CPU_EP]
     assert trt[1][1]["enable_cuda_graph"] == "0"  # the graph belongs to the TensorRT EP, not its CUDA fallback
-    with pytest.raises(ValueError, match="not a GPU ONNX Runtime backend: ort-cpu"):
-        providers_for("ort-cpu")
+    assert providers_for("ort-cpu") == [(CPU_EP, {})]
+    with pytest.raises(ValueError, match="not an ONNX Runtime backend: trt"):
+        providers_for("trt")
+
+
+@pytest.fixture(scope="module")
+def affine_fp32_onnx(tmp_path_factory):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])], "affine",
+        [x], [y], initializer=[numpy_helper.from_array(np.array(2, np.float32), "two"),
+                               numpy_helper.from_array(np.array(1, np.float32), "one")],
+    )
+    path = tmp_path_factory.mktemp("onnx") / "affine.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+def test_ort_io_binding_logic_on_cpu(affine_fp32_onnx) -> None:
+    """The binding bookkeeping of OrtGpuEngine (one binding per shape set, outputs allocated by the first
+    run then reused, dtype casts) on host memory; the CUDA device path itself is a gpu test."""
+    from sdrt.runtime.ort_gpu import OrtGpuEngine
+
+    eng = OrtGpuEngine(affine_fp32_onnx, "ort-cpu")
+    assert eng.cuda_graph is False
+    first = eng.run({"x": np.array([[0.0, 1.0, 2.0]])})["y"]  # float64 in: cast to the graph's float32
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, [[1.0, 3.0, 5.0]])
+    second = eng.run({"x": np.array([[10.0, 11.0, 12.0]], np.float32)})["y"]
+    np.testing.assert_array_equal(second, [[21.0, 23.0, 25.0]])
+    np.testing.assert_array_equal(first, [[1.0, 3.0, 5.0]])  # earlier results are not overwritten
+    two = eng.run({"x": np.ones((2, 3), np.float32)})["y"]
+    np.testing.assert_array_equal(two, np.full((2, 3), 3.0))
+    assert len(eng._bindings) == 2  # one per distinct shape set
+    with pytest.raises(UserError, match=r"affine.onnx input x must be float32, got complex128"):
+        eng.run({"x": np.ones((1, 3), np.complex128)})
+    with pytest.raises(UserError, match=r"affine.onnx takes inputs \['x'\], got \['z'\]"):
+        eng.run({"z": np.ones((1, 3), np.float32)})
 
 
 # ---- lazy imports and detection on this machine -------------------------------------------------------------

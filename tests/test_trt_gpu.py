@@ -39,7 +39,7 @@ def affine_onnx(tmp_path_factory):
         [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
         "affine", [x], [y], initializer=[two, one],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     path = tmp_path_factory.mktemp("onnx") / "affine.onnx"
     onnx.save(model, str(path))
     return path

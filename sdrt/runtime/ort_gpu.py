@@ -28,6 +28,10 @@ from .graph_cache import ShapeKey, shape_key
 log = logging.getLogger(__name__)
 
 
+ORT_DTYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
+              "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
 def cuda_provider_options(device_id: int = 0, cuda_graph: bool = True, gpu_mem_limit: int | None = None) -> dict[str, str]:
     opts = {
         "device_id": str(device_id),
@@ -103,7 +107,10 @@ def providers_for(
     cuda_graph: bool = True,
     device_id: int = 0,
 ) -> list[tuple[str, dict[str, str]]]:
-    """(provider, options) list for `ort-cuda` or `ort-trt`, highest priority first."""
+    """(provider, options) list, highest priority first. `ort-cpu` is accepted so the IO-binding logic of
+    OrtGpuEngine can be exercised on machines without a GPU."""
+    if backend == "ort-cpu":
+        return [(CPU_EP, {})]
     cuda = (CUDA_EP, cuda_provider_options(device_id, cuda_graph and backend == "ort-cuda"))
     if backend == "ort-cuda":
         return [cuda, (CPU_EP, {})]
@@ -111,7 +118,7 @@ def providers_for(
         if cache_dir is None:
             raise ValueError("ort-trt needs a cache_dir for its engines")
         return [(TRT_EP, trt_provider_options(cache_dir, profiles, device_id, cuda_graph)), cuda, (CPU_EP, {})]
-    raise ValueError(f"not a GPU ONNX Runtime backend: {backend}")
+    raise ValueError(f"not an ONNX Runtime backend: {backend}")
 
 
 def graph_id_for(known: dict[ShapeKey, int], key: ShapeKey, max_graphs: int) -> int:
@@ -126,7 +133,9 @@ def graph_id_for(known: dict[ShapeKey, int], key: ShapeKey, max_graphs: int) -> 
 
 
 class OrtGpuEngine:
-    """One ONNX graph on ORT's CUDA or TensorRT EP with device IO binding. run(feeds) -> host outputs."""
+    """One ONNX graph on ORT's CUDA or TensorRT EP with device IO binding. run(feeds) -> host outputs.
+
+    backend "ort-cpu" runs the same binding logic on host memory without graphs (for CPU tests)."""
 
     def __init__(
         self,
@@ -143,7 +152,9 @@ class OrtGpuEngine:
         self._ort = ort
         self.path, self.backend, self.device_id = Path(onnx_path), backend, device_id
         self.max_graphs = max_graphs
-        wanted = TRT_EP if backend == "ort-trt" else CUDA_EP
+        wanted = {"ort-trt": TRT_EP, "ort-cuda": CUDA_EP}.get(backend, CPU_EP)
+        self.device = "cpu" if backend == "ort-cpu" else "cuda"
+        cuda_graph = cuda_graph and self.device == "cuda"
         self.cuda_graph = cuda_graph
         try:
             self.session = self._make_session(providers_for(backend, cache_dir, profiles, cuda_graph, device_id))
@@ -160,7 +171,7 @@ class OrtGpuEngine:
                 f"ONNX Runtime fell back from {wanted} to {', '.join(active)} for {self.path.name} "
                 "(a CUDA, cuDNN or TensorRT library is missing or mismatched): fix the install or use --backend ort-cpu"
             )
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.inputs = {i.name: np.dtype(ORT_DTYPES[i.type]) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._bindings: dict[ShapeKey, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         self._graph_ids: dict[ShapeKey, int] = {}
@@ -181,12 +192,12 @@ class OrtGpuEngine:
         binding = self.session.io_binding()
         ins = {}
         for n, a in arrays.items():
-            ins[n] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, "cuda", self.device_id)
+            ins[n] = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype.type, self.device, self.device_id)
             binding.bind_ortvalue_input(n, ins[n])
         # Output shapes are only known after a run: the first run lets ORT allocate them on the device,
         # and later runs of this shape set reuse those OrtValues (fixed addresses for graph replay).
         for n in self.outputs:
-            binding.bind_output(n, "cuda", self.device_id)
+            binding.bind_output(n, self.device, self.device_id)
         entry = (binding, ins, {})
         self._bindings[key] = entry
         return entry
@@ -194,7 +205,12 @@ class OrtGpuEngine:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if set(feeds) != set(self.inputs):
             raise UserError(f"{self.path.name} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
-        arrays = {n: np.ascontiguousarray(v) for n, v in feeds.items()}
+        arrays = {}
+        for n, value in feeds.items():
+            value, want = np.asarray(value), self.inputs[n]
+            if value.dtype != want and not np.can_cast(value.dtype, want, "same_kind"):
+                raise UserError(f"{self.path.name} input {n} must be {want}, got {value.dtype}")
+            arrays[n] = np.ascontiguousarray(value, dtype=want)
         key = shape_key({n: a.shape for n, a in arrays.items()})
         binding, ins, outs = self._binding_for(key, arrays)
         for n, a in arrays.items():
@@ -210,4 +226,6 @@ class OrtGpuEngine:
             for n, v in zip(self.outputs, values):
                 outs[n] = v
                 binding.bind_ortvalue_output(n, v)
-        return {n: outs[n].numpy() for n in self.outputs}
+        if self.device == "cpu":  # a host OrtValue's numpy() is a view of memory the next run overwrites
+            return {n: outs[n].numpy().copy() for n in self.outputs}
+        return {n: outs[n].numpy() for n in self.outputs}  # device -> new host array
