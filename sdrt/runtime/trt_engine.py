@@ -90,14 +90,14 @@ class TrtEngine:
             {n: ShapeRange(*(tuple(s) for s in engine.get_tensor_profile_shape(n, p))) for n in self.inputs}
             for p in range(engine.num_optimization_profiles)
         ]
-        self._allocate_buffers()
         self.cuda_graphs = cuda_graphs
         self.graphs: LruCache[cuda_rt.Graph] = LruCache(max_graphs if cuda_graphs else 0, lambda g: g.destroy())
         self._uncapturable: set[ShapeKey] = set()
         self._profile_of: dict[ShapeKey, int] = {}
         self._output_shapes: dict[ShapeKey, dict[str, tuple[int, ...]]] = {}
-        self._context_key: ShapeKey | None = None
-        self._context_profile = 0
+        self._context_key: ShapeKey | None = None  # shape set the context's input shapes are set for
+        self._context_profile = 0  # profile the context is on (a fresh context starts on 0)
+        self._allocate_buffers()
 
     # ---- setup -----------------------------------------------------------------------------------
     def _allocate_buffers(self) -> None:
@@ -106,6 +106,7 @@ class TrtEngine:
         nbytes = {n: 0 for n in self.tensors}
         for p, prof in enumerate(self.profiles):
             self.context.set_optimization_profile_async(p, self.stream.handle)
+            self._context_profile = p
             for n in self.inputs:
                 self.context.set_input_shape(n, prof[n].max)
                 nbytes[n] = max(nbytes[n], math.prod(prof[n].max) * self.tensors[n].dtype.itemsize)
@@ -142,6 +143,8 @@ class TrtEngine:
             if not self.context.set_optimization_profile_async(profile, self.stream.handle):
                 raise RuntimeError(f"{self.name}: TensorRT refused optimization profile {profile}")
             self._context_profile = profile
+            for n, t in self.tensors.items():  # cheap, and safe whatever a profile switch resets
+                self.context.set_tensor_address(n, t.buffer.ptr)  # type: ignore[union-attr]
         for n, shape in shapes.items():
             if not self.context.set_input_shape(n, shape):
                 raise RuntimeError(f"{self.name}: TensorRT refused shape {shape} for {n}")
