@@ -241,3 +241,23 @@ def test_resolve_backend_on_a_machine_without_gpu_libraries(tmp_path) -> None:
     assert open_gpu_engines(auto, tmp_path, manifest, ["unet"]) is None  # the runtime's CPU backend serves it
     with pytest.raises(UserError, match="^backend trt unavailable: cuda-python is not installed"):
         resolve_backend("trt", manifest, ["unet"], tmp_path)
+
+
+def test_peak_vram_keeps_the_largest_sample(monkeypatch) -> None:
+    import itertools
+    import time
+
+    from sdrt.runtime import gpu_memory
+
+    returned: list[int] = []
+    values = itertools.cycle([100, 700, 300])
+
+    def read() -> tuple[int, str]:
+        returned.append(next(values))
+        return returned[-1], "scripted"
+
+    monkeypatch.setattr(gpu_memory, "_nvml_reader", lambda device: read)
+    with gpu_memory.PeakVram(interval_s=0.001) as peak:
+        while len(returned) < 3:  # the sampler thread runs at least three times
+            time.sleep(0.005)
+    assert peak.peak_bytes == max(returned) == 700 and peak.source == "scripted"

@@ -132,7 +132,7 @@ def build_engine(
             p.set_shape(name, r.min, r.opt, r.max)
         if config.add_optimization_profile(p) < 0:
             raise UserError(f"TensorRT rejected profile {i} for {onnx_path.name}: check the --profile values")
-    cache = _load_timing_cache(config, cache_path)  # noqa: F841  (must stay alive during the build)
+    timing = _load_timing_cache(config, cache_path)  # held until the build is done
     monitor = _progress_monitor(trt, echo)
     config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
@@ -143,5 +143,5 @@ def build_engine(
         )
     if cache_path is not None:
         _save_timing_cache(config, cache_path)
-    del parser, network
+    del timing, parser, network
     return memoryview(plan)

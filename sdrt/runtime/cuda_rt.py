@@ -166,4 +166,4 @@ def abort_capture(stream: Stream) -> None:
     err, graph = rt.cudaStreamEndCapture(stream.obj)
     if err == rt.cudaError_t.cudaSuccess and graph is not None:
         rt.cudaGraphDestroy(graph)
-    rt.cudaGetLastError()  # clear the sticky-free capture error so later calls are not blamed for it
+    rt.cudaGetLastError()  # clear the error the failed capture left, so the next call is not blamed for it
