@@ -261,3 +261,38 @@ def test_peak_vram_keeps_the_largest_sample(monkeypatch) -> None:
         while len(returned) < 3:  # the sampler thread runs at least three times
             time.sleep(0.005)
     assert peak.peak_bytes == max(returned) == 700 and peak.source == "scripted"
+
+
+def test_detect_facts_finds_engines_built_for_the_detected_gpu(monkeypatch, tmp_path) -> None:
+    """Detection wired to the engine store, with the GPU and TensorRT probes replaced by fixed answers."""
+    from types import SimpleNamespace
+
+    from fake_bundles import make_manifest
+    from sdrt.engines.profiles import parse_profile, pipeline_shapes
+    from sdrt.engines.store import save_engine
+    from sdrt.engines.target import EngineKey, GpuTarget, component_model_hash, profiles_digest
+    from sdrt.runtime import gpu_detect
+
+    monkeypatch.setattr(gpu_detect, "_gpu", lambda: ("NVIDIA H100 80GB HBM3 (sm90)", "", ("NVIDIA H100 80GB HBM3", 9, 0)))
+    monkeypatch.setattr(gpu_detect, "_has", lambda module: True)
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.4.0.106"))
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_EP, CPU_EP])
+    manifest = make_manifest("sd1")
+    comps = ["text_encoder", "unet"]
+    facts = gpu_detect.detect_facts(manifest, tmp_path, comps)
+    assert facts.engines is None and facts.engines_reason.startswith("no TensorRT engines for text_encoder, unet on ")
+    assert choose_backend("auto", facts).name == "ort-cuda"
+
+    target = GpuTarget("11.4.0.106", "9.0", "NVIDIA H100 80GB HBM3")
+    shapes = pipeline_shapes(manifest, comps, "fp16", [parse_profile("512x512", manifest.model)])
+    for c in comps:
+        key = EngineKey(component_model_hash(manifest, c, "fp16"), c, "fp16", profiles_digest(shapes[c]), target)
+        save_engine(tmp_path, key, b"plan", shapes[c], {})
+    facts = gpu_detect.detect_facts(manifest, tmp_path, comps)
+    assert facts.engines == str(tmp_path)
+    assert choose_backend("auto", facts).name == "trt"
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.5.0"))  # TensorRT upgraded
+    facts = gpu_detect.detect_facts(manifest, tmp_path, comps)
+    assert facts.engines is None and choose_backend("auto", facts).name == "ort-cuda"

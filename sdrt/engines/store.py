@@ -133,22 +133,29 @@ def other_targets(root: str | os.PathLike, target: GpuTarget) -> list[str]:
     return sorted(c.name for c in p.iterdir() if c.is_dir() and c.name != target.dir_name)
 
 
-def require_engines(
+def find_pipeline_engines(
     root: str | os.PathLike, manifest: Manifest, components: Sequence[str], precision: str, target: GpuTarget
-) -> dict[str, list[EngineRecord]]:
-    """component -> its engines; UserError naming the missing ones and the fix when any is missing."""
+) -> tuple[dict[str, list[EngineRecord]], str | None]:
+    """(component -> its engines, None) or (partial result, why some are missing: one phrase, no fix)."""
     from .target import component_model_hash  # noqa: PLC0415
 
     found = {c: find_engines(root, component_model_hash(manifest, c, precision), c, precision, target)
              for c in components}
     missing = [c for c, recs in found.items() if not recs]
+    if not missing:
+        return found, None
+    others = other_targets(root, target)
+    elsewhere = f" (it has engines for other targets: {', '.join(others)})" if others else ""
+    return found, f"no TensorRT engines for {', '.join(missing)} on {target.describe()} in {root}{elsewhere}"
+
+
+def require_engines(
+    root: str | os.PathLike, manifest: Manifest, components: Sequence[str], precision: str, target: GpuTarget
+) -> dict[str, list[EngineRecord]]:
+    """component -> its engines; UserError naming the missing ones and the fix when any is missing."""
+    found, missing = find_pipeline_engines(root, manifest, components, precision, target)
     if missing:
-        others = other_targets(root, target)
-        elsewhere = f" (it has engines for other targets: {', '.join(others)})" if others else ""
-        raise UserError(
-            f"no TensorRT engines for {', '.join(missing)} on {target.describe()} in {root}{elsewhere}: "
-            f"run sdrt build BUNDLE --engines {root}"
-        )
+        raise UserError(f"{missing}: run sdrt build BUNDLE --engines {root}")
     return found
 
 

@@ -59,15 +59,18 @@ def detect_facts(
             tensorrt = None
     engines, engines_reason = None, "no TensorRT engines built for this GPU"
     if props and tensorrt and manifest is not None and engines_dir is not None:
-        from ..engines.store import require_engines  # noqa: PLC0415
+        from ..engines.store import find_pipeline_engines  # noqa: PLC0415
         from ..engines.target import GpuTarget  # noqa: PLC0415
 
         target = GpuTarget(tensorrt, f"{props[1]}.{props[2]}", props[0])
         try:
-            require_engines(engines_dir, manifest, components, precision, target)
+            _, missing = find_pipeline_engines(engines_dir, manifest, components, precision, target)
+        except UserError as exc:  # an engine here was built for another target
+            missing = str(exc)
+        if missing:
+            engines_reason = missing
+        else:
             engines = str(engines_dir)
-        except UserError as exc:
-            engines_reason = str(exc).split(": run sdrt build")[0]
     return GpuFacts(
         gpu=gpu, gpu_reason=gpu_reason or "", tensorrt=tensorrt, cuda_python=_has("cuda.bindings"),
         engines=engines, engines_reason=engines_reason, ort_providers=providers,

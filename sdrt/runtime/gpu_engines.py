@@ -70,17 +70,22 @@ def open_gpu_engines(
     engines_dir: str | Path | None = None,
     cuda_graphs: bool = True,
     max_graphs: int = 8,
+    verify_plans: bool = False,
 ) -> GpuEngines | None:
-    """Open every component on the chosen GPU backend (None for ort-cpu). Not run on a GPU yet."""
+    """Open every component on the chosen GPU backend (None for ort-cpu). With trt, the newest engine
+    of each component is used; verify_plans checks each plan's sha256 first. Not run on a GPU yet."""
     engines_dir = Path(engines_dir) if engines_dir is not None else default_engines_dir(bundle)
     if choice.name == "ort-cpu":
         return None
     if choice.name == "trt":
-        from ..engines.store import require_engines  # noqa: PLC0415
+        from ..engines.store import require_engines, verify_plan  # noqa: PLC0415
         from ..engines.target import detect_target  # noqa: PLC0415
         from .trt_engine import TrtSession  # noqa: PLC0415
 
         found = require_engines(engines_dir, manifest, components, precision, detect_target())
+        if verify_plans:
+            for recs in found.values():
+                verify_plan(recs[0])
         session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
         return GpuEngines(session.engines, session)
     from .ort_gpu import OrtGpuEngine  # noqa: PLC0415
