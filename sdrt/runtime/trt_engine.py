@@ -4,15 +4,17 @@ Design (the points that make per-step latency low, each a known pitfall when mis
 - One execution context per engine, created with USER_MANAGED activation memory, and ONE device
   allocation of max(engine.device_memory_size_v2) shared by all contexts: a pipeline runs its engines one
   after another on one stream, so the text encoder, UNet and VAE never need their scratch memory at the
-  same time (NVIDIA's Stable Diffusion demo does the same; it roughly halves activation VRAM).
+  same time (NVIDIA's Stable Diffusion demo does the same): activation memory is the largest engine's
+  need, not the sum.
 - Every input and output gets one device buffer at its largest shape over all profiles, bound once with
   set_tensor_address. Fixed addresses are what makes a captured CUDA graph replayable.
-- execute_async_v3 on a non-blocking stream (TensorRT refuses the legacy default stream, and the default
-  stream cannot be captured).
+- execute_async_v3 on a non-blocking stream (the legacy default stream synchronizes with other work, and
+  it cannot be captured).
 - One CUDA graph per distinct set of input shapes (a graph bakes in shapes), kept in a bounded LRU cache.
-  The first run of a shape set runs eagerly (TensorRT does shape-dependent host work on the first enqueue,
-  which must not be captured), then captures; later runs of that shape set only launch the graph. A shape
-  set whose capture fails runs eagerly from then on.
+  The first run of a shape set runs eagerly, then captures, as NVIDIA's demo and trtexec enqueue once
+  before capturing (the first enqueue after a shape change may do host-side work that must not be
+  captured); later runs of that shape set only launch the graph. A shape set whose capture fails runs
+  eagerly from then on.
 - Dynamic engines: the optimization profile is picked by sdrt.engines.chooser (closest opt, tightest max)
   and out-of-range shapes are refused with the supported ranges before TensorRT sees them.
 
