@@ -67,6 +67,8 @@ class FakeCuda:
         self.DeviceBuffer, self.Stream, self.Graph = DeviceBuffer, Stream, Graph
 
     def copy_to_device(self, dst: int, array: np.ndarray, stream: Any) -> None:
+        if array.nbytes > self.memory[dst].nbytes:
+            raise AssertionError(f"copy of {array.nbytes} bytes overflows a {self.memory[dst].nbytes}-byte buffer")
         self.memory[dst][: array.nbytes] = np.frombuffer(array.tobytes(), np.uint8)
 
     def copy_to_host(self, array: np.ndarray, src: int, stream: Any) -> None:
@@ -156,6 +158,9 @@ class FakeEngine:
 
     def get_tensor_dtype(self, name: str) -> Any:
         return np.float32
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (-1, -1)
 
     def get_tensor_profile_shape(self, name: str, profile: int) -> list:
         return [list(s) for s in self.profiles[profile]]

@@ -184,7 +184,8 @@ def test_ort_io_binding_logic_on_cpu(affine_fp32_onnx) -> None:
     from sdrt.runtime.ort_gpu import OrtGpuEngine
 
     eng = OrtGpuEngine(affine_fp32_onnx, "ort-cpu")
-    assert eng.cuda_graph is False
+    assert eng.cuda_graph is False and eng.name == "affine" and eng.providers == ["CPUExecutionProvider"]
+    assert (eng.inputs["x"].dtype, eng.inputs["x"].shape) == (np.float32, ("batch", 3))
     first = eng.run({"x": np.array([[0.0, 1.0, 2.0]])})["y"]  # float64 in: cast to the graph's float32
     assert first.dtype == np.float32
     np.testing.assert_array_equal(first, [[1.0, 3.0, 5.0]])

@@ -110,8 +110,10 @@ def test_out_of_range_and_bad_inputs_are_refused_before_running(cuda, tmp_path) 
             eng.run({"sample": np.zeros((1, 4), np.float32)})
         with pytest.raises(UserError, match="unet input x must be float32, got complex64"):
             eng.run({"x": np.zeros((1, 4), np.complex64)})
+        with pytest.raises(UserError, match="outside every profile"):  # refused before the copy that would overflow
+            eng.run({"x": np.zeros((4, 20), np.float32)})
         assert eng.context.eager_runs == 0
-        run(eng, (1, 4))  # float64 would also be cast; the engine still works after refusals
+        run(eng, (1, 4))  # the engine still works after refusals
 
 
 def test_engines_share_one_activation_allocation(cuda, tmp_path) -> None:
@@ -141,3 +143,17 @@ def test_profile_is_switched_back_after_buffer_sizing(cuda, tmp_path) -> None:
         assert s["e"].context.profile == 0
         run(s["e"], (6, 4))
         assert s["e"].context.profile == 1
+
+
+def test_engine_protocol_attributes_and_owned_outputs(cuda, tmp_path) -> None:
+    with session(tmp_path, {"unet": fake_trt.plan_bytes([DYNAMIC])}) as s:
+        eng = s["unet"]
+        assert eng.name == "unet" and eng.providers == ["TensorRT 11.4.0.fake"]
+        assert (eng.inputs["x"].dtype, eng.inputs["x"].shape) == (np.float32, ("dim0", "dim1"))
+        assert list(eng.outputs) == ["y"]
+        a = eng.run({"x": np.ones((2, 4), np.float32)})["y"]
+        b = eng.run({"x": np.zeros((2, 4), np.float32)})["y"]
+        assert a is b  # one output buffer per shape set, reused (no allocation per step)
+        np.testing.assert_array_equal(b, np.ones((2, 4)))
+        c = eng.run({"x": np.zeros((3, 4), np.float32)})["y"]
+        assert c is not b and c.shape == (3, 4)

@@ -319,3 +319,13 @@ def test_build_options_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError) as err:
         BuildOptions(**kwargs)
     assert str(err.value) == message
+
+
+def test_model_axes_come_from_the_manifest() -> None:
+    """An SDXL refiner-like UNet conditions on 5 time ids and a 1280 pooled embedding: the manifest's
+    numbers win over the defaults derived from the model description."""
+    unet = SDXL.components["fp16"]["unet"]
+    inputs = [t if t.name != "time_ids" else TensorSpec("time_ids", "float16", ["batch", 5]) for t in unet.inputs]
+    manifest = replace(SDXL, components={"fp16": {**SDXL.components["fp16"], "unet": replace(unet, inputs=inputs)}})
+    shapes = component_shapes(manifest, "unet", "fp16", parse_profile("1024x1024", SDXL.model))
+    assert shapes["time_ids"] == ShapeRange((2, 5), (2, 5), (2, 5))

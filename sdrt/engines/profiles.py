@@ -195,8 +195,9 @@ def component_shapes(
 ) -> dict[str, ShapeRange]:
     """Input name -> ShapeRange for one component under one profile.
 
-    Axes the bundle fixed at export (ints in the manifest) must agree with the profile: an engine cannot
-    widen what the ONNX graph pinned, so a disagreement is an error naming the axis, not a silent clamp.
+    Model axes (channels, hidden sizes, text length) take the manifest's numbers. Request axes (batch,
+    latent size, sequence) the bundle fixed at export must agree with the profile: an engine cannot widen
+    what the ONNX graph pinned, so a disagreement is an error naming the axis, not a silent clamp.
     """
     spec = manifest.component(component, precision)
     roles_of = AXIS_ROLES.get(component)
@@ -218,12 +219,18 @@ def component_shapes(
     return shapes
 
 
+# Axes that describe the model, not the request: the manifest's number wins over our default.
+MODEL_AXES = frozenset(
+    {"text_len", "unet_channels", "latent_channels", "image_channels", "text_dim", "pooled_dim", "time_ids_dim"}
+)
+
+
 def _axis_range(component: str, tensor: TensorSpec, axis: int, role: str, wanted: DimRange) -> DimRange:
     exported = tensor.shape[axis]
     if isinstance(exported, str):
         return wanted
-    if wanted.static and wanted.min == exported:
-        return wanted
+    if role in MODEL_AXES or (wanted.static and wanted.min == exported):
+        return DimRange(exported, exported, exported)
     raise UserError(
         f"{component} input {tensor.name} has axis {axis} ({role}) fixed to {exported} in the bundle but the "
         f"profile needs {wanted}: change the profile or re-export with that axis dynamic"

@@ -7,6 +7,7 @@ CPU path is the runtime's own ONNX Runtime backend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -16,7 +17,26 @@ from ..manifest import Manifest
 from .backend_choice import BackendChoice, GpuFacts, choose_backend
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine input or output: the same fields as the runtime's `IOSpec` (sdrt/runtime/engine.py), so
+    the GPU engines satisfy its Engine protocol; merge the two when both branches are in."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str, ...]  # dynamic dims as strings
+
+
 class EngineLike(Protocol):
+    """The runtime's Engine protocol as the GPU engines implement it."""
+
+    name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+    @property
+    def providers(self) -> list[str]: ...
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
@@ -92,7 +112,7 @@ def open_gpu_engines(
 
     cache = engines_dir / "ort-trt"
     return GpuEngines({
-        c: OrtGpuEngine(Path(bundle) / manifest.component(c, precision).file, choice.name, cache,
+        c: OrtGpuEngine(Path(bundle) / manifest.component(c, precision).file, choice.name, cache, name=c,
                         cuda_graph=cuda_graphs, max_graphs=max_graphs)
         for c in components
     })

@@ -23,6 +23,7 @@ import numpy as np
 from ..engines.profiles import ShapeRange
 from ..errors import UserError
 from .backend_choice import CPU_EP, CUDA_EP, TRT_EP
+from .gpu_engines import TensorInfo
 from .graph_cache import ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class OrtGpuEngine:
         onnx_path: str | Path,
         backend: str,
         cache_dir: str | Path | None = None,
+        name: str | None = None,
         profiles: Sequence[Mapping[str, ShapeRange]] = (),
         cuda_graph: bool = True,
         max_graphs: int = 8,
@@ -151,6 +153,7 @@ class OrtGpuEngine:
 
         self._ort = ort
         self.path, self.backend, self.device_id = Path(onnx_path), backend, device_id
+        self.name = name or self.path.stem
         self.max_graphs = max_graphs
         wanted = {"ort-trt": TRT_EP, "ort-cuda": CUDA_EP}.get(backend, CPU_EP)
         self.device = "cpu" if backend == "ort-cpu" else "cuda"
@@ -171,10 +174,15 @@ class OrtGpuEngine:
                 f"ONNX Runtime fell back from {wanted} to {', '.join(active)} for {self.path.name} "
                 "(a CUDA, cuDNN or TensorRT library is missing or mismatched): fix the install or use --backend ort-cpu"
             )
-        self.inputs = {i.name: np.dtype(ORT_DTYPES[i.type]) for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
+        self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}
+        self.output_names = list(self.outputs)
         self._bindings: dict[ShapeKey, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         self._graph_ids: dict[ShapeKey, int] = {}
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
 
     def _make_session(self, providers: list[tuple[str, dict[str, str]]]) -> Any:
         so = self._ort.SessionOptions()
@@ -196,7 +204,7 @@ class OrtGpuEngine:
             binding.bind_ortvalue_input(n, ins[n])
         # Output shapes are only known after a run: the first run lets ORT allocate them on the device,
         # and later runs of this shape set reuse those OrtValues (fixed addresses for graph replay).
-        for n in self.outputs:
+        for n in self.output_names:
             binding.bind_output(n, self.device, self.device_id)
         entry = (binding, ins, {})
         self._bindings[key] = entry
@@ -207,7 +215,7 @@ class OrtGpuEngine:
             raise UserError(f"{self.path.name} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
         arrays = {}
         for n, value in feeds.items():
-            value, want = np.asarray(value), self.inputs[n]
+            value, want = np.asarray(value), self.inputs[n].dtype
             if value.dtype != want and not np.can_cast(value.dtype, want, "same_kind"):
                 raise UserError(f"{self.path.name} input {n} must be {want}, got {value.dtype}")
             arrays[n] = np.ascontiguousarray(value, dtype=want)
@@ -223,9 +231,14 @@ class OrtGpuEngine:
         binding.synchronize_outputs()
         if not outs:
             values = binding.get_outputs()
-            for n, v in zip(self.outputs, values):
+            for n, v in zip(self.output_names, values):
                 outs[n] = v
                 binding.bind_ortvalue_output(n, v)
         if self.device == "cpu":  # a host OrtValue's numpy() is a view of memory the next run overwrites
-            return {n: outs[n].numpy().copy() for n in self.outputs}
-        return {n: outs[n].numpy() for n in self.outputs}  # device -> new host array
+            return {n: outs[n].numpy().copy() for n in self.output_names}
+        return {n: outs[n].numpy() for n in self.output_names}  # device -> new host array
+
+
+def _info(node: Any) -> TensorInfo:
+    return TensorInfo(node.name, np.dtype(ORT_DTYPES[node.type]),
+                      tuple(d if isinstance(d, int) else str(d) for d in node.shape))

@@ -18,8 +18,9 @@ Design (the points that make per-step latency low, each a known pitfall when mis
 - Dynamic engines: the optimization profile is picked by sdrt.engines.chooser (closest opt, tightest max)
   and out-of-range shapes are refused with the supported ranges before TensorRT sees them.
 
-Interface: `run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]` (the runtime's Engine protocol):
-host arrays in, host arrays out; the copies are outside the graph. Written to TensorRT 11's documented
+Interface: the runtime's Engine protocol (name, inputs, outputs, providers, run(feeds) -> outputs): host
+arrays in, engine-owned host arrays out (one set per input-shape set, valid until the next run with the
+same shapes); the copies are outside the graph. Written to TensorRT 11's documented
 Python API (see docs/gpu.md); NOT RUN ON A GPU YET.
 """
 
@@ -37,6 +38,7 @@ from ..engines.chooser import choose_profile
 from ..engines.profiles import ShapeRange
 from ..errors import UserError
 from . import cuda_rt
+from .gpu_engines import TensorInfo
 from .graph_cache import LruCache, ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
@@ -86,12 +88,15 @@ class TrtEngine:
             self.tensors[n] = _Tensor(
                 n, engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT, np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
             )
-        self.inputs = [t.name for t in self.tensors.values() if t.is_input]
-        self.outputs = [t.name for t in self.tensors.values() if not t.is_input]
+        self.input_names = [t.name for t in self.tensors.values() if t.is_input]
+        self.output_names = [t.name for t in self.tensors.values() if not t.is_input]
+        self.inputs = {n: self._info(n) for n in self.input_names}
+        self.outputs = {n: self._info(n) for n in self.output_names}
         self.profiles: list[dict[str, ShapeRange]] = [
-            {n: ShapeRange(*(tuple(s) for s in engine.get_tensor_profile_shape(n, p))) for n in self.inputs}
+            {n: ShapeRange(*(tuple(s) for s in engine.get_tensor_profile_shape(n, p))) for n in self.input_names}
             for p in range(engine.num_optimization_profiles)
         ]
+        self._version = str(getattr(trt, "__version__", "?"))
         self.cuda_graphs = cuda_graphs
         self.graphs: LruCache[cuda_rt.Graph] = LruCache(max_graphs if cuda_graphs else 0, lambda g: g.destroy())
         self._uncapturable: set[ShapeKey] = set()
@@ -99,7 +104,16 @@ class TrtEngine:
         self._output_shapes: dict[ShapeKey, dict[str, tuple[int, ...]]] = {}
         self._context_key: ShapeKey | None = None  # shape set the context's input shapes are set for
         self._context_profile = 0  # profile the context is on (a fresh context starts on 0)
+        self._host_outputs: LruCache[dict[str, np.ndarray]] = LruCache(max(max_graphs, 8))
         self._allocate_buffers()
+
+    def _info(self, name: str) -> TensorInfo:
+        dims = tuple(self.engine.get_tensor_shape(name))
+        return TensorInfo(name, self.tensors[name].dtype, tuple(d if d >= 0 else f"dim{i}" for i, d in enumerate(dims)))
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"TensorRT {self._version}"]
 
     # ---- setup -----------------------------------------------------------------------------------
     def _allocate_buffers(self) -> None:
@@ -109,10 +123,10 @@ class TrtEngine:
         for p, prof in enumerate(self.profiles):
             self.context.set_optimization_profile_async(p, self.stream.handle)
             self._context_profile = p
-            for n in self.inputs:
+            for n in self.input_names:
                 self.context.set_input_shape(n, prof[n].max)
                 nbytes[n] = max(nbytes[n], math.prod(prof[n].max) * self.tensors[n].dtype.itemsize)
-            for n in self.outputs:
+            for n in self.output_names:
                 shape = tuple(self.context.get_tensor_shape(n))
                 nbytes[n] = max(nbytes[n], math.prod(shape) * self.tensors[n].dtype.itemsize)
         self.stream.synchronize()
@@ -123,8 +137,8 @@ class TrtEngine:
 
     # ---- running ---------------------------------------------------------------------------------
     def _prepare_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if set(feeds) != set(self.inputs):
-            raise UserError(f"{self.name} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
+        if set(feeds) != set(self.input_names):
+            raise UserError(f"{self.name} takes inputs {sorted(self.input_names)}, got {sorted(feeds)}")
         arrays = {}
         for n, value in feeds.items():
             want = self.tensors[n].dtype
@@ -134,13 +148,19 @@ class TrtEngine:
             arrays[n] = np.ascontiguousarray(value, dtype=want)
         return arrays
 
-    def _set_context_shapes(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        if key == self._context_key:
-            return
+    def _profile_for(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """The profile serving this shape set; UserError (before any copy) when none contains it, which
+        also guarantees the inputs fit the buffers (sized for the largest profile)."""
         profile = self._profile_of.get(key)
         if profile is None:
             profile = choose_profile(self.profiles, shapes, engine=f"{self.name} engine")
             self._profile_of[key] = profile
+        return profile
+
+    def _set_context_shapes(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        if key == self._context_key:
+            return
+        profile = self._profile_for(key, shapes)
         if profile != self._context_profile:
             if not self.context.set_optimization_profile_async(profile, self.stream.handle):
                 raise RuntimeError(f"{self.name}: TensorRT refused optimization profile {profile}")
@@ -153,7 +173,7 @@ class TrtEngine:
         unresolved = self.context.infer_shapes()
         if unresolved:
             raise RuntimeError(f"{self.name}: TensorRT could not infer shapes of {unresolved}")
-        self._output_shapes[key] = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
+        self._output_shapes[key] = {n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names}
         self._context_key = key
 
     def _enqueue(self) -> None:
@@ -181,6 +201,7 @@ class TrtEngine:
         arrays = self._prepare_inputs(feeds)
         shapes = {n: a.shape for n, a in arrays.items()}
         key = shape_key(shapes)
+        self._profile_for(key, shapes)
         for n, a in arrays.items():
             cuda_rt.copy_to_device(self.tensors[n].buffer.ptr, a, self.stream)  # type: ignore[union-attr]
         graph = self.graphs.get(key) if self.cuda_graphs else None
@@ -191,15 +212,19 @@ class TrtEngine:
             self._enqueue()
             if self.cuda_graphs and key not in self._uncapturable:
                 self._capture(key)
-        out_shapes = self._output_shapes[key]
-        results = {n: np.empty(out_shapes[n], dtype=self.tensors[n].dtype) for n in self.outputs}
+        results = self._host_outputs.get(key)
+        if results is None:
+            out_shapes = self._output_shapes[key]
+            results = {n: np.empty(out_shapes[n], dtype=self.tensors[n].dtype) for n in self.output_names}
+            self._host_outputs.put(key, results)
         for n, a in results.items():
             cuda_rt.copy_to_host(a, self.tensors[n].buffer.ptr, self.stream)  # type: ignore[union-attr]
         self.stream.synchronize()
-        return results
+        return dict(results)
 
     def close(self) -> None:
         self.graphs.clear()
+        self._host_outputs.clear()
         for t in self.tensors.values():
             if t.buffer is not None:
                 t.buffer.free()
