@@ -3,14 +3,15 @@
 
 Run on a machine with an NVIDIA GPU, from the repository root:
 
-    python bench/gpu_acceptance.py                      # tiny random SD1-like model built here
+    python bench/gpu_acceptance.py                      # tiny random SD1 and SDXL models (sdrt tiny-model)
     python bench/gpu_acceptance.py --model ~/sd15        # also a user's diffusers folder
     python bench/gpu_acceptance.py --no-install --json out/gpu.json
 
 Steps (each one's outcome lands in the JSON; a failing step is recorded and the run goes on where it can):
  1. pip install -e '.[gpu,export]' (TensorRT from NVIDIA's index) unless --no-install;
  2. environment: GPU name, compute capability, driver-visible memory, TensorRT / ORT / cuda-python versions;
- 3. per model: `sdrt export` (fp32 + fp16), `sdrt build` (engines for one static profile), then
+ 3. per model: `sdrt tiny-model` for the tiny ones, `sdrt export` (fp32 + fp16), `sdrt build` (engines
+    for one static profile), then
     `sdrt generate --backend X` for ort-cpu, trt, ort-cuda, ort-trt with the same seed and settings;
  4. max |difference| of each backend's PNG against the ort-cpu PNG (0-255 pixel units);
  5. per-stage latency (text encoder, one UNet step, VAE decode) on the TensorRT engines, per-step UNet
@@ -57,6 +58,14 @@ def sdrt(*args: str) -> dict[str, Any]:
 
 
 # ---- the tiny model ------------------------------------------------------------------------------------
+
+def tiny_model(kind: str, out: Path) -> tuple[Path, dict[str, Any]]:
+    """`sdrt tiny-model --kind KIND`; if this sdrt has no such command, an SD1-like model built here."""
+    result = sdrt("tiny-model", str(out), "--kind", kind)
+    if result["rc"] != 0 and kind == "sd1" and not out.exists():
+        return make_tiny_model(out), {**result, "fallback": "bench/gpu_acceptance.py make_tiny_model"}
+    return out, result
+
 
 def make_tiny_model(out: Path) -> Path:
     """A random-weight SD1-like diffusers folder: 32-channel UNet, 4-channel VAE with scale factor 8, a
@@ -190,9 +199,10 @@ def engine_latency(bundle: Path, width: int, height: int, steps: int) -> dict[st
     return out
 
 
-def run_model(name: str, model: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_model(name: str, model: Path, work: Path, args: argparse.Namespace,
+              report: dict[str, Any] | None = None) -> dict[str, Any]:
     bundle = work / f"{name}-bundle"
-    report: dict[str, Any] = {"model": str(model)}
+    report = {**(report or {}), "model": str(model)}
     report["export"] = sdrt("export", str(model), str(bundle), "--precision", "both")
     size = f"{args.width}x{args.height}"
     report["build"] = sdrt("build", str(bundle), "--profile", size, "--batch", "1")
@@ -216,7 +226,8 @@ def run_model(name: str, model: Path, work: Path, args: argparse.Namespace) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, help="a user's diffusers folder, run after the tiny model")
+    ap.add_argument("--model", type=Path, help="a user's diffusers folder, run after the tiny models")
+    ap.add_argument("--tiny-kinds", default="sd1,sdxl", help="tiny models to run (sdrt tiny-model --kind)")
     ap.add_argument("--no-install", action="store_true", help="skip pip install of the gpu and export extras")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
@@ -233,13 +244,18 @@ def main() -> None:
     report["environment"] = environment()
     work = args.work or Path(tempfile.mkdtemp(prefix="sdrt-gpu-acceptance-"))
     work.mkdir(parents=True, exist_ok=True)
-    runs = [("tiny", None, 64)] + ([("user", args.model, 512)] if args.model else [])
-    for name, model, default_size in runs:
+    runs = [(f"tiny_{k}", k, 64) for k in filter(None, args.tiny_kinds.split(","))]
+    runs += [("user", None, 512)] if args.model else []
+    for name, kind, default_size in runs:
         run_args = argparse.Namespace(**{**vars(args), "width": args.width or default_size,
                                          "height": args.height or default_size})
         try:
-            model = model or make_tiny_model(work / "tiny-model")
-            report[name] = run_model(name, model, work, run_args)
+            step: dict[str, Any] = {}
+            if kind is None:
+                model = args.model
+            else:
+                model, step["tiny_model"] = tiny_model(kind, work / f"{name}-model")
+            report[name] = run_model(name, model, work, run_args, step)
         except Exception as exc:  # noqa: BLE001
             report[name] = f"failed: {type(exc).__name__}: {exc}"
     report["work"] = str(work)

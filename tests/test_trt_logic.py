@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -329,3 +330,10 @@ def test_model_axes_come_from_the_manifest() -> None:
     manifest = replace(SDXL, components={"fp16": {**SDXL.components["fp16"], "unet": replace(unet, inputs=inputs)}})
     shapes = component_shapes(manifest, "unet", "fp16", parse_profile("1024x1024", SDXL.model))
     assert shapes["time_ids"] == ShapeRange((2, 5), (2, 5), (2, 5))
+
+
+def test_sizes_follow_the_manifest_size_multiple_when_it_has_one() -> None:
+    model = SimpleNamespace(**{**vars(SD1.model), "size_multiple": 64})
+    with pytest.raises(UserError, match="width 520 is not a multiple of 64: use 512 or 576"):
+        parse_profile("520x512", model)
+    assert parse_profile("576x512", model).width.max == 576

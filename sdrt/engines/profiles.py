@@ -101,7 +101,8 @@ def parse_profile(
     default_h, default_w = model.default_size
     width = parse_range(parts[0], f"profile '{size}' width", default_opt=default_w)
     height = parse_range(parts[1], f"profile '{size}' height", default_opt=default_h)
-    step = model.vae_scale_factor
+    # size_multiple (newer manifests) can exceed the VAE factor for UNets with more downsampling levels
+    step = max(getattr(model, "size_multiple", 1), model.vae_scale_factor)
     for side_name, side in (("width", width), ("height", height)):
         for value in sorted({side.min, side.opt, side.max}):
             if value % step:
