@@ -58,7 +58,7 @@ def detect_facts(
         except Exception:  # noqa: BLE001  (a broken TensorRT install counts as none)
             tensorrt = None
     engines, engines_reason = None, "no TensorRT engines built for this GPU"
-    if props and tensorrt and manifest is not None and engines_dir is not None:
+    if props and tensorrt and manifest is not None and engines_dir is not None and components:
         from ..engines.store import find_pipeline_engines  # noqa: PLC0415
         from ..engines.target import GpuTarget  # noqa: PLC0415
 
