@@ -79,3 +79,9 @@ def test_dry_run_prints_every_component_profile_without_a_gpu(capsys, bundle) ->
     assert "unet profile 1 (512-768@512x512 batch 1-2@1 chunks 1 cfg on):\n" in out
     assert "  sample: min [2, 4, 64, 64] opt [2, 4, 64, 64] max [4, 4, 64, 96]\n" in out
     assert "vae_decoder profile 0" in out and "vae_encoder profile 1" in out and "text_encoder profile 0" in out
+
+
+def test_bundle_without_the_precision_exits_2(capsys, bundle) -> None:
+    code, _, err = run_cli(capsys, "build", str(bundle), "--precision", "fp32")
+    assert (code, err) == (2, f"error: bundle {bundle} has no fp32 graphs (it has: fp16): "
+                              "re-export with sdrt export --precision fp32 (or both)\n")

@@ -49,6 +49,10 @@ def build(
     names = [c.strip() for c in components.split(",") if c.strip()] if components else [
         c for c in AXIS_ROLES if c in available
     ]
+    if not names:
+        have = ", ".join(manifest.components) or "none"
+        raise UserError(f"bundle {bundle} has no {precision} graphs (it has: {have}): "
+                        f"re-export with sdrt export --precision {precision} (or both)")
     for c in names:
         manifest.component(c, precision)  # BundleError naming what the bundle has
     options = BuildOptions(opt_level=opt_level, workspace_gb=workspace)
