@@ -1,6 +1,7 @@
 """GPU paths, run only where an NVIDIA GPU, TensorRT 11 and cuda-python are present (skipped elsewhere,
-with the reason). A tiny fp16 ONNX graph with a dynamic batch stands in for a model component: its exact
-answer is known (y = 2x + 1 in fp16), so the backends are checked against arithmetic, not each other."""
+with the reason). A tiny fp16 ONNX graph with a dynamic batch stands in for a model component: its
+answer is known (y = 2x + 1, to fp16 rounding), so the backends are checked against arithmetic, not each
+other."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def test_trt_engine_runs_per_shape_graphs_and_refuses_out_of_range(plan) -> None
         for shape in [(1, 4, 8, 8), (1, 4, 8, 8), (3, 4, 24, 16), (1, 4, 8, 8), (2, 4, 16, 16), (3, 4, 24, 16)]:
             x = rng.standard_normal(shape).astype(np.float16)
             y = eng.run({"x": x})["y"]
-            np.testing.assert_array_equal(y, (x * np.float16(2) + np.float16(1)).astype(np.float16))
+            # 2x is exact in fp16; a fused multiply-add may round once instead of twice: 1 ulp at most
+            np.testing.assert_allclose(y.astype(np.float32), x.astype(np.float32) * 2 + 1, rtol=1e-3, atol=1e-3)
         assert len(eng.graphs) == 2 and eng.graphs.evictions >= 1 and eng.graphs.hits >= 1
         with pytest.raises(UserError, match="outside every profile"):
             eng.run({"x": np.zeros((5, 4, 8, 8), np.float16)})
@@ -88,7 +90,8 @@ def test_ort_cuda_engine_with_io_binding(affine_onnx) -> None:
     eng = OrtGpuEngine(affine_onnx, "ort-cuda", cuda_graph=True)
     for shape in [(1, 4, 8, 8), (1, 4, 8, 8), (2, 4, 16, 16)]:
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float16)
-        np.testing.assert_array_equal(eng.run({"x": x})["y"], x * np.float16(2) + np.float16(1))
+        np.testing.assert_allclose(eng.run({"x": x})["y"].astype(np.float32), x.astype(np.float32) * 2 + 1,
+                                   rtol=1e-3, atol=1e-3)
 
 
 def test_peak_vram_sees_an_allocation() -> None:

@@ -34,7 +34,7 @@ def build(
     components: str | None, opt_level: int, workspace: float | None, engines_dir: Path | None,
     force: bool, dry_run: bool,
 ) -> None:
-    """Build fp16 TensorRT engines for BUNDLE on this GPU (reused when they already match)."""
+    """Build TensorRT engines (fp16 by default) for BUNDLE on this GPU; matching engines are reused."""
     from ..engines.build_plan import plan_builds, run_builds
     from ..engines.builder import BuildOptions, build_engine
     from ..engines.profiles import AXIS_ROLES, format_shapes, parse_profile, pipeline_shapes
