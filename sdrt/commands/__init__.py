@@ -1,5 +1,6 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
+from .build import build
 from .samplers import samplers
 
-COMMANDS = [samplers]
+COMMANDS = [samplers, build]
