@@ -1,5 +1,6 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
+from .export import export, tiny_model
 from .samplers import samplers
 
-COMMANDS = [samplers]
+COMMANDS = [samplers, export, tiny_model]

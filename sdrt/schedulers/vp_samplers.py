@@ -1,1 +1,308 @@
-"""(being written)"""
+"""The variance-preserving family: DDIM, DDPM, PLMS and LCM step x_t = sqrt(abar) x0 + sqrt(1 - abar) eps directly.
+
+They share one schedule builder (diffusers' integer timesteps with its spacing quirks, or a sigma schedule
+mapped onto fractional timesteps), init_noise_sigma = 1 and add_noise = sqrt(abar) x0 + sqrt(1 - abar) n.
+
+Every update below is a linear combination of the current latents x, the clean estimate x0 and the noise
+estimate eps. For each prediction type x0 and eps are themselves linear in (x, model output), so `_combine`
+folds the coefficients (in float64) into two scalars and touches the latents with one multiply-add. That is
+cheap per step, and never divides by sqrt(abar): a v-prediction model evaluated at zero terminal SNR (abar = 0,
+the SD2 / Lin et al. recipe with trailing spacing) is sampled exactly, as DDIMScheduler does. An epsilon model
+cannot be evaluated there (x0 = (x - eps) / 0), which `_vp_schedule` rejects with a clear error.
+
+Quirks kept for parity with diffusers (../shared/reference/samplers.md, section 3): DDIM and PLMS step to
+t - T//N whatever the spacing, and end on alphas_cumprod[0] (set_alpha_to_one=False); DDPM steps to the next
+scheduled timestep and ends on abar = 1; PLMS repeats its second timestep for a Heun-like warm-up; nothing is
+clipped (clip_sample=False).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .noise_schedule import NoiseSchedule
+from .sampling import ModelCall, NoiseSource, SamplerLoop, SamplerSpec, StepEnd, register
+from .schedules import Schedule, ays_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps
+
+# LCMScheduler's defaults, shared by every published LCM / LCM-LoRA checkpoint.
+LCM_ORIGINAL_STEPS = 50  # original_inference_steps: the distillation schedule has T // 50 spacing
+LCM_TIMESTEP_SCALING = 10.0
+LCM_SIGMA_DATA = 0.5
+# Smallest abar we map a zero-terminal-SNR schedule's last timestep to when a *sigma* schedule needs a finite
+# sigma_max (diffusers' EulerDiscreteScheduler makes the same substitution).
+ZERO_SNR_ALPHA_BAR = 2.0**-24
+
+
+@dataclass(frozen=True)
+class VPSchedule(Schedule):
+    """A Schedule plus the noise levels VP samplers step between (float32 values, as diffusers indexes them).
+
+    `prev_alpha_bars[i]` is where step i lands. For the normal schedule that is diffusers' choice (DDIM/PLMS:
+    t - T//N, so with linspace spacing not always the next step's level); for sigma schedules it is the next
+    level, and 1 (sigma 0, fully denoised) after the last step.
+    """
+
+    alpha_bars: np.ndarray  # abar at each step's evaluation (N)
+    prev_alpha_bars: np.ndarray  # abar each step moves to (N)
+    warmup_alpha_bars: np.ndarray  # PLMS: the level diffusers assumes a redone step starts from (N)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def _sigmas_from_alpha_bars(alpha_bars: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):  # abar = 0 (zero terminal SNR) is sigma = inf, a fair answer
+        return np.sqrt((1.0 - alpha_bars) / alpha_bars)
+
+
+def _diffusers_timesteps(ns: NoiseSchedule, steps: int, spacing: str) -> np.ndarray:
+    """DDIM/DDPM/PNDM integer timesteps for `spacing` (linspace rounded, leading shifted by steps_offset)."""
+    T = ns.num_train_timesteps
+    if steps > T:
+        raise ValueError(f"steps must be at most num_train_timesteps ({T}), got {steps}")
+    timesteps = spaced_timesteps(spacing, steps, T, ns.steps_offset).round().astype(np.int64)
+    if timesteps.max() >= T or timesteps.min() < 0:
+        raise ValueError(f"{spacing} spacing with steps_offset={ns.steps_offset} puts a timestep outside "
+                         f"[0, {T - 1}] at {steps} steps: use trailing spacing or fewer steps")
+    return timesteps
+
+
+def _normal_schedule(ns: NoiseSchedule, steps: int, spacing: str, prev_rule: str) -> VPSchedule:
+    """diffusers' own timesteps. prev_rule "ddim": t - T//N, else alphas_cumprod[0]; "next": the next
+    scheduled timestep, and abar = 1 after the last one (DDPMScheduler)."""
+    ac = ns.alphas_cumprod
+    timesteps = _diffusers_timesteps(ns, steps, spacing)
+    alpha_bars = ac[timesteps].astype(np.float64)
+    jump = ns.num_train_timesteps // steps
+    if prev_rule == "ddim":
+        prev = timesteps - jump
+        prev_alpha_bars = np.where(prev >= 0, ac[np.maximum(prev, 0)], ac[0]).astype(np.float64)
+    else:
+        prev_alpha_bars = np.append(alpha_bars[1:], 1.0)
+    # PNDM's warm-up redoes step i "from t_{i+1} + T//N to t_{i+1}" (equal to t_i unless the spacing is uneven).
+    warmup_from = np.minimum(np.append(timesteps[1:], timesteps[-1]) + jump, ns.num_train_timesteps - 1)
+    sigmas = _sigmas_from_alpha_bars(np.append(alpha_bars, prev_alpha_bars[-1]))
+    return VPSchedule(timesteps.astype(np.float64), sigmas, alpha_bars, prev_alpha_bars,
+                      ac[warmup_from].astype(np.float64))
+
+
+def _finite_train_sigmas(ns: NoiseSchedule) -> np.ndarray:
+    ac = ns.alphas_cumprod.astype(np.float64)
+    return np.sqrt((1.0 - ac) / np.maximum(ac, ZERO_SNR_ALPHA_BAR))
+
+
+def _sigma_schedule(ns: NoiseSchedule, steps: int, schedule: str, model_family: str) -> VPSchedule:
+    """karras / exponential / ays for VP samplers (our choice; diffusers' DDIM/DDPM/PNDM have none of these).
+
+    The sigma levels (the full training range [sigma(0), sigma(T-1)] for karras and exponential, the published
+    table for ays) become fractional timesteps by diffusers' log-sigma interpolation (`sigma_to_t`) and noise
+    levels abar = 1 / (1 + sigma^2). The last step lands on abar = 1 (sigma 0), i.e. fully denoised, as every
+    k-diffusion schedule ends on sigma 0: unlike the normal schedule there is no alphas_cumprod[0] remainder.
+    """
+    train_sigmas = _finite_train_sigmas(ns)
+    if schedule == "karras":
+        sigmas = karras_sigmas(train_sigmas[0], train_sigmas[-1], steps)
+    elif schedule == "exponential":
+        sigmas = exponential_sigmas(train_sigmas[0], train_sigmas[-1], steps)
+    elif schedule == "ays":
+        sigmas = ays_sigmas(model_family, steps + 1)[:-1]
+    else:
+        raise ValueError(f"unknown schedule {schedule!r} for a VP sampler")
+    alpha_bars = 1.0 / (1.0 + sigmas**2)
+    return VPSchedule(sigma_to_t(sigmas, train_sigmas), np.append(sigmas, 0.0), alpha_bars,
+                      np.append(alpha_bars[1:], 1.0), alpha_bars.copy())
+
+
+def _check_evaluable(ns: NoiseSchedule, schedule: VPSchedule) -> VPSchedule:
+    if ns.prediction_type == "epsilon" and np.any(schedule.alpha_bars <= 0.0):
+        raise ValueError("an epsilon-prediction model cannot be evaluated at zero terminal SNR (abar = 0 at the "
+                         "last training timestep): use leading spacing, or a v_prediction model")
+    return schedule
+
+
+def _build(prev_rule: str):
+    def build(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
+        if schedule == "normal":
+            built = _normal_schedule(ns, steps, spacing, prev_rule)
+        else:
+            built = _sigma_schedule(ns, steps, schedule, model_family)
+        return _check_evaluable(ns, built)
+
+    return build
+
+
+def _lcm_schedule(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
+    """LCMScheduler.set_timesteps: N of the 50 distillation timesteps (T//50 * j - 1), evenly by index.
+
+    `spacing` does not apply: LCM models only know their distillation timesteps.
+    """
+    T = ns.num_train_timesteps
+    origin = (np.arange(1, LCM_ORIGINAL_STEPS + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
+    if steps > LCM_ORIGINAL_STEPS:
+        raise ValueError(f"lcm runs at most {LCM_ORIGINAL_STEPS} steps (its distillation schedule), got {steps}")
+    timesteps = origin[np.floor(np.linspace(0, len(origin), steps, endpoint=False)).astype(np.int64)]
+    alpha_bars = ns.alphas_cumprod[timesteps].astype(np.float64)
+    prev_alpha_bars = np.append(alpha_bars[1:], alpha_bars[-1])  # the last step returns the denoised sample
+    sigmas = _sigmas_from_alpha_bars(np.append(alpha_bars, 1.0))
+    return _check_evaluable(ns, VPSchedule(timesteps.astype(np.float64), sigmas, alpha_bars, prev_alpha_bars,
+                                           alpha_bars.copy()))
+
+
+def init_noise_sigma(schedule: Schedule, ns: NoiseSchedule, spacing: str) -> float:
+    return 1.0
+
+
+def add_noise(x0: np.ndarray, noise: np.ndarray, schedule: VPSchedule, ns: NoiseSchedule, step: int) -> np.ndarray:
+    """The forward process at step `step`: sqrt(abar) x0 + sqrt(1 - abar) n."""
+    abar = float(schedule.alpha_bars[step])
+    return (math.sqrt(abar) * x0 + math.sqrt(1.0 - abar) * noise).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared update
+
+
+def _combine(x: np.ndarray, output: np.ndarray, alpha_bar: float, prediction_type: str, *,
+             c_x: float = 0.0, c_x0: float = 0.0, c_eps: float = 0.0) -> np.ndarray:
+    """c_x * x + c_x0 * x0 + c_eps * eps, with x0 and eps read from the model output at noise level alpha_bar."""
+    a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    if prediction_type == "epsilon":  # x0 = (x - s*out)/a, eps = out
+        k_x, k_out = c_x + c_x0 / a, c_eps - c_x0 * s / a
+    elif prediction_type == "v_prediction":  # x0 = a*x - s*out, eps = s*x + a*out
+        k_x, k_out = c_x + c_x0 * a + c_eps * s, c_eps * a - c_x0 * s
+    elif prediction_type == "sample":  # x0 = out, eps = (x - a*out)/s
+        k_x, k_out = c_x + c_eps / s, c_x0 - c_eps * a / s
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    result = x * np.float32(k_x)
+    result += np.float32(k_out) * output
+    return result
+
+
+def _steps(schedule: VPSchedule, start_step: int):
+    for i in range(start_step, schedule.num_steps):
+        yield i, float(schedule.timesteps[i]), float(schedule.alpha_bars[i]), float(schedule.prev_alpha_bars[i])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Samplers
+
+
+def ddim(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
+         start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
+    """DDIM (Song et al. 2021, eq. 12):
+    x' = sqrt(abar') x0 + sqrt(1 - abar' - std^2) eps + std z,
+    std = eta sqrt((1 - abar') / (1 - abar) (1 - abar / abar')). Noise is drawn every step when eta > 0."""
+    eta = float(options.get("eta", 0.0))
+    ptype = noise_schedule.prediction_type
+    for i, t, abar, prev in _steps(schedule, start_step):
+        output = yield ModelCall(x, t, abar, i)
+        std = eta * math.sqrt((1.0 - prev) / (1.0 - abar) * (1.0 - abar / prev))
+        x = _combine(x, output, abar, ptype, c_x0=math.sqrt(prev), c_eps=math.sqrt(max(1.0 - prev - std * std, 0.0)))
+        if eta > 0:
+            x += np.float32(std) * noise(x.shape)
+        x = end_step(i, x)
+    return x
+
+
+def ddpm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
+         start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
+    """DDPM ancestral step (Ho et al. 2020, eq. 7), the posterior q(x' | x, x0) with x0 from the model:
+    x' = sqrt(abar') beta / (1 - abar) x0 + sqrt(alpha) (1 - abar') / (1 - abar) x + sqrt(var) z,
+    alpha = abar / abar', beta = 1 - alpha, var = max((1 - abar') / (1 - abar) beta, 1e-20) ("fixed_small").
+    Like diffusers, noise is drawn whenever the timestep is above 0 (also on the last step, with var ~ 0)."""
+    ptype = noise_schedule.prediction_type
+    for i, t, abar, prev in _steps(schedule, start_step):
+        output = yield ModelCall(x, t, abar, i)
+        alpha = abar / prev
+        beta = 1.0 - alpha
+        x = _combine(x, output, abar, ptype, c_x0=math.sqrt(prev) * beta / (1.0 - abar),
+                     c_x=math.sqrt(alpha) * (1.0 - prev) / (1.0 - abar))
+        if t > 0:
+            std = math.sqrt(max((1.0 - prev) / (1.0 - abar) * beta, 1e-20))
+            x += np.float32(std) * noise(x.shape)
+        x = end_step(i, x)
+    return x
+
+
+# Adams-Bashforth weights on the last 1..4 model outputs (newest first), PNDM's linear multistep.
+_PLMS_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
+                 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def _deterministic_step(x: np.ndarray, output: np.ndarray, abar: float, prev: float, ptype: str) -> np.ndarray:
+    """PNDM's transfer (eq. 9), which equals DDIM with eta = 0: x' = sqrt(abar') x0 + sqrt(1 - abar') eps."""
+    return _combine(x, output, abar, ptype, c_x0=math.sqrt(prev), c_eps=math.sqrt(1.0 - prev))
+
+
+def plms(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
+         start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
+    """PLMS (Liu et al. 2022, PNDM with skip_prk_steps, as Stable Diffusion uses it).
+
+    The DDIM transfer driven by an Adams-Bashforth combination of the last model outputs (up to 4). The first
+    step is taken twice: a plain step, then the model at the next timestep, and the step redone from the same
+    start with the average of both outputs (a Heun warm-up costing one extra model call; both calls report
+    step = start). Outputs are combined as the network gives them (eps or v) and converted afterwards, as
+    diffusers does. end_step runs after both the trial and the redone first step, since both feed the model.
+    """
+    ptype = noise_schedule.prediction_type
+    outputs: list[np.ndarray] = []  # newest last
+    for i, t, abar, prev in _steps(schedule, start_step):
+        output = yield ModelCall(x, t, abar, i)
+        if i == start_step and i + 1 < schedule.num_steps:
+            x_start = x
+            x = end_step(i, _deterministic_step(x_start, output, abar, prev, ptype))
+            next_abar = float(schedule.alpha_bars[i + 1])
+            second = yield ModelCall(x, float(schedule.timesteps[i + 1]), next_abar, i)
+            averaged = (output + second) / np.float32(2)
+            x = _deterministic_step(x_start, averaged, float(schedule.warmup_alpha_bars[i]), next_abar, ptype)
+            outputs.append(output)
+            x = end_step(i, x)
+            continue
+        outputs = outputs[-3:] + [output]
+        weights = _PLMS_WEIGHTS[len(outputs)]
+        combined = np.float32(weights[0]) * outputs[-1]
+        for w, past in zip(weights[1:], reversed(outputs[:-1])):
+            combined += np.float32(w) * past
+        x = end_step(i, _deterministic_step(x, combined, abar, prev, ptype))
+    return x
+
+
+def _lcm_boundary_scalings(timestep: float) -> tuple[float, float]:
+    """Consistency-model boundary condition c_skip(t) -> 1, c_out(t) -> 0 as t -> 0 (LCM, Luo et al. 2023)."""
+    scaled = timestep * LCM_TIMESTEP_SCALING
+    denom = scaled * scaled + LCM_SIGMA_DATA**2
+    return LCM_SIGMA_DATA**2 / denom, scaled / math.sqrt(denom)
+
+
+def lcm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
+        start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
+    """LCM multistep sampling: denoise in one jump, D = c_skip x + c_out x0, then re-noise to the next
+    timestep, x' = sqrt(abar') D + sqrt(1 - abar') z; the last step returns D itself."""
+    ptype = noise_schedule.prediction_type
+    last = schedule.num_steps - 1
+    for i, t, abar, prev in _steps(schedule, start_step):
+        output = yield ModelCall(x, t, abar, i)
+        c_skip, c_out = _lcm_boundary_scalings(t)
+        scale = 1.0 if i == last else math.sqrt(prev)
+        x = _combine(x, output, abar, ptype, c_x=scale * c_skip, c_x0=scale * c_out)
+        if i != last:
+            x += np.float32(math.sqrt(1.0 - prev)) * noise(x.shape)
+        x = end_step(i, x)
+    return x
+
+
+_COMMON = dict(init_noise_sigma=init_noise_sigma, add_noise=add_noise, default_spacing="leading")
+
+register(SamplerSpec(name="ddim", title="DDIM", stochastic=False, build_schedule=_build("ddim"), run=ddim,
+                     diffusers_counterpart="DDIMScheduler", options={"eta": 0.0}, **_COMMON))
+register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=_build("next"), run=ddpm,
+                     diffusers_counterpart="DDPMScheduler", **_COMMON))
+register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("ddim"), run=plms,
+                     diffusers_counterpart="PNDMScheduler(skip_prk_steps=True)", **_COMMON))
+register(SamplerSpec(name="lcm", title="LCM", stochastic=True, build_schedule=_lcm_schedule, run=lcm,
+                     diffusers_counterpart="LCMScheduler", schedules=("normal",), **_COMMON))
