@@ -35,6 +35,7 @@ SCHEDULERS: dict[str, tuple[str, dict, str | None]] = {
 }
 PIPELINES = {
     ("sd1", "txt2img"): "StableDiffusionPipeline",
+    ("sd2v", "txt2img"): "StableDiffusionPipeline",
     ("sd1", "img2img"): "StableDiffusionImg2ImgPipeline",
     ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sd1_inpaint", "inpaint"): "StableDiffusionInpaintPipeline",

@@ -86,6 +86,19 @@ def test_txt2img_sd1(pipelines, tiny_model, sampler: str, schedule: str) -> None
     compare(f"sd1 txt2img {sampler}/{schedule}", ours, *ref)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_txt2img_sd2_v_prediction(pipelines, tiny_model, sampler: str) -> None:
+    need(sampler)
+    pipe = pipelines("sd2v")
+    latents = np.random.default_rng(15).standard_normal(latent_shape(pipe, 1), dtype=np.float32)
+    request = GenerationRequest(PROMPT, negative=NEGATIVE, steps=STEPS, sampler=sampler, cfg=7.0,
+                                guidance_rescale=0.5, latents=latents)
+    ours = pipe.generate(request, noise=Queue(seed=99))
+    ref = run_diffusers(tiny_model("sd2v"), "sd2v", "txt2img", sampler, prompt=PROMPT, negative=NEGATIVE,
+                        steps=STEPS, latents=latents, cfg=7.0, guidance_rescale=0.5)
+    compare(f"sd2 (v-prediction) txt2img {sampler} guidance_rescale 0.5", ours, *ref)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m"])
 def test_txt2img_sdxl(pipelines, tiny_model, sampler: str) -> None:
     need(sampler)

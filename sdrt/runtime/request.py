@@ -61,7 +61,7 @@ def resolve_size(request: GenerationRequest, model: ModelInfo) -> tuple[int, int
         width = width or image_w
     default_h, default_w = model.default_size
     height, width = height or default_h, width or default_w
-    step = model.vae_scale_factor
+    step = max(model.size_multiple, model.vae_scale_factor)
     for name, value in (("width", width), ("height", height)):
         if value % step:
             lower, upper = value - value % step, value - value % step + step
