@@ -1,6 +1,7 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
 from .export import export, tiny_model
+from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, export, tiny_model]
+COMMANDS = [samplers, export, tiny_model, generate]

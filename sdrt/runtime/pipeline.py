@@ -110,14 +110,7 @@ class Pipeline:
                  progress: Progress | None = None) -> GenerationResult:
         """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise)."""
         started = time.perf_counter()
-        validate(request)
-        height, width = resolve_size(request, self.model)
-        sampler = self._sampler(request)
-        if request.task == "inpaint" and self.model.unet_in_channels not in (4, 9):
-            raise UserError(f"this bundle's UNet has {self.model.unet_in_channels} input channels; "
-                            "inpainting needs 4 or 9")
-        if request.task != "inpaint" and self.model.unet_in_channels != self.model.latent_channels:
-            raise UserError("this bundle holds an inpainting UNet: pass --init-image and --mask")
+        sampler, (height, width) = self.check(request)
         seeds = batch_seeds(request.seed, request.batch)
         noise = noise or SeededNoise(seeds)
         timings = Timings()
@@ -149,6 +142,22 @@ class Pipeline:
         timings.total = time.perf_counter() - started
         parameters = [self._parameters(request, sampler, seed, (height, width)) for seed in seeds]
         return GenerationResult(images, latents, seeds, parameters, timings)
+
+    def check(self, request: GenerationRequest) -> tuple[Sampler, tuple[int, int]]:
+        """Validate the request against the bundle and create the engines it needs, so every user error and
+        every unreadable graph surfaces before any work; returns the sampler and (height, width)."""
+        validate(request)
+        size = resolve_size(request, self.model)
+        sampler = self._sampler(request)
+        channels = self.model.unet_in_channels
+        if request.task == "inpaint" and channels not in (self.model.latent_channels, 9):
+            raise UserError(f"this bundle's UNet has {channels} input channels; inpainting needs 4 or 9")
+        if request.task != "inpaint" and channels != self.model.latent_channels:
+            raise UserError("this bundle holds an inpainting UNet: pass --init-image and --mask")
+        _ = self.prompt_encoder  # builds the tokenizers and text encoders
+        for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
+            self.engine(name)
+        return sampler, size
 
     def _sampler(self, request: GenerationRequest) -> Sampler:
         try:
