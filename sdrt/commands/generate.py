@@ -7,6 +7,7 @@ atomically, so a failed run leaves nothing behind.
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 
 import click
@@ -68,10 +69,10 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     paths = output_paths(output, request.seed, batch)
     pipe.check(request)  # every user error before the progress bar starts
 
-    if quiet or not click.get_text_stream("stderr").isatty():
+    if quiet or not sys.stderr.isatty():
         result = pipe.generate(request)
     else:
-        with click.progressbar(length=steps, label="sampling", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=steps, label="sampling", file=sys.stderr) as bar:
             state = {"done": 0}
 
             def progress(done: int, total: int) -> None:

@@ -98,7 +98,7 @@ def check_providers(requested: tuple[str, ...], active: list[str], backend: str)
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if wanted not in available:
+    if wanted not in available or not active:
         why = f"this onnxruntime ({ort.__version__}) has no {wanted} (it has: {', '.join(available)})"
         fix = "install onnxruntime-gpu" if wanted in GPU_PROVIDERS else "install an onnxruntime build with it"
     else:
@@ -128,6 +128,8 @@ class OrtEngine:
         self.name = name
         self.path = str(path)
         requested = resolve_backend(settings.backend)
+        if requested[0] not in ort.get_available_providers():
+            check_providers(requested, [], settings.backend)  # fail now: ORT would only warn and use CPU
         try:
             self.session = ort.InferenceSession(self.path, sess_options=session_options(settings),
                                                 providers=provider_options(requested, settings))
