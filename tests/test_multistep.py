@@ -62,6 +62,8 @@ def txt2img_cases():
             yield name, steps, prediction, "normal", spacing
         for schedule in ("karras", "exponential"):
             yield name, steps, prediction, schedule, "linspace"
+    for name, steps in itertools.product(COUNTERPARTS, STEPS):
+        yield name, steps, "sample", "normal", "linspace"
 
 
 @pytest.mark.parametrize("name,steps,prediction,schedule,spacing", list(txt2img_cases()))
@@ -91,6 +93,16 @@ def test_ays_matches_diffusers_with_the_published_timesteps(name: str) -> None:
         ref = diffusers_loop(scheduler, scheduler.timesteps, torch.from_numpy(latents.copy()))
     ours = drive(sampler.run(sampler.initial_latents(latents), NoiseStream()), synthetic_model)
     assert rel_error(ours, ref) <= TOLERANCE
+
+
+def test_ays_at_20_steps_interpolates_the_table_and_ends_at_zero() -> None:
+    """Reference values (samplers.md, section 4): log-linear interpolation of the 11 published levels onto 21
+    points; the last level, sigma_min, becomes 0 as for every multistep schedule."""
+    sampler = Sampler.create("unipc", NoiseSchedule.from_config(SD1_CONFIG), 20, schedule="ays")
+    sigmas = sampler.schedule.sigmas
+    np.testing.assert_allclose(sigmas[:5], [14.6146, 9.7275, 6.4746, 5.0016, 3.8637], rtol=2e-5)
+    np.testing.assert_allclose(sigmas[-3:-1], [0.1515, 0.0665], rtol=1e-3)
+    assert sigmas[-1] == 0.0 and len(sigmas) == 21
 
 
 @pytest.mark.parametrize("name,steps,strength", list(itertools.product(COUNTERPARTS, (10, 25), (0.3, 0.75))))

@@ -89,6 +89,33 @@ def test_img2img_matches_diffusers(name: str, steps: int, strength: float) -> No
     assert rel_error(ours, ref) <= TOL
 
 
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_lcm_img2img_matches_diffusers(steps: int, strength: float) -> None:
+    """LatentConsistencyModelImg2ImgPipeline: set_timesteps(N, strength) truncates the 50 distillation
+    timesteps to int(50 strength) and still runs all N steps; add_noise at the first of them."""
+    config = dict(SD1_CONFIG, prediction_type="epsilon")
+    x0, noise = initial_noise(seed=3), initial_noise(seed=4)
+    scheduler, module = _diffusers_scheduler("lcm", config)
+    scheduler.set_timesteps(steps, strength=strength)
+    with diffusers_noise(module, NoiseStream()):
+        x = scheduler.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), scheduler.timesteps[:1])
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.from_numpy(synthetic_model(x.numpy(), float(t))), t, x, return_dict=False)[0]
+    sampler = Sampler.create("lcm", NoiseSchedule.from_config(config), steps)
+    latents, start = sampler.noised_latents(x0, noise, strength)
+    assert start == 0 and sampler.timesteps.tolist() == scheduler.timesteps.tolist()
+    ours = drive(sampler.run(latents, NoiseStream(), start_step=start), synthetic_model)
+    assert rel_error(ours, x.numpy()) <= TOL
+
+
+def test_lcm_img2img_with_too_few_distillation_timesteps_names_the_fix() -> None:
+    sampler = Sampler.create("lcm", NoiseSchedule.from_config(SD1_CONFIG), 8)
+    with pytest.raises(ValueError, match=r"^lcm img2img at strength 0\.1 has 5 distillation timesteps for 8 "
+                                         r"steps: raise --strength or lower --steps$"):
+        sampler.noised_latents(initial_noise(), initial_noise(seed=2), 0.1)
+
+
 def test_plms_img2img_runs_the_warm_up_from_its_start_step() -> None:
     """Deliberate difference: diffusers' img2img slices PNDM's duplicated timestep list (timesteps[t_start:]),
     so it starts one level noisier and later evaluates the model at a timestep its latents are not at. We start
@@ -262,3 +289,43 @@ def test_ddim_eta_makes_it_stochastic_and_draws_one_noise_per_step() -> None:
     stream = NoiseStream()
     run_sdrt("ddim", 7, initial_noise(), config, stream)
     assert stream.draws == 0
+
+
+@pytest.mark.parametrize("name, schedule", [(n, s) for n in ("ddim", "ddpm", "plms") for s in ("normal", "karras")]
+                         + [("lcm", "normal")])
+def test_end_step_sees_every_step_and_its_latents_are_used(name: str, schedule: str) -> None:
+    """Inpainting hooks in here: end_step(i, x) after each step, and its return value is what the model sees
+    next. PLMS calls it twice for its first step (trial and redone step both feed the model)."""
+    ns = NoiseSchedule.from_config(SD1_CONFIG)
+    sampler = Sampler.create(name, ns, 6, schedule=schedule)
+    seen, replaced = [], []
+
+    def end_step(i: int, x: np.ndarray) -> np.ndarray:
+        seen.append(i)
+        replaced.append(np.full_like(x, float(len(seen))))
+        return replaced[-1]
+
+    loop = sampler.run(sampler.initial_latents(initial_noise()), NoiseStream(), end_step=end_step)
+    call = next(loop)
+    inputs = []
+    try:
+        while True:
+            call = loop.send(synthetic_model(call.x, call.timestep))
+            inputs.append(call.x)
+    except StopIteration as done:
+        final = done.value
+    assert seen == ([0, 0, 1, 2, 3, 4, 5] if name == "plms" else [0, 1, 2, 3, 4, 5])
+    assert all(x is r for x, r in zip(inputs, replaced[:-1]))
+    assert final is replaced[-1]
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential", "ays"])
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "plms"])
+def test_sigma_schedule_img2img_denoises_a_point_mass_exactly(name: str, schedule: str) -> None:
+    ns = NoiseSchedule.from_config(SD1_CONFIG)
+    center = -0.4
+    sampler = Sampler.create(name, ns, 10, schedule=schedule)
+    latents, start = sampler.noised_latents(np.full((2, 4, 8, 8), center, np.float32), initial_noise(), 0.55)
+    assert start == 5
+    out = drive(sampler.run(latents, NoiseStream(), start_step=start), _point_mass_model(ns, center))
+    np.testing.assert_allclose(out, center, rtol=0, atol=2e-5)

@@ -171,6 +171,7 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
     if "fp16" in options.precisions and not keep_fp32:
         say(f"{tag}: converting to mixed fp16")
         model16 = to_mixed_fp16(model32)
+        del model32  # the fp32 proto is saved already; free it before the fp16 gate (GBs at full size)
         stats["fp16_nodes"] = len(model16.graph.node)
         path16 = root / "fp16" / f"{graph.name}.onnx"
         external = save_model(model16, path16)

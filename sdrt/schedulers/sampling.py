@@ -35,7 +35,7 @@ from .temperature import Temperature
 class ModelCall:
     """One request for a network evaluation."""
 
-    x: np.ndarray  # latents exactly as the network must see them (VP scale); read-only for the caller
+    x: np.ndarray  # latents exactly as the network must see them (VP scale); read-only, valid until the next send
     timestep: float  # the value for the network's timestep input (fractional for some schedules)
     alpha_bar: float  # noise level of this evaluation, abar = 1 / (1 + sigma^2)
     step: int  # index of the sampling step this evaluation belongs to
@@ -70,6 +70,9 @@ class SamplerSpec:
     diffusers_counterpart: str | None = None  # e.g. "DPMSolverMultistepScheduler(algorithm_type='dpmsolver++')"
     options: dict = field(default_factory=dict)  # defaults of sampler-specific options (eta, s_noise, ...)
     schedules: tuple[str, ...] = SIGMA_SCHEDULES  # sigma schedules this sampler supports
+    # img2img that rebuilds the schedule for a strength and runs every step, instead of skipping the first
+    # ones (diffusers' LCM img2img): (ns, steps, strength) -> Schedule. None: timesteps[start_step:].
+    strength_schedule: Callable[[NoiseSchedule, int, float], Schedule] | None = None
 
 
 REGISTRY: dict[str, SamplerSpec] = {}
@@ -169,8 +172,16 @@ class Sampler:
         return self.spec.add_noise(x0, noise, self.schedule, self.noise_schedule, step)
 
     def noised_latents(self, x0: np.ndarray, noise: np.ndarray, strength: float) -> tuple[np.ndarray, int]:
-        """img2img start: (latents, first step) for clean latents x0 and standard-normal noise."""
-        start = self.start_step(strength)
+        """img2img start: (latents, first step) for clean latents x0 and standard-normal noise.
+
+        For a sampler with a `strength_schedule` (LCM) this replaces the schedule and returns step 0."""
+        if self.spec.strength_schedule is not None:
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            self.schedule = self.spec.strength_schedule(self.noise_schedule, self.num_steps, strength)
+            start = 0
+        else:
+            start = self.start_step(strength)
         return self.add_noise(x0, noise * np.float32(self.temperature.noise_scale), start), start
 
     def run(self, x: np.ndarray, noise: NoiseSource, start_step: int = 0,

@@ -8,7 +8,7 @@ estimate eps. For each prediction type x0 and eps are themselves linear in (x, m
 folds the coefficients (in float64) into two scalars and touches the latents with one multiply-add. That is
 cheap per step, and never divides by sqrt(abar): a v-prediction model evaluated at zero terminal SNR (abar = 0,
 the SD2 / Lin et al. recipe with trailing spacing) is sampled exactly, as DDIMScheduler does. An epsilon model
-cannot be evaluated there (x0 = (x - eps) / 0), which `_vp_schedule` rejects with a clear error.
+cannot be evaluated there (x0 = (x - eps) / 0), which the schedule builder rejects with a clear error.
 
 Quirks kept for parity with diffusers (../shared/reference/samplers.md, section 3): DDIM and PLMS step to
 t - T//N whatever the spacing, and end on alphas_cumprod[0] (set_alpha_to_one=False); DDPM steps to the next
@@ -38,7 +38,8 @@ ZERO_SNR_ALPHA_BAR = 2.0**-24
 
 @dataclass(frozen=True)
 class VPSchedule(Schedule):
-    """A Schedule plus the noise levels VP samplers step between (float32 values, as diffusers indexes them).
+    """A Schedule plus the noise levels VP samplers step between (for the normal schedule, the float32
+    alphas_cumprod values diffusers indexes, exactly).
 
     `prev_alpha_bars[i]` is where step i lands. For the normal schedule that is diffusers' choice (DDIM/PLMS:
     t - T//N, so with linspace spacing not always the next step's level); for sigma schedules it is the next
@@ -135,21 +136,29 @@ def _build(prev_rule: str):
     return build
 
 
-def _lcm_schedule(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
-    """LCMScheduler.set_timesteps: N of the 50 distillation timesteps (T//50 * j - 1), evenly by index.
-
-    `spacing` does not apply: LCM models only know their distillation timesteps.
+def _lcm_timesteps(ns: NoiseSchedule, steps: int, strength: float = 1.0) -> VPSchedule:
+    """LCMScheduler.set_timesteps: N of the first int(50 strength) distillation timesteps (T//50 * j - 1),
+    evenly by index, noisiest first. Strength < 1 (img2img) truncates the distillation schedule; all N steps run.
     """
     T = ns.num_train_timesteps
-    origin = (np.arange(1, LCM_ORIGINAL_STEPS + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
+    available = int(LCM_ORIGINAL_STEPS * strength)
     if steps > LCM_ORIGINAL_STEPS:
         raise ValueError(f"lcm runs at most {LCM_ORIGINAL_STEPS} steps (its distillation schedule), got {steps}")
+    if steps > available:
+        raise ValueError(f"lcm img2img at strength {strength} has {available} distillation timesteps for "
+                         f"{steps} steps: raise --strength or lower --steps")
+    origin = (np.arange(1, available + 1) * (T // LCM_ORIGINAL_STEPS) - 1)[::-1]
     timesteps = origin[np.floor(np.linspace(0, len(origin), steps, endpoint=False)).astype(np.int64)]
     alpha_bars = ns.alphas_cumprod[timesteps].astype(np.float64)
     prev_alpha_bars = np.append(alpha_bars[1:], alpha_bars[-1])  # the last step returns the denoised sample
     sigmas = _sigmas_from_alpha_bars(np.append(alpha_bars, 1.0))
     return _check_evaluable(ns, VPSchedule(timesteps.astype(np.float64), sigmas, alpha_bars, prev_alpha_bars,
                                            alpha_bars.copy()))
+
+
+def _lcm_schedule(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
+    """`spacing` does not apply: LCM models only know their distillation timesteps."""
+    return _lcm_timesteps(ns, steps)
 
 
 def init_noise_sigma(schedule: Schedule, ns: NoiseSchedule, spacing: str) -> float:
@@ -166,18 +175,23 @@ def add_noise(x0: np.ndarray, noise: np.ndarray, schedule: VPSchedule, ns: Noise
 # The shared update
 
 
-def _combine(x: np.ndarray, output: np.ndarray, alpha_bar: float, prediction_type: str, *,
-             c_x: float = 0.0, c_x0: float = 0.0, c_eps: float = 0.0) -> np.ndarray:
-    """c_x * x + c_x0 * x0 + c_eps * eps, with x0 and eps read from the model output at noise level alpha_bar."""
+def _coefficients(alpha_bar: float, prediction_type: str, c_x: float, c_x0: float, c_eps: float) -> tuple[float, float]:
+    """(k_x, k_out) with c_x x + c_x0 x0 + c_eps eps = k_x x + k_out output, for x0 and eps read from the model
+    output at noise level alpha_bar."""
     a, s = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
     if prediction_type == "epsilon":  # x0 = (x - s*out)/a, eps = out
-        k_x, k_out = c_x + c_x0 / a, c_eps - c_x0 * s / a
-    elif prediction_type == "v_prediction":  # x0 = a*x - s*out, eps = s*x + a*out
-        k_x, k_out = c_x + c_x0 * a + c_eps * s, c_eps * a - c_x0 * s
-    elif prediction_type == "sample":  # x0 = out, eps = (x - a*out)/s
-        k_x, k_out = c_x + c_eps / s, c_x0 - c_eps * a / s
-    else:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+        return c_x + c_x0 / a, c_eps - c_x0 * s / a
+    if prediction_type == "v_prediction":  # x0 = a*x - s*out, eps = s*x + a*out
+        return c_x + c_x0 * a + c_eps * s, c_eps * a - c_x0 * s
+    if prediction_type == "sample":  # x0 = out, eps = (x - a*out)/s
+        return c_x + c_eps / s, c_x0 - c_eps * a / s
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def _combine(x: np.ndarray, output: np.ndarray, alpha_bar: float, prediction_type: str, *,
+             c_x: float = 0.0, c_x0: float = 0.0, c_eps: float = 0.0) -> np.ndarray:
+    """c_x * x + c_x0 * x0 + c_eps * eps, as a new array."""
+    k_x, k_out = _coefficients(alpha_bar, prediction_type, c_x, c_x0, c_eps)
     result = x * np.float32(k_x)
     result += np.float32(k_out) * output
     return result
@@ -234,9 +248,15 @@ _PLMS_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
                  4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def _deterministic_step(x: np.ndarray, output: np.ndarray, abar: float, prev: float, ptype: str) -> np.ndarray:
-    """PNDM's transfer (eq. 9), which equals DDIM with eta = 0: x' = sqrt(abar') x0 + sqrt(1 - abar') eps."""
-    return _combine(x, output, abar, ptype, c_x0=math.sqrt(prev), c_eps=math.sqrt(1.0 - prev))
+def _deterministic_step(x: np.ndarray, outputs: list[np.ndarray], weights: tuple[float, ...], abar: float,
+                        prev: float, ptype: str) -> np.ndarray:
+    """PNDM's transfer (eq. 9), which equals DDIM with eta = 0: x' = sqrt(abar') x0 + sqrt(1 - abar') eps, for
+    the output sum_j weights[j] outputs[-1-j] (folded into the update: one pass per output)."""
+    k_x, k_out = _coefficients(abar, ptype, 0.0, math.sqrt(prev), math.sqrt(1.0 - prev))
+    result = x * np.float32(k_x)
+    for weight, output in zip(weights, reversed(outputs)):
+        result += np.float32(k_out * weight) * output
+    return result
 
 
 def plms(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
@@ -248,6 +268,9 @@ def plms(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noi
     start with the average of both outputs (a Heun warm-up costing one extra model call; both calls report
     step = start). Outputs are combined as the network gives them (eps or v) and converted afterwards, as
     diffusers does. end_step runs after both the trial and the redone first step, since both feed the model.
+    img2img (start_step > 0) warms up at its first step. diffusers' img2img instead slices PNDM's duplicated
+    list (timesteps[t_start:]), starting one level noisier and later asking the model about a timestep its
+    latents are not at; we do not reproduce that.
     """
     ptype = noise_schedule.prediction_type
     outputs: list[np.ndarray] = []  # newest last
@@ -255,20 +278,16 @@ def plms(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noi
         output = yield ModelCall(x, t, abar, i)
         if i == start_step and i + 1 < schedule.num_steps:
             x_start = x
-            x = end_step(i, _deterministic_step(x_start, output, abar, prev, ptype))
+            x = end_step(i, _deterministic_step(x_start, [output], (1.0,), abar, prev, ptype))
             next_abar = float(schedule.alpha_bars[i + 1])
             second = yield ModelCall(x, float(schedule.timesteps[i + 1]), next_abar, i)
-            averaged = (output + second) / np.float32(2)
-            x = _deterministic_step(x_start, averaged, float(schedule.warmup_alpha_bars[i]), next_abar, ptype)
+            x = _deterministic_step(x_start, [output, second], (0.5, 0.5), float(schedule.warmup_alpha_bars[i]),
+                                    next_abar, ptype)
             outputs.append(output)
             x = end_step(i, x)
             continue
         outputs = outputs[-3:] + [output]
-        weights = _PLMS_WEIGHTS[len(outputs)]
-        combined = np.float32(weights[0]) * outputs[-1]
-        for w, past in zip(weights[1:], reversed(outputs[:-1])):
-            combined += np.float32(w) * past
-        x = end_step(i, _deterministic_step(x, combined, abar, prev, ptype))
+        x = end_step(i, _deterministic_step(x, outputs, _PLMS_WEIGHTS[len(outputs)], abar, prev, ptype))
     return x
 
 
@@ -305,4 +324,5 @@ register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=
 register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("ddim"), run=plms,
                      diffusers_counterpart="PNDMScheduler(skip_prk_steps=True)", **_COMMON))
 register(SamplerSpec(name="lcm", title="LCM", stochastic=True, build_schedule=_lcm_schedule, run=lcm,
-                     diffusers_counterpart="LCMScheduler", schedules=("normal",), **_COMMON))
+                     diffusers_counterpart="LCMScheduler", schedules=("normal",),
+                     strength_schedule=_lcm_timesteps, **_COMMON))
