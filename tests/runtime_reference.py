@@ -28,6 +28,7 @@ SCHEDULERS: dict[str, tuple[str, dict, str | None]] = {
     "euler": ("EulerDiscreteScheduler", {}, None),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}, "scheduling_euler_ancestral_discrete"),
     "heun": ("HeunDiscreteScheduler", {}, None),
+    "lms": ("LMSDiscreteScheduler", {}, None),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, None),
     "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
                      "scheduling_dpmsolver_multistep"),

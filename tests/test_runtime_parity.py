@@ -72,7 +72,8 @@ def compare(name: str, ours, ref_images: np.ndarray, ref_latents: np.ndarray) ->
 
 @pytest.mark.parametrize("sampler,schedule", [
     ("ddim", "normal"), ("euler", "normal"), ("dpmpp_2m", "normal"), ("euler_a", "normal"),
-    ("dpmpp_2m", "karras"), ("plms", "normal"), ("heun", "normal"), ("unipc", "normal"),
+    ("dpmpp_2m", "karras"), ("plms", "normal"), ("heun", "normal"), ("unipc", "normal"), ("ddpm", "normal"),
+    ("dpmpp_2m_sde", "normal"), ("lms", "normal"),
 ])
 def test_txt2img_sd1(pipelines, tiny_model, sampler: str, schedule: str) -> None:
     need(sampler)

@@ -149,6 +149,11 @@ class Pipeline:
         validate(request)
         size = resolve_size(request, self.model)
         sampler = self._sampler(request)
+        if request.init_image is not None and sampler.spec.strength_schedule is None:
+            try:
+                sampler.start_step(request.effective_strength)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         channels = self.model.unet_in_channels
         if request.task == "inpaint" and channels not in (self.model.latent_channels, 9):
             raise UserError(f"this bundle's UNet has {channels} input channels; inpainting needs 4 or 9")
@@ -175,10 +180,6 @@ class Pipeline:
             return sampler.initial_latents(initial_noise), 0, None, None
         image = image_to_array(request.init_image, width, height)
         strength = request.effective_strength
-        try:
-            start = sampler.start_step(strength)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
         if request.task == "img2img":
             image_latents = self.encode(image, noise, request.batch)
             x, start = sampler.noised_latents(image_latents, initial_noise, strength)
@@ -192,7 +193,7 @@ class Pipeline:
         if strength < 1.0:
             x, start = sampler.noised_latents(image_latents, initial_noise, strength)
         else:
-            x = sampler.initial_latents(initial_noise)
+            x, start = sampler.initial_latents(initial_noise), 0
         small_mask = latent_mask(mask, self.model.vae_scale_factor)
         if nine_channels:
             masked_image = image * (mask < 0.5)
