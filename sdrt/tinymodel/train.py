@@ -52,7 +52,7 @@ QUICK = dict(images=512, vae_steps=20, unet_steps=30, checkpoint_every=10, log_e
 
 
 def _log(out: Path, message: str) -> None:
-    line = f"{time.strftime('%H:%M:%S')} {message}"
+    line = f"{time.strftime('%H:%M:%S')} [cpu {time.process_time():.0f}s] {message}"
     print(line, flush=True)
     with open(out / "train.log", "a") as f:
         f.write(line + "\n")
@@ -225,7 +225,7 @@ def train_denoiser(latents, scaling_factor: float, caption_ids, empty_ids, s: Tr
     return ema_te.eval(), ema_unet.eval(), history, seconds
 
 
-def save_diffusers_folder(text_encoder, unet, vae, tokenizer, out: Path) -> Path:
+def save_diffusers_folder(text_encoder, unet, vae, tokenizer, out: Path, folder_name: str = "model") -> Path:
     import diffusers
 
     from .architecture import new_scheduler
@@ -233,8 +233,30 @@ def save_diffusers_folder(text_encoder, unet, vae, tokenizer, out: Path) -> Path
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                              scheduler=new_scheduler(), safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)
-    folder = out / "model"
+    folder = out / folder_name
     pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def finalize_checkpoint(out: Path, folder_name: str = "model_checkpoint") -> Path:
+    """A diffusers folder from the latest denoiser checkpoint's averaged weights, while training goes on
+    (for looking at progress, or to ship when the run must stop early)."""
+    import torch
+
+    from .architecture import new_text_encoder, new_unet, new_vae
+
+    state = torch.load(out / "denoiser_checkpoint.pt", weights_only=False)
+    text_encoder, unet, vae = new_text_encoder(), new_unet(), new_vae()
+    text_encoder.load_state_dict(state["ema_te"])
+    unet.load_state_dict(state["ema_unet"])
+    vae.load_state_dict(torch.load(out / "vae_trained.pt"))
+    mean, _ = torch.load(out / "latents.pt")
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    from ..export.clip_vocab import build_clip_tokenizer, locate_clip_bpe
+
+    tokenizer = build_clip_tokenizer(bpe_path=locate_clip_bpe(required=True))
+    folder = save_diffusers_folder(text_encoder.eval(), unet.eval(), vae.eval(), tokenizer, out, folder_name)
+    (folder / "checkpoint_step.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
     return folder
 
 
@@ -260,7 +282,8 @@ def train(out: Path, settings: TrainSettings) -> dict[str, Any]:
     text_encoder, unet, history, unet_seconds = train_denoiser(latents, scaling_factor, caption_ids, empty_ids,
                                                                settings, out)
     folder = save_diffusers_folder(text_encoder, unet, vae, tokenizer, out)
-    metrics = {"settings": asdict(settings), **vae_metrics, "scaling_factor": scaling_factor,
+    metrics = {"settings": asdict(settings), **vae_metrics, "process_cpu_seconds": time.process_time(),
+               "wall_seconds": time.time() - t0, "scaling_factor": scaling_factor,
                "denoiser_seconds": unet_seconds, "loss_history": history,
                "final_loss": history[-1][1] if history else None, "torch": torch.__version__}
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -271,10 +294,15 @@ def train(out: Path, settings: TrainSettings) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="working folder (checkpoints, log, model/)")
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run with tiny step counts")
+    parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run with tiny step counts")
+    parser.add_argument("--finalize-checkpoint", action="store_true",
+                        help="only write OUT/model_checkpoint from the latest checkpoint (training may go on)")
     for name, value in asdict(TrainSettings()).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=None)
     args = parser.parse_args(argv)
+    if args.finalize_checkpoint:
+        print(finalize_checkpoint(args.out))
+        return
     overrides = QUICK if args.quick else {}
     settings = TrainSettings(**{**overrides, **{k: v for k, v in vars(args).items()
                                                 if k in TrainSettings.__dataclass_fields__ and v is not None}})
