@@ -256,3 +256,22 @@ def test_demo_refuses_zero_images(capsys):
         main(["demo", "--images", "0"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --images must be at least 1, got 0"
+
+
+@pytest.mark.slow
+def test_shipped_model_draws_what_the_prompt_says(demo_run):
+    """A regression bound for the trained weights (measured: 98.5% over 200 images, bench/tinymodel_quality.py)."""
+    from sdrt.runtime import GenerationRequest, Pipeline
+    from sdrt.tinymodel.builtin import DEFAULT_CFG
+
+    _, cache = demo_run
+    pipe = Pipeline.load(str(next(cache.glob("tinyshapes-*/bundle"))), threads=2)
+    combos = all_prompts()
+    prompts = [combos[i] for i in np.random.default_rng(5).permutation(len(combos))[:8]]
+    images, targets = [], []
+    for n, target in enumerate(prompts):
+        result = pipe.generate(GenerationRequest(caption_for(*target), steps=20, sampler="euler", cfg=DEFAULT_CFG,
+                                                 seed=100 * n, batch=2))
+        images += result.images
+        targets += [target] * 2
+    assert adherence(images, targets).all >= 0.85
