@@ -41,6 +41,7 @@ PIPELINES = {
     ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sd1_inpaint", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
 }
 
 
