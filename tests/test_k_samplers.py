@@ -231,7 +231,7 @@ def test_lms_coefficients_are_exact(spacing: str, schedule: str) -> None:
     sigmas = scheduler.sigmas.numpy()
     for i in range(steps - 1):
         order = min(i + 1, 4)
-        ours = lms_coefficients(sigmas, i, order)
+        ours = lms_coefficients(sigmas, [i], order)[0]
         ref = np.array([scheduler.get_lms_coefficient(order, i, j) for j in range(order)])
         assert np.abs(ours - ref).max() <= 1e-6 * np.abs(ref).max(), i
         nodes = sigmas[i - order + 1:i + 1][::-1].astype(np.float64)
