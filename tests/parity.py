@@ -83,7 +83,8 @@ def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def diffusers_loop(scheduler: Any, x: torch.Tensor, timesteps: Any, model=synthetic_model, **step_kwargs: Any) -> np.ndarray:
+def diffusers_loop(scheduler: Any, x: torch.Tensor, timesteps: Any, model=synthetic_model,
+                   **step_kwargs: Any) -> np.ndarray:
     """The denoising loop of diffusers' SD pipelines over `timesteps`, from latents `x` already scaled or noised
     (order-2 schedulers list their timesteps twice, so one iteration is one model call, as in the pipelines)."""
     for t in timesteps:

@@ -99,9 +99,8 @@ def _model_call(x: np.ndarray, sigma: float, timestep: Any, step: int) -> ModelC
 def _denoised(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
     """The VE denoiser D(x, sigma) = c_skip * x + c_out * output, the clean-sample estimate.
 
-    Written in VE terms (k-diffusion's c_skip/c_out) rather than through prediction.to_x0 on the VP input,
-    because the first steps cancel large terms (|x| ~ 15 down to |x0| ~ 1) and the VP detour adds roundings
-    that diffusers does not have: float32 parity with diffusers' v-prediction depends on it.
+    Written in VE terms (k-diffusion's c_skip/c_out) rather than through prediction.to_x0 on the rounded VP
+    input: the first steps cancel large terms (|x| up to ~60 down to |x0| ~ 1), so every rounding shows.
     """
     if prediction_type == "epsilon":
         return x - output * np.float32(sigma)
@@ -117,8 +116,8 @@ def _denoised(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: 
 def _derivative(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
     """dx/dsigma = (x - D(x, sigma)) / sigma, which is the noise estimate eps (the output itself for epsilon).
 
-    For v-prediction eps = (v + sigma * x) / (sigma^2 + 1) is formed directly rather than as (x - D) / sigma:
-    the difference cancels badly at small sigma, where multistep samplers reuse the slope with large weights.
+    For v-prediction eps = v / sqrt(sigma^2 + 1) + sigma * x / (sigma^2 + 1) is formed directly rather than as
+    (x - D) / sigma, which cancels in float32 at small sigma, where LMS reuses slopes with weights up to ~2.3.
     """
     if prediction_type == "epsilon":
         return output

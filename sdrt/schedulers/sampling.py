@@ -16,6 +16,9 @@ The caller owns the loop, so progress bars, timing, cancellation and CUDA graphs
 runtime's pipeline), and a sampler with two evaluations per step needs nothing special. Temperature is
 applied here, between the caller and the sampler, so each sampler reads as its plain formula.
 `sample()` runs the whole loop for a plain model function.
+
+Arrays: a sampler never writes to an array it was sent or has yielded, and it may keep the outputs it was sent
+(a multistep history), so send a fresh array for each call rather than a reused output buffer.
 """
 
 from __future__ import annotations
