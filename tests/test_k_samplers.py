@@ -4,9 +4,10 @@ Both sides get the same synthetic model, the same initial latents and the same i
 the final latents must agree within relative 1e-5 (max |ours - ref| / max |ref|, float32), except:
 - lms: 2e-5 (measured: 8e-6 epsilon, 1.0e-5 v_prediction). The integration is not the reason: scipy's quad
   integrates the cubic Lagrange basis exactly (its first 21-point Kronrod rule is exact to degree 31), and our
-  weights agree with diffusers' to 1e-6, its integrand being float32 (test_lms_coefficients_are_exact). diffusers forms each slope as (x - (x - sigma * eps)) / sigma, which cancels
-  in float32 at small sigma, and LMS reuses slopes with weights up to ~2.3: against the same arithmetic in
-  float64, diffusers' own float32 result is off by up to 9e-6 on this grid, ours by 6e-6 (we use eps directly).
+  weights agree with diffusers' to 1e-6, its integrand being float32 (test_lms_coefficients_are_exact).
+  diffusers forms each slope as (x - (x - sigma * eps)) / sigma, which cancels in float32 at small sigma, and
+  LMS reuses slopes with weights up to ~2.3: against the same arithmetic in float64, diffusers' own float32
+  result is off by up to 9e-6 on this grid, ours by 6e-6 (we form eps directly).
 - dpmpp_sde: diffusers draws its noise from a torchsde Brownian tree, which numpy cannot reproduce; the tests
   replace that tree with i.i.d. draws from the shared stream (two per step, in call order), as our sampler does.
 """
