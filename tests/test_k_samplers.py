@@ -29,7 +29,7 @@ import torch
 from diffusers import (EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
                        KDPM2DiscreteScheduler, LMSDiscreteScheduler)
 
-from sdrt.schedulers import NoiseSchedule, Sampler, drive, sample
+from sdrt.schedulers import NoiseSchedule, Sampler, Temperature, sample
 from sdrt.schedulers.k_samplers import lms_coefficients
 from sdrt.schedulers.schedules import ays_sigmas
 from tests.parity import (SD1_CONFIG, NoiseStream, diffusers_loop, diffusers_noise, initial_noise, rel_error,
@@ -370,3 +370,16 @@ def test_negative_churn_is_refused() -> None:
 def test_unknown_option_names_the_sampler_options() -> None:
     with pytest.raises(ValueError, match=r"sampler 'heun' has no option 's_churn' \(options: none\)"):
         Sampler.create("heun", NoiseSchedule.from_config(_config()), 4, s_churn=1.0)
+
+
+def test_constant_noise_scaling_reaches_euler_churn_noise() -> None:
+    """Churn makes euler stochastic, so CNS applies: the start and every churn draw scaled by sqrt(T)."""
+    ns, temperature = NoiseSchedule.from_config(_config()), 0.64
+    ours = sample("euler", synthetic_model, initial_noise(), NoiseStream(), ns, 6, s_churn=2.0,
+                  temperature=Temperature(temperature, "cns"))
+    stream = NoiseStream()
+    scaled = sample("euler", synthetic_model, initial_noise() * np.float32(0.8), lambda shape: stream(shape) * 0.8,
+                    ns, 6, s_churn=2.0)
+    np.testing.assert_allclose(ours, scaled, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(ours, sample("euler", synthetic_model, initial_noise(), NoiseStream(), ns, 6,
+                                        s_churn=2.0), atol=1e-3)

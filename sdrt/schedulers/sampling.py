@@ -136,7 +136,7 @@ class Sampler:
             raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
         temperature = temperature or Temperature()
         merged = {**spec.options, **options}
-        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0
+        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0 or float(merged.get("s_churn", 0.0)) > 0
         if temperature.method == "cns" and not temperature.is_identity and not stochastic:
             raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
                              "noise: use --temperature-method tsr, or a sampler such as euler_a or ddpm")
