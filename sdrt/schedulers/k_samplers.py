@@ -35,7 +35,7 @@ import numpy as np
 from numpy.polynomial import polynomial
 
 from .noise_schedule import NoiseSchedule
-from .sampling import ModelCall, NoiseSource, SamplerLoop, SamplerSpec, StepEnd, register
+from .sampling import ModelCall, NoiseSource, RunFn, SamplerLoop, SamplerSpec, StepEnd, register
 from .schedules import Schedule, ays_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,9 +172,9 @@ def euler(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, nois
         if gamma > 0:
             sigma_hat = sigma * (1 + gamma)
             x = x + noise(x.shape) * np.float32(s_noise * math.sqrt(sigma_hat**2 - sigma**2))
-            # diffusers: D from the formula at sigma applied to the churned x, then the slope at sigma_hat
-            d = _derivative(output, x, sigma, ptype) * np.float32(sigma / sigma_hat) if ptype != "epsilon" \
-                else output
+            d = _derivative(output, x, sigma, ptype)
+            if ptype != "epsilon":  # diffusers: x0 by the formula at sigma on the churned x, over sigma_hat
+                d *= np.float32(sigma / sigma_hat)
         else:
             sigma_hat, d = sigma, _derivative(output, x, sigma, ptype)
         x = end_step(i, _euler_step(x, d, sigma_next - sigma_hat))
@@ -327,7 +327,7 @@ def dpmpp_sde(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, 
 # Registration
 
 
-def _register(name: str, title: str, run: Any, counterpart: str, *, stochastic: bool = False,
+def _register(name: str, title: str, run: RunFn, counterpart: str, *, stochastic: bool = False,
               options: dict | None = None, **schedule_quirks: Any) -> None:
     def build(noise_schedule: NoiseSchedule, steps: int, schedule: str, spacing: str, family: str) -> Schedule:
         return build_sigma_schedule(noise_schedule, steps, schedule, spacing, family, **schedule_quirks)
