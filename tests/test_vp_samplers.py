@@ -329,3 +329,12 @@ def test_sigma_schedule_img2img_denoises_a_point_mass_exactly(name: str, schedul
     assert start == 5
     out = drive(sampler.run(latents, NoiseStream(), start_step=start), _point_mass_model(ns, center))
     np.testing.assert_allclose(out, center, rtol=0, atol=2e-5)
+
+
+def test_lcm_txt2img_after_img2img_uses_the_full_schedule() -> None:
+    sampler = Sampler.create("lcm", NoiseSchedule.from_config(SD1_CONFIG), 4)
+    full = sampler.timesteps.tolist()
+    sampler.noised_latents(initial_noise(), initial_noise(seed=2), 0.5)
+    assert sampler.timesteps.tolist() != full
+    sampler.initial_latents(initial_noise())
+    assert sampler.timesteps.tolist() == full == [999, 759, 499, 259]

@@ -1,7 +1,8 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
+from .build import build
 from .export import export, tiny_model
 from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, export, tiny_model, generate]
+COMMANDS = [samplers, build, export, tiny_model, generate]

@@ -16,6 +16,9 @@ The caller owns the loop, so progress bars, timing, cancellation and CUDA graphs
 runtime's pipeline), and a sampler with two evaluations per step needs nothing special. Temperature is
 applied here, between the caller and the sampler, so each sampler reads as its plain formula.
 `sample()` runs the whole loop for a plain model function.
+
+Arrays: a sampler never writes to an array it was sent or has yielded, and it may keep the outputs it was sent
+(a multistep history), so send a fresh array for each call rather than a reused output buffer.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class Sampler:
             raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
         temperature = temperature or Temperature()
         merged = {**spec.options, **options}
-        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0
+        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0 or float(merged.get("s_churn", 0.0)) > 0
         if temperature.method == "cns" and not temperature.is_identity and not stochastic:
             raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
                              "noise: use --temperature-method tsr, or a sampler such as euler_a or ddpm")
@@ -153,6 +156,8 @@ class Sampler:
 
     def initial_latents(self, noise: np.ndarray) -> np.ndarray:
         """Starting latents for txt2img from standard-normal noise (init_noise_sigma, and CNS's 1/sqrt(k))."""
+        if self.spec.strength_schedule is not None:  # undo an earlier noised_latents' strength schedule
+            self.schedule = self.spec.strength_schedule(self.noise_schedule, self.num_steps, 1.0)
         scale = self.spec.init_noise_sigma(self.schedule, self.noise_schedule, self.spacing)
         scale *= self.temperature.noise_scale
         return (noise * np.float32(scale)).astype(np.float32, copy=False)
@@ -174,7 +179,8 @@ class Sampler:
     def noised_latents(self, x0: np.ndarray, noise: np.ndarray, strength: float) -> tuple[np.ndarray, int]:
         """img2img start: (latents, first step) for clean latents x0 and standard-normal noise.
 
-        For a sampler with a `strength_schedule` (LCM) this replaces the schedule and returns step 0."""
+        For a sampler with a `strength_schedule` (LCM) this replaces the schedule (initial_latents restores the
+        full one) and returns step 0."""
         if self.spec.strength_schedule is not None:
             if not 0.0 < strength <= 1.0:
                 raise ValueError(f"strength must be in (0, 1], got {strength}")

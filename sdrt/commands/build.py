@@ -1,0 +1,74 @@
+"""`sdrt build`: TensorRT engines for this machine's GPU from a bundle's fp16 ONNX graphs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+PROFILE_HELP = (
+    "WIDTHxHEIGHT, each side N, MIN-MAX or MIN-MAX@OPT (512x512, 512-1024x512-1024@768). "
+    "Repeat for several optimization profiles; default: the model's default size."
+)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--profile", "sizes", multiple=True, metavar="SIZE", help=PROFILE_HELP)
+@click.option("--batch", default="1", show_default=True, help="Images per prompt: N, MIN-MAX or MIN-MAX@OPT.")
+@click.option("--prompt-chunks", default="1", show_default=True,
+              help="Prompt length in 77-token chunks (long prompts): N or MIN-MAX.")
+@click.option("--cfg", type=click.Choice(["on", "off", "both"]), default="on", show_default=True,
+              help="Classifier-free guidance: on doubles the UNet batch, both also allows guidance 1.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option("--components", default=None, help="Comma-separated components; default: all the bundle has.")
+@click.option("--opt-level", type=int, default=3, show_default=True, help="TensorRT builder optimization level 0-5.")
+@click.option("--workspace", type=float, default=None, metavar="GB", help="Cap on tactic scratch memory in GB.")
+@click.option("--engines", "engines_dir", type=click.Path(path_type=Path), default=None,
+              help="Engine cache folder; default: BUNDLE/engines.")
+@click.option("--force", is_flag=True, help="Rebuild even when a matching engine exists.")
+@click.option("--dry-run", is_flag=True, help="Print each component's profile shapes and stop (no GPU needed).")
+def build(
+    bundle: Path, sizes: tuple[str, ...], batch: str, prompt_chunks: str, cfg: str, precision: str,
+    components: str | None, opt_level: int, workspace: float | None, engines_dir: Path | None,
+    force: bool, dry_run: bool,
+) -> None:
+    """Build TensorRT engines (fp16 by default) for BUNDLE on this GPU; matching engines are reused."""
+    from ..engines.build_plan import plan_builds, run_builds
+    from ..engines.builder import BuildOptions, build_engine
+    from ..engines.profiles import AXIS_ROLES, format_shapes, parse_profile, pipeline_shapes
+    from ..engines.target import detect_target
+    from ..errors import UserError
+    from ..manifest import Manifest
+
+    if not bundle.exists():
+        raise UserError(f"bundle {bundle} does not exist: pass the folder sdrt export wrote")
+    manifest = Manifest.load(bundle)
+    available = manifest.components.get(precision, {})
+    names = [c.strip() for c in components.split(",") if c.strip()] if components else [
+        c for c in AXIS_ROLES if c in available
+    ]
+    if not names:
+        have = ", ".join(manifest.components) or "none"
+        raise UserError(f"bundle {bundle} has no {precision} graphs (it has: {have}): "
+                        f"re-export with sdrt export --precision {precision} (or both)")
+    for c in names:
+        manifest.component(c, precision)  # BundleError naming what the bundle has
+    options = BuildOptions(opt_level=opt_level, workspace_gb=workspace)
+    height, width = manifest.model.default_size
+    profiles = [parse_profile(s, manifest.model, batch, prompt_chunks, cfg) for s in (sizes or (f"{width}x{height}",))]
+    manifest.verify_files(bundle)
+    shapes = pipeline_shapes(manifest, names, precision, profiles)
+    if dry_run:
+        for c in names:
+            for i, (user, s) in enumerate(zip(profiles, shapes[c])):
+                click.echo(f"{c} profile {i} ({user}):\n{format_shapes(s)}")
+        return
+    target = detect_target()
+    root = engines_dir or bundle / "engines"
+    click.echo(f"building for {target.describe()} into {root / target.dir_name}")
+    started = time.perf_counter()
+    planned = plan_builds(bundle, manifest, names, precision, profiles, root, target, force)
+    run_builds(planned, root, options, build_engine, click.echo, profiles)
+    click.echo(f"done in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,77 @@
+"""Detect what this machine offers for `--backend auto`: an NVIDIA GPU, TensorRT, cuda-python, engines
+built for this GPU, ONNX Runtime's providers. Every probe is guarded, so on a CPU-only machine this
+returns facts that say why each GPU path is unavailable instead of raising; backend_choice.py decides.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UserError
+from ..manifest import Manifest
+from .backend_choice import CPU_EP, GpuFacts
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def _gpu() -> tuple[str | None, str, tuple[str, int, int] | None]:
+    """(description, reason if none, (name, major, minor))."""
+    if not _has("cuda.bindings"):
+        return None, "cuda-python is not installed, so no GPU can be used (pip install 'sdrt[gpu]')", None
+    from . import cuda_rt  # noqa: PLC0415
+
+    try:
+        if cuda_rt.device_count() < 1:
+            return None, "no NVIDIA GPU found (cudaGetDeviceCount is 0)", None
+        name, major, minor = cuda_rt.device_properties(0)
+    except (cuda_rt.CudaError, UserError) as exc:
+        return None, f"no usable NVIDIA GPU ({exc})", None
+    return f"{name} (sm{major}{minor})", "", (name, major, minor)
+
+
+def detect_facts(
+    manifest: Manifest | None = None,
+    engines_dir: str | Path | None = None,
+    components: Sequence[str] = (),
+    precision: str = "fp16",
+) -> GpuFacts:
+    gpu, gpu_reason, props = _gpu()
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        providers = tuple(ort.get_available_providers())
+    except ImportError:
+        providers = (CPU_EP,)
+    tensorrt = None
+    if _has("tensorrt"):
+        try:
+            import tensorrt as trt  # noqa: PLC0415
+
+            tensorrt = str(trt.__version__)
+        except Exception:  # noqa: BLE001  (a broken TensorRT install counts as none)
+            tensorrt = None
+    engines, engines_reason = None, "no TensorRT engines built for this GPU"
+    if props and tensorrt and manifest is not None and engines_dir is not None and components:
+        from ..engines.store import find_pipeline_engines  # noqa: PLC0415
+        from ..engines.target import GpuTarget  # noqa: PLC0415
+
+        target = GpuTarget(tensorrt, f"{props[1]}.{props[2]}", props[0])
+        try:
+            _, missing = find_pipeline_engines(engines_dir, manifest, components, precision, target)
+        except UserError as exc:  # an engine here was built for another target
+            missing = str(exc)
+        if missing:
+            engines_reason = missing
+        else:
+            engines = str(engines_dir)
+    return GpuFacts(
+        gpu=gpu, gpu_reason=gpu_reason or "", tensorrt=tensorrt, cuda_python=_has("cuda.bindings"),
+        engines=engines, engines_reason=engines_reason, ort_providers=providers,
+    )

@@ -1,0 +1,118 @@
+"""Entry point for the pipeline: resolve `--backend` and open the GPU engines of a bundle.
+
+The pipeline needs only `run(feeds) -> outputs` per component (EngineLike below, the shape of the
+runtime's Engine interface), so it never knows which backend it has. `ort-cpu` returns None here: the
+CPU path is the runtime's own ONNX Runtime backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from ..manifest import Manifest
+from .backend_choice import BackendChoice, GpuFacts, choose_backend
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine input or output: the same fields as the runtime's `IOSpec` (sdrt/runtime/engine.py), so
+    the GPU engines satisfy its Engine protocol; merge the two when both branches are in."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str, ...]  # dynamic dims as strings
+
+
+class EngineLike(Protocol):
+    """The runtime's Engine protocol as the GPU engines implement it."""
+
+    name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def default_engines_dir(bundle: str | Path) -> Path:
+    return Path(bundle) / "engines"
+
+
+def resolve_backend(
+    requested: str,
+    manifest: Manifest,
+    components: Sequence[str],
+    engines_dir: str | Path,
+    precision: str = "fp16",
+) -> BackendChoice:
+    """choose_backend on this machine's detected facts; the caller prints str(choice) so users see it."""
+    from .gpu_detect import detect_facts  # noqa: PLC0415
+
+    if requested == "ort-cpu":  # no probing: loading CUDA libraries costs seconds
+        return choose_backend(requested, GpuFacts())
+    return choose_backend(requested, detect_facts(manifest, engines_dir, components, precision))
+
+
+class GpuEngines:
+    """component -> engine, plus close() for the device resources they share."""
+
+    def __init__(self, engines: Mapping[str, EngineLike], closer: Any = None) -> None:
+        self.engines = dict(engines)
+        self._closer = closer
+
+    def __getitem__(self, component: str) -> EngineLike:
+        return self.engines[component]
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer.close()
+            self._closer = None
+
+    def __enter__(self) -> "GpuEngines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_gpu_engines(
+    choice: BackendChoice,
+    bundle: str | Path,
+    manifest: Manifest,
+    components: Sequence[str],
+    precision: str = "fp16",
+    engines_dir: str | Path | None = None,
+    cuda_graphs: bool = True,
+    max_graphs: int = 8,
+    verify_plans: bool = False,
+) -> GpuEngines | None:
+    """Open every component on the chosen GPU backend (None for ort-cpu). With trt, the newest engine
+    of each component is used; verify_plans checks each plan's sha256 first. Not run on a GPU yet."""
+    engines_dir = Path(engines_dir) if engines_dir is not None else default_engines_dir(bundle)
+    if choice.name == "ort-cpu":
+        return None
+    if choice.name == "trt":
+        from ..engines.store import require_engines, verify_plan  # noqa: PLC0415
+        from ..engines.target import detect_target  # noqa: PLC0415
+        from .trt_engine import TrtSession  # noqa: PLC0415
+
+        found = require_engines(engines_dir, manifest, components, precision, detect_target())
+        if verify_plans:
+            for recs in found.values():
+                verify_plan(recs[0])
+        session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
+        return GpuEngines(session.engines, session)
+    from .ort_gpu import OrtGpuEngine  # noqa: PLC0415
+
+    cache = engines_dir / "ort-trt"
+    return GpuEngines({
+        c: OrtGpuEngine(Path(bundle) / manifest.component(c, precision).file, choice.name, cache, name=c,
+                        cuda_graph=cuda_graphs, max_graphs=max_graphs)
+        for c in components
+    })

@@ -1,0 +1,279 @@
+"""TensorRT backend: deserialized engines run on persistent device buffers, replayed as CUDA graphs.
+
+Design (the points that make per-step latency low, each a known pitfall when missing):
+- One execution context per engine, created with USER_MANAGED activation memory, and ONE device
+  allocation of max(engine.device_memory_size_v2) shared by all contexts: a pipeline runs its engines one
+  after another on one stream, so the text encoder, UNet and VAE never need their scratch memory at the
+  same time (NVIDIA's Stable Diffusion demo does the same): activation memory is the largest engine's
+  need, not the sum.
+- Every input and output gets one device buffer at its largest shape over all profiles, bound once with
+  set_tensor_address. Fixed addresses are what makes a captured CUDA graph replayable.
+- execute_async_v3 on a non-blocking stream (the legacy default stream synchronizes with other work, and
+  it cannot be captured).
+- One CUDA graph per distinct set of input shapes (a graph bakes in shapes), kept in a bounded LRU cache.
+  The first run of a shape set runs eagerly, then captures, as NVIDIA's demo and trtexec enqueue once
+  before capturing (the first enqueue after a shape change may do host-side work that must not be
+  captured); later runs of that shape set only launch the graph. A shape set whose capture fails runs
+  eagerly from then on.
+- Dynamic engines: the optimization profile is picked by sdrt.engines.chooser (closest opt, tightest max)
+  and out-of-range shapes are refused with the supported ranges before TensorRT sees them.
+
+Interface: the runtime's Engine protocol (name, inputs, outputs, providers, run(feeds) -> outputs): host
+arrays in, engine-owned host arrays out (one set per input-shape set, valid until the next run with the
+same shapes); the copies are outside the graph. Written to TensorRT 11's documented
+Python API (see docs/gpu.md); NOT RUN ON A GPU YET.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..engines.chooser import choose_profile
+from ..engines.profiles import ShapeRange
+from ..errors import UserError
+from . import cuda_rt
+from .gpu_engines import TensorInfo
+from .graph_cache import LruCache, ShapeKey, shape_key
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_GRAPHS = 8
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError:
+        raise UserError(
+            "TensorRT is not installed (import tensorrt failed): "
+            "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com"
+        ) from None
+    return trt
+
+
+@dataclass
+class _Tensor:
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    buffer: cuda_rt.DeviceBuffer | None = None
+
+
+class TrtEngine:
+    """One engine: an execution context on shared activation memory, persistent buffers, graph cache."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: Any,
+        stream: cuda_rt.Stream,
+        activation: cuda_rt.DeviceBuffer,
+        cuda_graphs: bool = True,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
+    ) -> None:
+        trt = _trt()
+        self.name, self.engine, self.stream = name, engine, stream
+        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {name}")
+        self.context.set_device_memory(activation.ptr, activation.nbytes)
+        self.tensors: dict[str, _Tensor] = {}
+        for i in range(engine.num_io_tensors):
+            n = engine.get_tensor_name(i)
+            self.tensors[n] = _Tensor(
+                n, engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT, np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            )
+        self.input_names = [t.name for t in self.tensors.values() if t.is_input]
+        self.output_names = [t.name for t in self.tensors.values() if not t.is_input]
+        self.inputs = {n: self._info(n) for n in self.input_names}
+        self.outputs = {n: self._info(n) for n in self.output_names}
+        self.profiles: list[dict[str, ShapeRange]] = [
+            {n: ShapeRange(*(tuple(s) for s in engine.get_tensor_profile_shape(n, p))) for n in self.input_names}
+            for p in range(engine.num_optimization_profiles)
+        ]
+        self._version = str(getattr(trt, "__version__", "?"))
+        self.cuda_graphs = cuda_graphs
+        self.graphs: LruCache[cuda_rt.Graph] = LruCache(max_graphs if cuda_graphs else 0, lambda g: g.destroy())
+        self._uncapturable: set[ShapeKey] = set()
+        self._profile_of: dict[ShapeKey, int] = {}
+        self._output_shapes: dict[ShapeKey, dict[str, tuple[int, ...]]] = {}
+        self._context_key: ShapeKey | None = None  # shape set the context's input shapes are set for
+        self._context_profile = 0  # profile the context is on (a fresh context starts on 0)
+        self._host_outputs: LruCache[dict[str, np.ndarray]] = LruCache(max(max_graphs, 8))
+        self._allocate_buffers()
+
+    def _info(self, name: str) -> TensorInfo:
+        dims = tuple(self.engine.get_tensor_shape(name))
+        return TensorInfo(name, self.tensors[name].dtype, tuple(d if d >= 0 else f"dim{i}" for i, d in enumerate(dims)))
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"TensorRT {self._version}"]
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _allocate_buffers(self) -> None:
+        """Each tensor's buffer holds its largest shape over every profile; outputs are sized by asking
+        the context for output shapes at each profile's max input shapes."""
+        nbytes = {n: 0 for n in self.tensors}
+        for p, prof in enumerate(self.profiles):
+            self.context.set_optimization_profile_async(p, self.stream.handle)
+            self._context_profile = p
+            for n in self.input_names:
+                self.context.set_input_shape(n, prof[n].max)
+                nbytes[n] = max(nbytes[n], math.prod(prof[n].max) * self.tensors[n].dtype.itemsize)
+            for n in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(n))
+                nbytes[n] = max(nbytes[n], math.prod(shape) * self.tensors[n].dtype.itemsize)
+        self.stream.synchronize()
+        for n, t in self.tensors.items():
+            t.buffer = cuda_rt.DeviceBuffer(nbytes[n])
+            self.context.set_tensor_address(n, t.buffer.ptr)
+        self._context_key = None
+
+    # ---- running ---------------------------------------------------------------------------------
+    def _prepare_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(feeds) != set(self.input_names):
+            raise UserError(f"{self.name} takes inputs {sorted(self.input_names)}, got {sorted(feeds)}")
+        arrays = {}
+        for n, value in feeds.items():
+            want = self.tensors[n].dtype
+            value = np.asarray(value)
+            if value.dtype != want and not np.can_cast(value.dtype, want, "same_kind"):
+                raise UserError(f"{self.name} input {n} must be {want}, got {value.dtype}")
+            arrays[n] = np.ascontiguousarray(value, dtype=want)
+        return arrays
+
+    def _profile_for(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """The profile serving this shape set; UserError (before any copy) when none contains it, which
+        also guarantees the inputs fit the buffers (sized for the largest profile)."""
+        profile = self._profile_of.get(key)
+        if profile is None:
+            profile = choose_profile(self.profiles, shapes, engine=f"{self.name} engine")
+            self._profile_of[key] = profile
+        return profile
+
+    def _set_context_shapes(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        if key == self._context_key:
+            return
+        profile = self._profile_for(key, shapes)
+        if profile != self._context_profile:
+            if not self.context.set_optimization_profile_async(profile, self.stream.handle):
+                raise RuntimeError(f"{self.name}: TensorRT refused optimization profile {profile}")
+            self._context_profile = profile
+            for n, t in self.tensors.items():  # cheap, and safe whatever a profile switch resets
+                self.context.set_tensor_address(n, t.buffer.ptr)  # type: ignore[union-attr]
+        for n, shape in shapes.items():
+            if not self.context.set_input_shape(n, shape):
+                raise RuntimeError(f"{self.name}: TensorRT refused shape {shape} for {n}")
+        unresolved = self.context.infer_shapes()
+        if unresolved:
+            raise RuntimeError(f"{self.name}: TensorRT could not infer shapes of {unresolved}")
+        self._output_shapes[key] = {n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names}
+        self._context_key = key
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT's log above)")
+
+    def _capture(self, key: ShapeKey) -> None:
+        try:
+            cuda_rt.begin_capture(self.stream)
+            ok = self.context.execute_async_v3(self.stream.handle)
+            if not ok:
+                raise RuntimeError("execute_async_v3 returned False during capture")
+            graph = cuda_rt.end_capture(self.stream)
+        except Exception as exc:  # noqa: BLE001  (any capture failure means: run this shape eagerly)
+            try:
+                cuda_rt.abort_capture(self.stream)
+            except Exception:  # noqa: BLE001
+                pass
+            self._uncapturable.add(key)
+            log.warning("%s: CUDA graph capture failed for %s (%s); running it without a graph", self.name, key, exc)
+            return
+        self.graphs.put(key, graph)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self._prepare_inputs(feeds)
+        shapes = {n: a.shape for n, a in arrays.items()}
+        key = shape_key(shapes)
+        self._profile_for(key, shapes)
+        for n, a in arrays.items():
+            cuda_rt.copy_to_device(self.tensors[n].buffer.ptr, a, self.stream)  # type: ignore[union-attr]
+        graph = self.graphs.get(key) if self.cuda_graphs else None
+        if graph is not None:
+            graph.launch(self.stream)
+        else:
+            self._set_context_shapes(key, shapes)
+            self._enqueue()
+            if self.cuda_graphs and key not in self._uncapturable:
+                self._capture(key)
+        results = self._host_outputs.get(key)
+        if results is None:
+            out_shapes = self._output_shapes[key]
+            results = {n: np.empty(out_shapes[n], dtype=self.tensors[n].dtype) for n in self.output_names}
+            self._host_outputs.put(key, results)
+        for n, a in results.items():
+            cuda_rt.copy_to_host(a, self.tensors[n].buffer.ptr, self.stream)  # type: ignore[union-attr]
+        self.stream.synchronize()
+        return dict(results)
+
+    def close(self) -> None:
+        self.graphs.clear()
+        self._host_outputs.clear()
+        for t in self.tensors.values():
+            if t.buffer is not None:
+                t.buffer.free()
+        self.context = None
+
+
+class TrtSession:
+    """Every engine of one pipeline on one stream and one shared activation allocation.
+
+    plans: component name -> .plan path (already checked against this GPU target by sdrt.engines.store).
+    """
+
+    def __init__(
+        self,
+        plans: Mapping[str, str | Path],
+        cuda_graphs: bool = True,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
+    ) -> None:
+        trt = _trt()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engines = {}
+        for name, path in plans.items():
+            engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+            if engine is None:
+                raise UserError(
+                    f"TensorRT {trt.__version__} cannot load engine {path} (built by another TensorRT version "
+                    "or for another GPU?): rebuild it with sdrt build"
+                )
+            engines[name] = engine
+        self.stream = cuda_rt.Stream()
+        size = max((e.device_memory_size_v2 for e in engines.values()), default=0)
+        self.activation = cuda_rt.DeviceBuffer(size)
+        self.engines = {
+            n: TrtEngine(n, e, self.stream, self.activation, cuda_graphs, max_graphs) for n, e in engines.items()
+        }
+
+    def __getitem__(self, name: str) -> TrtEngine:
+        return self.engines[name]
+
+    def close(self) -> None:
+        for e in self.engines.values():
+            e.close()
+        self.engines.clear()
+        self.activation.free()
+        self.stream.destroy()
+
+    def __enter__(self) -> "TrtSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

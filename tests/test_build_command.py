@@ -1,0 +1,87 @@
+"""`sdrt build` on a machine without a GPU or TensorRT: one-line errors and exit code 2; --dry-run works."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from fake_bundles import write_bundle
+from sdrt.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path) -> Path:
+    write_bundle(tmp_path / "bundle", "sd1")
+    return tmp_path / "bundle"
+
+
+def test_missing_bundle_exits_2_with_one_line(capsys, tmp_path) -> None:
+    code, out, err = run_cli(capsys, "build", str(tmp_path / "nope"))
+    assert code == 2 and out == ""
+    assert err == f"error: bundle {tmp_path / 'nope'} does not exist: pass the folder sdrt export wrote\n"
+
+
+def test_folder_without_manifest_exits_2(capsys, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "build", str(tmp_path))
+    assert code == 2
+    assert err == f"error: {tmp_path} is not an sdrt bundle (no manifest.json): create one with sdrt export\n"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("cuda") is not None,
+    reason="this machine has TensorRT and cuda-python: the no-GPU path cannot be exercised",
+)
+def test_build_without_gpu_or_tensorrt_exits_2_with_one_line(capsys, bundle) -> None:
+    code, out, err = run_cli(capsys, "build", str(bundle), "--profile", "512x512")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    if importlib.util.find_spec("tensorrt") is None:
+        assert err == ("error: TensorRT is not installed (import tensorrt failed): "
+                       "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
+    assert not (bundle / "engines").exists()  # nothing written
+
+
+def test_bad_profile_exits_2_before_touching_the_gpu(capsys, bundle) -> None:
+    code, _, err = run_cli(capsys, "build", str(bundle), "--profile", "500x512")
+    assert (code, err) == (2, "error: profile '500x512': width 500 is not a multiple of 8: use 496 or 504\n")
+    code, _, err = run_cli(capsys, "build", str(bundle), "--opt-level", "9")
+    assert (code, err) == (2, "error: --opt-level 9 is outside TensorRT's 0-5: pick 0 (fast build) to 5\n")
+
+
+def test_unknown_component_names_what_the_bundle_has(capsys, bundle) -> None:
+    code, _, err = run_cli(capsys, "build", str(bundle), "--components", "unet,text_encoder_2")
+    assert code == 2
+    assert err.startswith("error: bundle has no text_encoder_2 at fp16 (it has: text_encoder@fp16, unet@fp16, ")
+
+
+def test_missing_bundle_file_exits_2(capsys, bundle) -> None:
+    (bundle / "fp16" / "unet.onnx").unlink()
+    code, _, err = run_cli(capsys, "build", str(bundle))
+    assert (code, err) == (2, f"error: bundle file fp16/unet.onnx is missing from {bundle}: re-export the model (sdrt export)\n")
+
+
+def test_dry_run_prints_every_component_profile_without_a_gpu(capsys, bundle) -> None:
+    code, out, err = run_cli(capsys, "build", str(bundle), "--profile", "512x512", "--profile", "512-768x512",
+                             "--batch", "1-2", "--dry-run")
+    assert (code, err) == (0, "")
+    assert "unet profile 1 (512-768@512x512 batch 1-2@1 chunks 1 cfg on):\n" in out
+    assert "  sample: min [2, 4, 64, 64] opt [2, 4, 64, 64] max [4, 4, 64, 96]\n" in out
+    assert "vae_decoder profile 0" in out and "vae_encoder profile 1" in out and "text_encoder profile 0" in out
+
+
+def test_bundle_without_the_precision_exits_2(capsys, bundle) -> None:
+    code, _, err = run_cli(capsys, "build", str(bundle), "--precision", "fp32")
+    assert (code, err) == (2, f"error: bundle {bundle} has no fp32 graphs (it has: fp16): "
+                              "re-export with sdrt export --precision fp32 (or both)\n")

@@ -1,0 +1,159 @@
+"""The TensorRT backend's control flow on CPU, against stand-ins for TensorRT and CUDA (tests/fake_trt.py).
+
+What this proves: the right profile is chosen and switched to, buffers are bound once at their largest
+size, each shape set is captured once and replayed after, the graph cache is bounded, a failed capture
+falls back to eager runs, contexts share one activation allocation. What it cannot prove: that real
+TensorRT and CUDA behave as the stand-ins do (that is tests/test_trt_gpu.py, run on a GPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fake_trt
+from sdrt.errors import UserError
+from sdrt.runtime import trt_engine
+
+STATIC = [[1, 4], [1, 4], [1, 4]]
+DYNAMIC = [[1, 4], [2, 8], [4, 16]]
+
+
+@pytest.fixture()
+def cuda(monkeypatch):
+    fake = fake_trt.FakeCuda()
+    monkeypatch.setattr(trt_engine, "cuda_rt", fake)
+    monkeypatch.setattr(trt_engine, "_trt", lambda: fake_trt.fake_tensorrt(fake))
+    return fake
+
+
+def session(tmp_path, plans: dict[str, bytes], **kw) -> trt_engine.TrtSession:
+    paths = {}
+    for name, data in plans.items():
+        paths[name] = tmp_path / f"{name}.plan"
+        paths[name].write_bytes(data)
+    return trt_engine.TrtSession(paths, **kw)
+
+
+def run(engine: trt_engine.TrtEngine, shape: tuple[int, int], seed: int = 0) -> None:
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(engine.run({"x": x})["y"], x * 2 + 1)
+
+
+def test_each_shape_set_runs_eagerly_once_then_replays_its_graph(cuda, tmp_path) -> None:
+    with session(tmp_path, {"unet": fake_trt.plan_bytes([STATIC, DYNAMIC])}) as s:
+        eng = s["unet"]
+        ctx = eng.context
+        run(eng, (1, 4), 0)
+        assert (ctx.eager_runs, cuda.launches, len(eng.graphs)) == (1, 0, 1)
+        run(eng, (1, 4), 1)  # replay, with new input values
+        assert (ctx.eager_runs, cuda.launches) == (1, 1)
+        run(eng, (3, 12), 2)  # only the dynamic profile holds it: switch, eager, capture
+        assert (ctx.profile, ctx.eager_runs, len(eng.graphs)) == (1, 2, 2)
+        run(eng, (1, 4), 3)  # replay the first graph although the context is now on profile 1
+        assert (ctx.eager_runs, cuda.launches) == (2, 2)
+
+
+def test_static_profile_is_preferred_for_its_own_shape(cuda, tmp_path) -> None:
+    with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC, STATIC])}) as s:
+        run(s["e"], (1, 4))
+        assert s["e"].context.profile == 1
+
+
+def test_buffers_are_bound_once_at_their_largest_size(cuda, tmp_path) -> None:
+    with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC, DYNAMIC])}) as s:
+        eng = s["e"]
+        assert {n: t.buffer.nbytes for n, t in eng.tensors.items()} == {"x": 4 * 16 * 4, "y": 4 * 16 * 4}
+        bound = dict(eng.context.addresses)
+        run(eng, (2, 5))
+        run(eng, (1, 4))
+        assert eng.context.addresses == bound == {n: t.buffer.ptr for n, t in eng.tensors.items()}
+
+
+def test_graph_cache_is_bounded_and_releases_evicted_graphs(cuda, tmp_path) -> None:
+    with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])}, max_graphs=2) as s:
+        eng = s["e"]
+        for shape in [(1, 4), (2, 4), (3, 4), (1, 4)]:  # (1, 4) was evicted by (3, 4): captured again
+            run(eng, shape)
+        assert (len(eng.graphs), eng.graphs.evictions, cuda.graphs_destroyed) == (2, 2, 2)
+        assert eng.context.eager_runs == 4
+    assert cuda.graphs_destroyed == 4  # close() releases the rest
+
+
+def test_failed_capture_falls_back_to_eager_runs(cuda, tmp_path, caplog) -> None:
+    with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])}) as s:
+        eng = s["e"]
+        eng.context.fail_capture_for.add((2, 6))
+        run(eng, (2, 6), 0)
+        run(eng, (2, 6), 1)
+        assert (eng.context.eager_runs, cuda.launches, len(eng.graphs)) == (2, 0, 0)
+        assert "CUDA graph capture failed" in caplog.text
+
+
+def test_without_cuda_graphs_every_run_is_eager(cuda, tmp_path) -> None:
+    with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC])}, cuda_graphs=False) as s:
+        run(s["e"], (1, 4))
+        run(s["e"], (1, 4))
+        assert (s["e"].context.eager_runs, cuda.launches) == (2, 0)
+
+
+def test_out_of_range_and_bad_inputs_are_refused_before_running(cuda, tmp_path) -> None:
+    with session(tmp_path, {"unet": fake_trt.plan_bytes([STATIC, DYNAMIC])}) as s:
+        eng = s["unet"]
+        with pytest.raises(UserError) as err:
+            eng.run({"x": np.zeros((5, 4), np.float32)})
+        assert str(err.value) == (
+            "unet engine cannot run x (5, 4): outside every profile (profile 0: x (1,4); profile 1: x (1-4,4-16)); "
+            "pick a size inside them or rebuild with sdrt build --profile covering it"
+        )
+        with pytest.raises(UserError, match=r"unet takes inputs \['x'\], got \['sample'\]"):
+            eng.run({"sample": np.zeros((1, 4), np.float32)})
+        with pytest.raises(UserError, match="unet input x must be float32, got complex64"):
+            eng.run({"x": np.zeros((1, 4), np.complex64)})
+        with pytest.raises(UserError, match="outside every profile"):  # refused before the copy that would overflow
+            eng.run({"x": np.zeros((4, 20), np.float32)})
+        assert eng.context.eager_runs == 0
+        run(eng, (1, 4))  # the engine still works after refusals
+
+
+def test_engines_share_one_activation_allocation(cuda, tmp_path) -> None:
+    plans = {"text_encoder": fake_trt.plan_bytes([STATIC], 1000), "unet": fake_trt.plan_bytes([DYNAMIC], 5000)}
+    with session(tmp_path, plans) as s:
+        assert s.activation.nbytes == 5000
+        memories = {n: e.context.device_memory for n, e in s.engines.items()}
+        assert memories == {"text_encoder": (s.activation.ptr, 5000), "unet": (s.activation.ptr, 5000)}
+        run(s["text_encoder"], (1, 4))
+        run(s["unet"], (4, 16))
+
+
+def test_undeserializable_plan_is_refused_with_the_fix(cuda, tmp_path) -> None:
+    with pytest.raises(UserError) as err:
+        session(tmp_path, {"unet": b"not a plan"})
+    assert str(err.value) == (
+        f"TensorRT 11.4.0.fake cannot load engine {tmp_path / 'unet.plan'} (built by another TensorRT version "
+        "or for another GPU?): rebuild it with sdrt build"
+    )
+
+
+def test_profile_is_switched_back_after_buffer_sizing(cuda, tmp_path) -> None:
+    """Sizing buffers walks every profile; the context must not be assumed to sit on profile 0 after it."""
+    disjoint = [[5, 4], [6, 4], [8, 4]]
+    with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC, disjoint])}) as s:
+        run(s["e"], (1, 4))
+        assert s["e"].context.profile == 0
+        run(s["e"], (6, 4))
+        assert s["e"].context.profile == 1
+
+
+def test_engine_protocol_attributes_and_owned_outputs(cuda, tmp_path) -> None:
+    with session(tmp_path, {"unet": fake_trt.plan_bytes([DYNAMIC])}) as s:
+        eng = s["unet"]
+        assert eng.name == "unet" and eng.providers == ["TensorRT 11.4.0.fake"]
+        assert (eng.inputs["x"].dtype, eng.inputs["x"].shape) == (np.float32, ("dim0", "dim1"))
+        assert list(eng.outputs) == ["y"]
+        a = eng.run({"x": np.ones((2, 4), np.float32)})["y"]
+        b = eng.run({"x": np.zeros((2, 4), np.float32)})["y"]
+        assert a is b  # one output buffer per shape set, reused (no allocation per step)
+        np.testing.assert_array_equal(b, np.ones((2, 4)))
+        c = eng.run({"x": np.zeros((3, 4), np.float32)})["y"]
+        assert c is not b and c.shape == (3, 4)

@@ -1,0 +1,107 @@
+"""GPU paths, run only where an NVIDIA GPU, TensorRT 11 and cuda-python are present (skipped elsewhere,
+with the reason). A tiny fp16 ONNX graph with a dynamic batch stands in for a model component: its
+answer is known (y = 2x + 1, to fp16 rounding), so the backends are checked against arithmetic, not each
+other."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+
+
+def _why_not() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU on this machine (nvidia-smi not found)"
+    for module, extra in (("tensorrt", "TensorRT"), ("cuda", "cuda-python"), ("onnx", "onnx")):
+        if importlib.util.find_spec(module) is None:
+            return f"{extra} is not installed (pip install 'sdrt[gpu]')"
+    return ""
+
+
+REASON = _why_not()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(REASON), reason=f"gpu test: {REASON}")]
+
+
+@pytest.fixture(scope="module")
+def affine_onnx(tmp_path_factory):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 4, "h", "w"])
+    two = helper.make_tensor("two", TensorProto.FLOAT16, [], np.array([2], np.float16).view(np.uint16).tolist(),
+                             raw=False)
+    one = helper.make_tensor("one", TensorProto.FLOAT16, [], np.array([1], np.float16).view(np.uint16).tolist(),
+                             raw=False)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+        "affine", [x], [y], initializer=[two, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    path = tmp_path_factory.mktemp("onnx") / "affine.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plan(affine_onnx, tmp_path_factory):
+    from sdrt.engines.builder import BuildOptions, build_engine
+    from sdrt.engines.profiles import ShapeRange
+
+    profiles = [
+        {"x": ShapeRange((1, 4, 8, 8), (1, 4, 8, 8), (1, 4, 8, 8))},
+        {"x": ShapeRange((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32))},
+    ]
+    cache = tmp_path_factory.mktemp("engines") / "timing.cache"
+    data = build_engine(affine_onnx, profiles, BuildOptions(opt_level=1), cache, echo=print)
+    assert cache.is_file()
+    path = cache.parent / "affine.plan"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_trt_engine_runs_per_shape_graphs_and_refuses_out_of_range(plan) -> None:
+    from sdrt.errors import UserError
+    from sdrt.runtime.trt_engine import TrtSession
+
+    with TrtSession({"affine": plan}, cuda_graphs=True, max_graphs=2) as session:
+        eng = session["affine"]
+        rng = np.random.default_rng(0)
+        for shape in [(1, 4, 8, 8), (1, 4, 8, 8), (3, 4, 24, 16), (1, 4, 8, 8), (2, 4, 16, 16), (3, 4, 24, 16)]:
+            x = rng.standard_normal(shape).astype(np.float16)
+            y = eng.run({"x": x})["y"]
+            # 2x is exact in fp16; a fused multiply-add may round once instead of twice: 1 ulp at most
+            np.testing.assert_allclose(y.astype(np.float32), x.astype(np.float32) * 2 + 1, rtol=1e-3, atol=1e-3)
+        assert len(eng.graphs) == 2 and eng.graphs.evictions >= 1 and eng.graphs.hits >= 1
+        with pytest.raises(UserError, match="outside every profile"):
+            eng.run({"x": np.zeros((5, 4, 8, 8), np.float16)})
+
+
+def test_ort_cuda_engine_with_io_binding(affine_onnx) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    from sdrt.runtime.ort_gpu import OrtGpuEngine
+
+    eng = OrtGpuEngine(affine_onnx, "ort-cuda", cuda_graph=True)
+    for shape in [(1, 4, 8, 8), (1, 4, 8, 8), (2, 4, 16, 16)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float16)
+        np.testing.assert_allclose(eng.run({"x": x})["y"].astype(np.float32), x.astype(np.float32) * 2 + 1,
+                                   rtol=1e-3, atol=1e-3)
+
+
+def test_peak_vram_sees_an_allocation() -> None:
+    from sdrt.runtime import cuda_rt
+    from sdrt.runtime.gpu_memory import PeakVram
+
+    import time
+
+    with PeakVram(interval_s=0.005) as peak:
+        buf = cuda_rt.DeviceBuffer(256 << 20)
+        time.sleep(0.1)  # hold it across many samples
+        buf.free()
+    assert peak.peak_bytes >= 256 << 20, (peak.source, peak.peak_bytes)
