@@ -37,7 +37,10 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--strength", default=None, type=float,
               help="How much of the init image to repaint, (0, 1] (default 0.8 img2img, 1.0 inpaint).")
 @click.option("--mask", default=None, type=click.Path(path_type=Path), help="Inpainting mask: white = repaint.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt.")
+@click.option("--backend", default="ort-cpu", show_default=True,
+              help="ort-cpu, auto (best available), trt (sdrt build engines), ort-cuda or ort-trt.")
+@click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
+              help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines).")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
               help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
 @click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
@@ -48,8 +51,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str, cfg: float,
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
-             mask: Path | None, backend: str, precision: str | None, threads: int, verify: bool,
-             output: Path | None, quiet: bool) -> None:
+             mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
+             verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE."""
     from ..errors import UserError
     from ..runtime import GenerationRequest, Pipeline, open_image, save_png
@@ -65,7 +68,10 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,
     )
-    pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify)
+    pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
+                         engines_dir=str(engines_dir) if engines_dir else None)
+    if backend == "auto":
+        click.echo(pipe.backend_choice, err=True)
     paths = output_paths(output, request.seed, batch)
     pipe.check(request)  # every user error before the progress bar starts
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..manifest import BundleError, Manifest
 from .engine import Engine
-from .ort_engine import OrtEngine, SessionSettings, resolve_backend
+from .ort_engine import OrtEngine, SessionSettings
 
 REQUIRED = {"sd1": ("text_encoder", "unet", "vae_decoder"), "sd2": ("text_encoder", "unet", "vae_decoder"),
             "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae_decoder")}
@@ -34,7 +34,6 @@ class Bundle:
     def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
              threads: int = 0, verify: bool = False) -> "Bundle":
         """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given)."""
-        resolve_backend(backend)  # an unknown backend name is the user's first error, before any file is read
         root = Path(path)
         manifest = Manifest.load(root)
         if not manifest.files:

@@ -30,6 +30,7 @@ from .request import GenerationRequest, check_latents, resolve_size, validate
 from .text import Conditioning, PromptEncoder, TextBranch
 from .tokenizer import ClipTokenizer
 
+ALL_BACKENDS = ("ort-cpu", "auto", "trt", "ort-cuda", "ort-trt")
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 NoiseSource = Callable[[tuple], np.ndarray]
 
@@ -71,11 +72,43 @@ class Pipeline:
         self.noise_schedule = NoiseSchedule.from_config(bundle.scheduler_config())
         self._engines: dict[str, Engine] = {}
         self._prompt_encoder: PromptEncoder | None = None
+        self._gpu = None  # GpuEngines holding device memory, for GPU backends
+        self.backend_choice = f"backend {bundle.settings.backend}"
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
-             verify: bool = False) -> "Pipeline":
-        return cls(Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify))
+             verify: bool = False, engines_dir: str | None = None) -> "Pipeline":
+        """Open a bundle on a backend: ort-cpu (this module's ONNX Runtime engine), or auto / trt / ort-cuda /
+        ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA graphs).
+        `backend_choice` says what runs and why (auto may settle on ort-cpu)."""
+        if backend not in ALL_BACKENDS:
+            raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
+        if backend == "ort-cpu":
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, verify=verify))
+            pipe.backend_choice = "backend ort-cpu: ONNX Runtime on CPU, as requested"
+            return pipe
+        from .gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
+
+        probe = Bundle.open(path, precision=precision or "fp16", backend="ort-cuda", threads=threads,
+                            verify=verify)
+        components = sorted(probe.manifest.components[probe.precision])
+        engines_dir = engines_dir or str(probe.root / "engines")
+        choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
+        if choice.name == "ort-cpu":
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads))
+        else:
+            pipe = cls(probe)
+            pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
+                                         engines_dir)
+            pipe._engines.update(pipe._gpu.engines)
+        pipe.backend_choice = str(choice)
+        return pipe
+
+    def close(self) -> None:
+        """Release device resources (GPU backends); CPU engines need nothing."""
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
 
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
