@@ -64,6 +64,19 @@ def test_engine_reuses_buffers_per_shape_and_stays_correct(affine_graph: Path) -
     assert seen[2] != seen[5]
 
 
+def test_engine_copies_changed_feeds_and_skips_only_the_same_read_only_array(affine_graph: Path) -> None:
+    engine = OrtEngine("affine", affine_graph, affine_spec())
+    x = np.ones((1, 3), np.float32)
+    b = np.array([1.0, 2.0, 3.0], np.float32)
+    b.setflags(write=False)
+    np.testing.assert_array_equal(engine.run({"x": x, "b": b})["y"], [[3, 4, 5]])
+    x[0, 0] = 10.0  # a writable feed mutated in place is copied again
+    np.testing.assert_array_equal(engine.run({"x": x, "b": b})["y"], [[21, 4, 5]])
+    other_b = np.array([0.0, 0.0, 0.0], np.float32)
+    other_b.setflags(write=False)  # another read-only array: copied
+    np.testing.assert_array_equal(engine.run({"x": x, "b": other_b})["y"], [[20, 2, 2]])
+
+
 def test_engine_casts_feeds_to_the_graph_dtype(affine_graph: Path) -> None:
     engine = OrtEngine("affine", affine_graph, affine_spec())
     x = np.arange(6, dtype=np.float64).reshape(2, 3)
