@@ -85,7 +85,7 @@ class StubUNet:
 
 
 def bench_stub(steps: int, repeats: int) -> list[dict]:
-    from sdrt.runtime.pipeline import _GuidedUNet
+    from sdrt.runtime.denoise import GuidedUNet
     from sdrt.runtime.text import Conditioning
     from sdrt.schedulers import NoiseSchedule, Sampler
 
@@ -99,7 +99,7 @@ def bench_stub(steps: int, repeats: int) -> list[dict]:
             times = []
             for _ in range(repeats + 1):
                 sampler = Sampler.create(sampler_name, ns, steps)
-                unet = _GuidedUNet(StubUNet((2 * batch, *shape[1:])), cond, batch, 7.0, 0.0, None)
+                unet = GuidedUNet(StubUNet((2 * batch, *shape[1:])), cond, batch, 7.0, 0.0, None)
                 rng = np.random.default_rng(0)
                 x = sampler.initial_latents(rng.standard_normal(shape, dtype=np.float32))
                 loop = sampler.run(x, lambda s: rng.standard_normal(s, dtype=np.float32))
