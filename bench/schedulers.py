@@ -9,7 +9,10 @@ not included), with `randn_tensor` in the scheduler's module replaced by a preco
 source is. us/step = loop time / the number of sampling steps the user asked for (heun and dpm2 evaluate the
 model about twice per step on both sides; the JSON records model calls per step). Each figure is the median
 of `--repeats` timed runs after one warm-up; sdrt and diffusers runs alternate so that load from other
-processes hits both alike. Threads: library defaults (numpy's BLAS, torch's intra-op pool).
+processes hits both alike; the JSON also keeps the fastest run, and the load average. Threads: library defaults
+(torch's intra-op pool; sdrt's multistep samplers keep their BLAS calls single-threaded), or --torch-threads.
+sdrt reuses its per-schedule step weights and row buffers from one run to the next, so the timed runs after
+the warm-up measure that steady state, as diffusers' untimed set_timesteps leaves only the steps to time.
 """
 
 from __future__ import annotations
@@ -153,8 +156,10 @@ def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> di
         if theirs is not None:
             diffusers_times.append(theirs() / steps * 1e6)
     row["sdrt_us_per_step"] = statistics.median(sdrt_times)
+    row["sdrt_us_per_step_min"] = min(sdrt_times)
     if diffusers_times:
         row["diffusers_us_per_step"] = statistics.median(diffusers_times)
+        row["diffusers_us_per_step_min"] = min(diffusers_times)
         row["speedup"] = row["diffusers_us_per_step"] / row["sdrt_us_per_step"]
     return row
 
@@ -191,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed loops per figure; the median is kept")
     parser.add_argument("--samplers", nargs="*", help="only these samplers (default: every registered one)")
     parser.add_argument("--json", default="bench/results/schedulers.json", help="where to write the results")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads for diffusers (default: torch's)")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     wanted = args.samplers or sorted(set(REGISTRY) | set(COUNTERPARTS))
     skipped = {name: "not registered in sdrt yet" for name in wanted if name not in REGISTRY}
@@ -199,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_one(name, shape, args.steps, args.repeats)
             for name in wanted if name in REGISTRY for shape in SIZES]
     print_table(rows, skipped)
+    if hasattr(os, "getloadavg"):
+        env["load_average_at_end"] = os.getloadavg()[0]
     result = {
-        "unit": "microseconds per sampling step: loop time / steps, median of repeats",
+        "unit": "microseconds per sampling step: loop time / steps, median (and min) of repeats",
         "steps": args.steps, "repeats": args.repeats, "environment": env, "results": rows, "skipped": skipped,
     }
     write_atomic(args.json, (json.dumps(result, indent=2) + "\n").encode())
