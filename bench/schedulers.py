@@ -8,8 +8,9 @@ not). diffusers: the pipeline loop `scale_model_input` + `step` over `scheduler.
 not included), with `randn_tensor` in the scheduler's module replaced by a precomputed tensor, as sdrt's noise
 source is. us/step = loop time / the number of sampling steps the user asked for (heun and dpm2 evaluate the
 model about twice per step on both sides; the JSON records model calls per step). Each figure is the median
-of `--repeats` timed runs after one warm-up; sdrt and diffusers runs alternate so that load from other
-processes hits both alike; the JSON also keeps the fastest run, and the load average. Threads: library defaults
+of about `--repeats` timed runs per side, taken in blocks ordered sdrt, diffusers, diffusers, sdrt (each block
+after an untimed run) so that load drifting over time hits both alike; the JSON also keeps the fastest run,
+and the load average. Threads: library defaults
 (torch's intra-op pool; sdrt's multistep samplers keep their BLAS calls single-threaded), or --torch-threads.
 sdrt reuses its per-schedule step weights and row buffers from one run to the next, so the timed runs after
 the warm-up measure that steady state, as diffusers' untimed set_timesteps leaves only the steps to time.
@@ -25,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -129,10 +130,6 @@ class DiffusersLoop:
                 self.module.randn_tensor = original
 
 
-def median_us_per_step(loop: Callable[[], float], steps: int, repeats: int) -> list[float]:
-    return [loop() / steps * 1e6 for _ in range(repeats)]
-
-
 def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> dict[str, Any]:
     row: dict[str, Any] = {"sampler": name, "size": size_label(shape), "steps": steps}
     ours = SdrtLoop(name, shape, steps)
@@ -147,14 +144,17 @@ def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> di
             row["diffusers_class"] = counterpart[0]
         except ImportError as exc:  # DPMSolverSDEScheduler imports torchsde
             row["note"] = f"diffusers {counterpart[0]} unavailable: {exc}"
-    ours()  # warm-up
-    if theirs is not None:
-        theirs()
-    sdrt_times, diffusers_times = [], []
-    for _ in range(repeats):
-        sdrt_times.append(ours() / steps * 1e6)
-        if theirs is not None:
-            diffusers_times.append(theirs() / steps * 1e6)
+    sdrt_times: list[float] = []
+    diffusers_times: list[float] = []
+    # Blocks in the order sdrt, diffusers, diffusers, sdrt, so that load drifting over time hits both alike.
+    # Each block starts with an untimed run: right after torch, its idle OpenMP workers still spin and the
+    # caches hold torch's tensors, which would bill sdrt for diffusers' aftermath.
+    blocks = [(ours, sdrt_times), (theirs, diffusers_times)]
+    for loop, times in blocks + blocks[::-1]:
+        if loop is None:
+            continue
+        loop()
+        times.extend(loop() / steps * 1e6 for _ in range((repeats + 1) // 2))
     row["sdrt_us_per_step"] = statistics.median(sdrt_times)
     row["sdrt_us_per_step_min"] = min(sdrt_times)
     if diffusers_times:
