@@ -10,8 +10,8 @@ source is. us/step = loop time / the number of sampling steps the user asked for
 model about twice per step on both sides; the JSON records model calls per step). Each figure is the median
 of about `--repeats` timed runs per side, taken in blocks ordered sdrt, diffusers, diffusers, sdrt (each block
 after an untimed run) so that load drifting over time hits both alike; the JSON also keeps the fastest run,
-and the load average. Threads: library defaults
-(torch's intra-op pool; sdrt's multistep samplers keep their BLAS calls single-threaded), or --torch-threads.
+and the load average. Threads: library defaults (torch's intra-op pool; sdrt's multistep samplers keep their
+BLAS calls single-threaded), or --torch-threads N for diffusers (1 is the like-for-like comparison).
 sdrt reuses its per-schedule step weights and row buffers from one run to the next, so the timed runs after
 the warm-up measure that steady state, as diffusers' untimed set_timesteps leaves only the steps to time.
 """
@@ -143,7 +143,8 @@ def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> di
             theirs = DiffusersLoop(counterpart[0], counterpart[1], shape, steps)
             row["diffusers_class"] = counterpart[0]
         except ImportError as exc:  # DPMSolverSDEScheduler imports torchsde
-            row["note"] = f"diffusers {counterpart[0]} unavailable: {exc}"
+            reason = str(exc).strip().splitlines()[0]
+            row["note"] = f"diffusers {counterpart[0]} unavailable: {reason}"
     sdrt_times: list[float] = []
     diffusers_times: list[float] = []
     # Blocks in the order sdrt, diffusers, diffusers, sdrt, so that load drifting over time hits both alike.
