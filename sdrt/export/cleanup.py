@@ -34,7 +34,7 @@ def _onnxslim(model: Any) -> Any:
 
     # onnxslim serialises the whole proto (shape inference, size checks), which protobuf refuses over 2 GiB:
     # it works on the graph with the large weights detached, and they are put back afterwards.
-    weights = detach_large_weights(model)
+    weights = detach_large_weights(model, DETACH_MIN_BYTES)  # read at call time (tests lower it)
     try:
         slimmed = onnxslim.slim(model, model_check=False, size_threshold=DETACH_MIN_BYTES)
     finally:
@@ -42,47 +42,28 @@ def _onnxslim(model: Any) -> Any:
     return reattach_weights(slimmed, weights)
 
 
-def detach_large_weights(model: Any, min_bytes: int = DETACH_MIN_BYTES) -> dict[str, bytes]:
+def detach_large_weights(model: Any, min_bytes: int) -> dict[str, bytes]:
     """Move the raw data of large initializers out of `model` (in place), marking them external."""
-    from onnx import TensorProto
+    from .onnx_files import mark_external
 
     detached: dict[str, bytes] = {}
     for tensor in model.graph.initializer:
         if tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-            detached[tensor.name] = tensor.raw_data
-            tensor.ClearField("raw_data")
-            tensor.data_location = TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", _DETACHED
+            raw = tensor.raw_data
+            # A unique offset per weight: graphsurgeon compares constants by their protos minus the name, so
+            # identical placeholders would make to_q / to_k / to_v "equal" and merge them into one MatMul.
+            mark_external(tensor, _DETACHED, offset=len(detached), length=len(raw))
+            detached[tensor.name] = raw
     return detached
 
 
 def reattach_weights(model: Any, detached: dict[str, bytes]) -> Any:
     """Put detached raw data back into the initializers of the same name; fail if any would stay empty."""
-    from onnx import TensorProto
+    from .onnx_files import restore_raw_data
 
-    for tensor in model.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL and any(e.value == _DETACHED for e in tensor.external_data):
-            if tensor.name not in detached:
-                raise ValueError(f"graph cleanup renamed weight {tensor.name}; run with --cleanup none")
-            tensor.raw_data = detached.pop(tensor.name)
-            tensor.data_location = TensorProto.DEFAULT
-            del tensor.external_data[:]
+    missing = [t.name for t in model.graph.initializer
+               if any(e.key == "location" and e.value == _DETACHED for e in t.external_data) and t.name not in detached]
+    if missing:
+        raise ValueError(f"graph cleanup renamed weight {missing[0]}; run with --cleanup none")
+    restore_raw_data(model, detached)
     return model
-
-
-def _polygraphy(model: Any) -> Any:
-    try:
-        import onnx_graphsurgeon as gs
-    except ImportError:
-        from ..errors import UserError
-
-        raise UserError("--cleanup polygraphy needs onnx-graphsurgeon: pip install onnx-graphsurgeon "
-                        "(or use the default --cleanup onnxslim)") from None
-    from polygraphy.backend.onnx import fold_constants
-
-    folded = fold_constants(model, num_passes=3, partitioning="basic", error_ok=True)
-    graph = gs.import_onnx(folded)
-    graph.cleanup().toposort()
-    return gs.export_onnx(graph)
