@@ -89,8 +89,7 @@ class Pipeline:
             return pipe
         from .gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
 
-        probe = Bundle.open(path, precision=precision or "fp16", backend="ort-cuda", threads=threads,
-                            verify=verify)
+        probe = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify)
         components = sorted(probe.manifest.components[probe.precision])
         engines_dir = engines_dir or str(probe.root / "engines")
         choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
