@@ -3,7 +3,7 @@
 What sdrt adds to every step on top of the network: sampler arithmetic, guidance, temperature, copies into
 the engine's bound buffers. Two measurements:
 1. `bundle`: full `Pipeline.generate` on a (tiny) bundle with ONNX Runtime: loop time minus the time spent
-   inside `engine.run` for the UNet, divided by the steps.
+   inside `engine.run` for the UNet, divided by the steps; `nospin`: the same with ORT's spin-waiting off.
 2. `stub`: the same loop at production latent sizes (SD 512 px: 64x64 latents, SDXL 1024 px: 128x128) with a
    UNet stub that returns a fixed array instantly, so everything measured is host work.
 
@@ -40,10 +40,10 @@ def tiny_bundle(workdir: Path) -> Path:
     return out
 
 
-def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int) -> list[dict]:
+def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int, spin: bool) -> list[dict]:
     from sdrt.runtime import GenerationRequest, Pipeline
 
-    pipe = Pipeline.load(str(bundle), threads=threads)
+    pipe = Pipeline.load(str(bundle), threads=threads, spin=spin)
     rows = []
     for sampler in SAMPLERS:
         request = GenerationRequest("a lighthouse at dusk", negative="blurry", steps=steps, sampler=sampler,
@@ -55,7 +55,7 @@ def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int) -> list[d
             overheads.append(t.host_overhead_per_step * 1e6)
             unet_calls_ms.append(t.unet / t.unet_calls * 1e3)
             loops.append(t.loop / t.steps * 1e3)
-        rows.append({"mode": "bundle", "sampler": sampler, "latent": "x".join(map(str, _latent(pipe))),
+        rows.append({"mode": "bundle" if spin else "nospin", "sampler": sampler, "latent": "x".join(map(str, _latent(pipe))),
                      "batch": 1, "cfg": True, "steps": steps,
                      "host_overhead_us_per_step": statistics.median(overheads),
                      "unet_ms_per_call": statistics.median(unet_calls_ms),
@@ -129,7 +129,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or tiny_bundle(Path(tmp))
-        rows = bench_bundle(bundle, args.steps, args.repeats, args.threads) + bench_stub(args.steps, args.repeats)
+        rows = (bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=True)
+                + bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=False)
+                + bench_stub(args.steps, args.repeats))
 
     print(f"{'mode':6s} {'sampler':13s} {'latent':22s} {'UNet ms/call':>12s} {'step ms':>8s} {'host us/step':>12s}")
     for r in rows:

@@ -109,6 +109,15 @@ def test_engine_fails_when_a_gpu_provider_is_demanded_but_missing(affine_graph: 
         OrtEngine("affine", affine_graph, affine_spec(), SessionSettings(backend="ort-cuda"))
 
 
+def test_spin_setting_reaches_the_session_options() -> None:
+    from sdrt.runtime.ort_engine import session_options
+
+    assert session_options(SessionSettings(spin=False)).get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception):  # not set at all: ORT's default (spinning) applies
+        session_options(SessionSettings()).get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_silent_cpu_fallback_is_detected(monkeypatch) -> None:
     """onnxruntime-gpu with CUDA listed but failing to load runs the session on CPU; we must say so."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -44,6 +44,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
               help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
 @click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
+@click.option("--no-spin", is_flag=True,
+              help="CPU: ORT threads sleep instead of spin-waiting (faster on a shared or busy CPU).")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="PNG path (batch > 1: NAME-SEED.png per image). Default: sdrt-SEED.png.")
@@ -52,7 +54,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
              mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
-             verify: bool, output: Path | None, quiet: bool) -> None:
+             no_spin: bool, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE."""
     from ..errors import UserError
     from ..runtime import GenerationRequest, Pipeline, open_image, save_png
@@ -69,7 +71,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         mask=open_image(mask, "mask") if mask is not None else None,
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
-                         engines_dir=str(engines_dir) if engines_dir else None)
+                         engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
     if backend == "auto":
         click.echo(pipe.backend_choice, err=True)
     paths = output_paths(output, request.seed, batch)

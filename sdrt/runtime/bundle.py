@@ -32,7 +32,7 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
-             threads: int = 0, verify: bool = False) -> "Bundle":
+             threads: int = 0, verify: bool = False, spin: bool = True) -> "Bundle":
         """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given)."""
         root = Path(path)
         manifest = Manifest.load(root)
@@ -52,7 +52,7 @@ class Bundle:
                 "fp16" if "fp16" in available else available[0])
         for name in REQUIRED[family]:
             manifest.component(name, precision)  # raises the one-line BundleError naming the fix
-        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads))
+        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin))
 
     @property
     def family(self) -> str:

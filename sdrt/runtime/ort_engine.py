@@ -47,6 +47,8 @@ class SessionSettings:
     threads: int = 0
     optimization: str = "all"  # disabled | basic | extended | all
     device_id: int = 0  # GPU providers only
+    spin: bool = True  # idle ORT threads spin-wait for work: lowest latency on dedicated cores; turn off on a
+    # shared or oversubscribed CPU, where spinning threads slow everything else (the host work of each step too)
 
 
 def resolve_backend(backend: str) -> tuple[str, ...]:
@@ -74,6 +76,9 @@ def session_options(settings: SessionSettings):
     opts.enable_mem_pattern = True  # shapes are fixed per binding, so the memory plan is reused
     opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3  # errors only: fallbacks are reported by us, in one line
+    if not settings.spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
 

@@ -77,14 +77,15 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
-             verify: bool = False, engines_dir: str | None = None) -> "Pipeline":
+             verify: bool = False, engines_dir: str | None = None, spin: bool = True) -> "Pipeline":
         """Open a bundle on a backend: ort-cpu (this module's ONNX Runtime engine), or auto / trt / ort-cuda /
         ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA graphs).
         `backend_choice` says what runs and why (auto may settle on ort-cpu)."""
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
         if backend == "ort-cpu":
-            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, verify=verify))
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, verify=verify,
+                                   spin=spin))
             pipe.backend_choice = "backend ort-cpu: ONNX Runtime on CPU, as requested"
             return pipe
         from .gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
@@ -94,7 +95,7 @@ class Pipeline:
         engines_dir = engines_dir or str(probe.root / "engines")
         choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
         if choice.name == "ort-cpu":
-            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads))
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, spin=spin))
         else:
             pipe = cls(probe)
             pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
