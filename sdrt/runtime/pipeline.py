@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -192,6 +193,9 @@ class Pipeline:
             raise UserError(f"this bundle's UNet has {channels} input channels; inpainting needs 4 or 9")
         if request.task != "inpaint" and channels != self.model.latent_channels:
             raise UserError("this bundle holds an inpainting UNet: pass --init-image and --mask")
+        if request.init_image is not None and not self.bundle.has("vae_encoder"):
+            raise UserError("this bundle has no VAE encoder, which img2img and inpainting need: re-export the "
+                            "model with it (sdrt export)")
         _ = self.prompt_encoder  # builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
@@ -260,7 +264,7 @@ class Pipeline:
             "CFG scale": request.cfg,
             "Seed": seed,
             "Size": f"{size[1]}x{size[0]}",
-            "Model": self.bundle.root.name,
+            "Model": Path(self.model.source).stem if self.model.source else self.bundle.root.name,
             "Denoising strength": request.effective_strength if request.init_image is not None else None,
             "Guidance rescale": request.guidance_rescale or None,
         }
