@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -72,31 +73,42 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
                          engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
-    if backend == "auto":
-        click.echo(pipe.backend_choice, err=True)
-    paths = output_paths(output, request.seed, batch)
-    pipe.check(request)  # every user error before the progress bar starts
-
-    if quiet or not sys.stderr.isatty():
-        result = pipe.generate(request)
-    else:
-        with click.progressbar(length=steps, label="sampling", file=sys.stderr) as bar:
-            state = {"done": 0}
-
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - state["done"])
-                state["done"] = done
-
-            result = pipe.generate(request, progress=progress)
+    try:
+        paths = output_paths(output, request.seed, batch)
+        pipe.check(request)  # every user error before anything is printed or computed
+        if backend == "auto":
+            click.echo(pipe.backend_choice, err=True)
+        result = run_with_progress(pipe, request, show=not quiet and sys.stderr.isatty())
+    finally:
+        pipe.close()
 
     for path, pixels, parameters in zip(paths, result.images, result.parameters):
         save_png(path, pixels, parameters)
     t = result.timings
-    providers = sorted({p[0] for p in pipe.providers.values()})
+    providers = sorted({p[0] for p in pipe.providers.values() if p}) or [pipe.backend_choice.split(":")[0]]
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
                f"{t.host_overhead_per_step * 1e3:.2f} ms/step")
+
+
+def run_with_progress(pipe, request, show: bool):
+    """Generate, with a progress bar on stderr when it is a terminal."""
+    if not show:
+        return pipe.generate(request)
+    with click.progressbar(length=request.steps, label="sampling", file=sys.stderr) as bar:
+        done_before, last_draw = 0, 0.0
+
+        def progress(done: int, total: int) -> None:
+            # redraw at most 10 times a second: a terminal write costs more than a fast step's host work
+            nonlocal done_before, last_draw
+            now = time.monotonic()
+            if done < total and now - last_draw < 0.1:
+                return
+            bar.length = total
+            bar.update(done - done_before)
+            done_before, last_draw = done, now
+
+        return pipe.generate(request, progress=progress)
 
 
 def output_paths(output: Path | None, seed: int, batch: int) -> list[Path]:
