@@ -94,11 +94,13 @@ def error_cases(tmp_path: Path, bundle: Path) -> list[tuple[list[str], str]]:
                                                         "check the path"),
         (["--init-image", str(image), "--strength", "1.5"], "strength must be in (0, 1], got 1.5: use e.g. 0.75"),
         (["--backend", "ort-cuda"], None),  # the reason depends on the machine: checked by prefix
+        (["--sampler-option", "eta"], "sampler option 'eta' is not KEY=NUMBER: write e.g. --sampler-option eta=0.5"),
+        (["--sampler-option", "nope=1"], "sampler 'ddim' has no option 'nope' (options: eta)"),
         (["--backend", "cuda"], "unknown backend 'cuda': choose one of ort-cpu, auto, trt, ort-cuda, ort-trt"),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(14))
 def test_bad_input_is_one_line_exit_2_nothing_written(bundle: Path, tmp_path: Path, capsys, case: int) -> None:
     args, message = error_cases(tmp_path, bundle)[case]
     if message is None and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():

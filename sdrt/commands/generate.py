@@ -23,6 +23,10 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")
 @click.option("--sampler", default="euler", show_default=True, help="Sampler name (see `sdrt samplers`).")
 @click.option("--schedule", default="normal", show_default=True, help=f"Sigma schedule: {', '.join(SCHEDULES)}.")
+@click.option("--spacing", default=None, type=click.Choice(["leading", "trailing", "linspace"]),
+              help="Timestep spacing (default: the model's scheduler config, else the sampler's).")
+@click.option("--sampler-option", "sampler_options", multiple=True, metavar="KEY=VALUE",
+              help="Sampler option, repeatable, e.g. eta=0.5 or s_noise=1.0 (`sdrt samplers` lists them).")
 @click.option("--cfg", default=7.5, show_default=True, type=float, help="Guidance scale; <= 1 disables CFG.")
 @click.option("--guidance-rescale", default=0.0, show_default=True, type=float,
               help="Rescale guided output towards the conditional std (0.7 for zero-SNR models).")
@@ -51,7 +55,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="PNG path (batch > 1: NAME-SEED.png per image). Default: sdrt-SEED.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str, cfg: float,
+def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str,
+             spacing: str | None, sampler_options: tuple[str, ...], cfg: float,
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
              mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
@@ -65,7 +70,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     if seed is None:
         seed = secrets.randbelow(2**32)
     request = GenerationRequest(
-        prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, cfg=cfg,
+        prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, spacing=spacing,
+        sampler_options=parse_options(sampler_options), cfg=cfg,
         guidance_rescale=guidance_rescale, temperature=temperature, temperature_method=temperature_method,
         seed=seed, batch=batch, width=width, height=height, strength=strength,
         init_image=open_image(init_image, "init image") if init_image is not None else None,
@@ -89,6 +95,21 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
                f"{t.host_overhead_per_step * 1e3:.2f} ms/step")
+
+
+def parse_options(items: tuple[str, ...]) -> dict[str, float]:
+    from ..errors import UserError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            options[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"sampler option {item!r} is not KEY=NUMBER: write e.g. --sampler-option eta=0.5") from None
+    return options
 
 
 def run_with_progress(pipe, request, show: bool):
