@@ -117,7 +117,7 @@ def test_sdxl_long_prompt_matches_chunked_reference(tiny_model, tiny_bundle) -> 
     assert pixel <= 2 / 255 and latent <= 1e-3
 
 
-@pytest.mark.parametrize("negative", ["", LONG_PROMPT + " and more"])
+@pytest.mark.parametrize("negative", ["", LONG_PROMPT + " and more"], ids=["empty", "long"])
 def test_negative_and_positive_padded_to_the_same_length(tiny_model, tiny_bundle, negative: str) -> None:
     from transformers import CLIPTokenizer
 
