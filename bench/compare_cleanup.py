@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import json
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def main() -> None:
         print(f"{name:22s} {counts[0]:>6s} {counts[1]:>9s} {counts[2]:>11s}   {rels}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
     del torch
 
 

@@ -65,3 +65,24 @@ def test_external_data_save_leaves_the_model_intact(tmp_path) -> None:
     x = np.ones((2, 64), dtype=np.float32)
     (y,) = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(y, (x @ weights["wq"] + x @ weights["wk"]) * (x @ weights["wv"]), rtol=1e-4, atol=1e-3)
+
+
+def test_polygraphy_cleanup_keeps_numerics(tmp_path) -> None:
+    pytest.importorskip("onnx_graphsurgeon", reason="--cleanup polygraphy needs onnx-graphsurgeon")
+    import sdrt.export.cleanup as cleanup
+    from sdrt.export.onnx_files import save_model
+
+    model, weights = _qkv_graph()
+    cleaned = cleanup.cleanup_graph(model, "polygraphy")
+    save_model(cleaned, tmp_path / "p.onnx")
+    x = np.random.default_rng(2).standard_normal((2, 64)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, (x @ weights["wq"] + x @ weights["wk"]) * (x @ weights["wv"]), rtol=1e-4, atol=1e-3)
+
+
+def test_unknown_cleanup_method_is_a_user_error() -> None:
+    from sdrt.errors import UserError
+    from sdrt.export.cleanup import cleanup_graph
+
+    with pytest.raises(UserError, match="unknown cleanup method 'fast': choose one of onnxslim, polygraphy, none"):
+        cleanup_graph(_qkv_graph()[0], "fast")

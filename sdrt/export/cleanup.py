@@ -67,3 +67,19 @@ def reattach_weights(model: Any, detached: dict[str, bytes]) -> Any:
         raise ValueError(f"graph cleanup renamed weight {missing[0]}; run with --cleanup none")
     restore_raw_data(model, detached)
     return model
+
+
+def _polygraphy(model: Any) -> Any:
+    try:
+        import onnx_graphsurgeon as gs
+    except ImportError:
+        from ..errors import UserError
+
+        raise UserError("--cleanup polygraphy needs onnx-graphsurgeon: pip install onnx-graphsurgeon "
+                        "(or use the default --cleanup onnxslim)") from None
+    from polygraphy.backend.onnx import fold_constants
+
+    folded = fold_constants(model, num_passes=3, partitioning="basic", error_ok=True)
+    graph = gs.import_onnx(folded)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph)
