@@ -43,6 +43,7 @@ class ComponentSpec:
     outputs: list[TensorSpec]
     external_data: str | None = None  # weights file beside `file` for graphs over 2 GB
     accuracy: dict[str, Any] = field(default_factory=dict)  # max_abs, rel, cosine per checked shape, thresholds
+    compute_precision: str = ""  # precision the graph computes in: "fp32" or "fp16-mixed" (IO dtypes aside)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ComponentSpec":
@@ -52,6 +53,7 @@ class ComponentSpec:
             outputs=[TensorSpec(**t) for t in d["outputs"]],
             external_data=d.get("external_data"),
             accuracy=d.get("accuracy", {}),
+            compute_precision=d.get("compute_precision", ""),
         )
 
 
@@ -72,6 +74,7 @@ class ModelInfo:
     force_zeros_for_empty_prompt: bool = False  # SDXL: zero embeddings for an empty negative prompt
     requires_aesthetics_score: bool = False  # SDXL refiner-style time ids
     source: str = ""  # where it was exported from (a path, never uploaded anywhere)
+    size_multiple: int = 8  # image height and width must be multiples of this many pixels
 
 
 @dataclass
@@ -167,6 +170,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
 from .build import build
+from .export import export, tiny_model
+from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, build]
+COMMANDS = [samplers, export, tiny_model, generate, build]

@@ -35,7 +35,7 @@ from .temperature import Temperature
 class ModelCall:
     """One request for a network evaluation."""
 
-    x: np.ndarray  # latents exactly as the network must see them (VP scale); read-only for the caller
+    x: np.ndarray  # latents exactly as the network must see them (VP scale); read-only, valid until the next send
     timestep: float  # the value for the network's timestep input (fractional for some schedules)
     alpha_bar: float  # noise level of this evaluation, abar = 1 / (1 + sigma^2)
     step: int  # index of the sampling step this evaluation belongs to

@@ -56,9 +56,11 @@ def spaced_timesteps(spacing: str, num_points: int, num_train_timesteps: int, st
 
 def sigma_to_t(sigma: np.ndarray, train_sigmas: np.ndarray) -> np.ndarray:
     """Fractional timestep for each sigma, interpolating log-sigma between training timesteps (diffusers'
-    `_sigma_to_t`)."""
+    `_sigma_to_t`). The log of the training sigmas is taken in their own dtype (float32) as diffusers does:
+    at sigma_max a float64 log gives t = 999 where diffusers gets 998.9999997, which its int64 cast of the
+    exponential schedule's timesteps truncates to 998."""
     sigma = np.asarray(sigma, dtype=np.float64)
-    log_sigmas = np.log(train_sigmas.astype(np.float64))
+    log_sigmas = np.log(train_sigmas)
     log_sigma = np.log(np.maximum(sigma, 1e-10))
     dists = log_sigma - log_sigmas[:, None]
     low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=len(log_sigmas) - 2)

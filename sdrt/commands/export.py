@@ -1,0 +1,83 @@
+"""`sdrt export` (checkpoint -> verified ONNX bundle) and `sdrt tiny-model` (a tiny random-weight checkpoint
+to try the toolchain without downloading one). torch is imported only inside the command bodies."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..errors import UserError
+
+PRECISION_CHOICES = {"fp32": ("fp32",), "fp16": ("fp16",), "both": ("fp32", "fp16")}
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint")
+
+
+def _progress() -> "callable":
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        click.echo(f"[{time.monotonic() - started:7.1f}s] {message}", err=True)
+
+    return say
+
+
+def _parse_components(values: tuple[str, ...]) -> list[str] | None:
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENT_NAMES]
+    if unknown:
+        raise UserError(f"unknown component {', '.join(unknown)}: choose from {', '.join(COMPONENT_NAMES)}")
+    return names or None
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--precision", type=click.Choice(sorted(PRECISION_CHOICES)), default="both", show_default=True,
+              help="fp32 (CPU), fp16 (mixed precision for TensorRT 11 / ORT CUDA) or both.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--components", multiple=True, metavar="NAMES",
+              help=f"Comma-separated subset of {', '.join(COMPONENT_NAMES)} (default: all the model has).")
+@click.option("--fp32-vae/--fp16-vae", default=None,
+              help="Keep the VAE fp32 in the fp16 set (default: when the VAE config sets force_upcast, as SDXL).")
+@click.option("--cleanup", type=click.Choice(["onnxslim", "polygraphy", "none"]), default="onnxslim",
+              show_default=True, help="Graph simplification after tracing.")
+@click.option("--config", type=click.Path(path_type=str), default=None,
+              help="Diffusers config folder for a single-file .safetensors checkpoint (nothing is downloaded).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new bundle passed).")
+def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
+           cleanup: str, config: str | None, overwrite: bool) -> None:
+    """Export MODEL (a diffusers folder or a .safetensors file) to the ONNX bundle folder OUT, checking
+    every graph against torch on ONNX Runtime CPU."""
+    from pathlib import Path
+
+    from ..export.bundle import ExportOptions, export_bundle
+
+    options = ExportOptions(precisions=PRECISION_CHOICES[precision], opset=opset,
+                            components=_parse_components(components), fp32_vae=fp32_vae, cleanup=cleanup,
+                            config=Path(config) if config else None, overwrite=overwrite)
+    manifest = export_bundle(model, out, options, progress=_progress())
+    for prec, comps in manifest.components.items():
+        for name, spec in comps.items():
+            worst = spec.accuracy.get("worst", {})
+            click.echo(f"{prec:5s} {name:15s} {spec.file:28s} rel {worst.get('rel', float('nan')):.1e} "
+                       f"cosine {worst.get('cosine', float('nan')):.6f}")
+
+
+@click.command("tiny-model")
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--kind", type=click.Choice(TINY_KIND_NAMES), default="sd1", show_default=True,
+              help="sd1 (PNDM, epsilon), sd2v (v-prediction), sdxl (two text encoders), sd1_inpaint (9-ch UNet).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def tiny_model(out: str, kind: str, seed: int) -> None:
+    """Write a tiny random-weight Stable Diffusion checkpoint (diffusers folder) to OUT, for trying
+    `sdrt export` and the runtime without a real model. Its images are noise."""
+    from pathlib import Path
+
+    from ..export.tiny_models import build_tiny_model
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise UserError(f"output {out} exists and is not empty: choose a new folder")
+    path = build_tiny_model(kind, out, seed=seed)
+    click.echo(f"tiny {kind} model written to {path}")

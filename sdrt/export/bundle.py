@@ -1,0 +1,252 @@
+"""`sdrt export` end to end: checkpoint -> traced, cleaned, (fp16-converted), gated graphs + tokenizers +
+scheduler config + manifest, built in a hidden temporary folder beside OUT and renamed into place only when
+everything passed. Any failure removes the temporary folder: OUT is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+from ..manifest import MANIFEST_NAME, ComponentSpec, Manifest, ModelInfo, TensorSpec, sha256_file, write_atomic
+from .cleanup import CLEANUP_METHODS, cleanup_graph
+from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
+from .gate import THRESHOLDS, check_graph, torch_references
+from .loading import SourceModel, load_source_model
+from .onnx_files import load_model, save_model
+from .precision import to_mixed_fp16
+from .shapes import default_latent_size, gate_cases, trace_case
+from .tokenizer_export import save_tokenizer
+from .tracing import MIN_OPSET, trace_to_onnx
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    opset: int = 17
+    components: list[str] | None = None  # None: every component the model has
+    fp32_vae: bool | None = None  # keep the VAE fp32 in the fp16 set; None: when the VAE asks (force_upcast)
+    cleanup: str = "onnxslim"
+    config: Path | None = None  # diffusers config folder for single-file checkpoints
+    overwrite: bool = False
+    thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in THRESHOLDS.items()})
+
+
+def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: ExportOptions | None = None,
+                  progress: Progress | None = None) -> Manifest:
+    """Export `model` to the bundle directory `out`; return its manifest."""
+    options = options or ExportOptions()
+    say = progress or (lambda message: None)
+    out = Path(out).absolute()
+    _check_options(options, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        say(f"loading {model}")
+        source = load_source_model(model, options.config)
+        manifest = _build(source, staging, options, say)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"bundle written to {out}")
+    return manifest
+
+
+def _check_options(options: ExportOptions, out: Path) -> None:
+    bad = [p for p in options.precisions if p not in ("fp32", "fp16")]
+    if bad or not options.precisions:
+        raise UserError(f"unknown precision {', '.join(bad) or '(none)'}: choose fp32, fp16 or both")
+    if options.opset < MIN_OPSET:
+        raise UserError(f"opset {options.opset} is too old: use --opset {MIN_OPSET} or newer")
+    if options.cleanup not in CLEANUP_METHODS:
+        raise UserError(f"unknown cleanup {options.cleanup!r}: choose one of {', '.join(CLEANUP_METHODS)}")
+    if out.exists() and not options.overwrite:
+        raise UserError(f"output {out} already exists: choose a new folder or pass --overwrite")
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "bundle")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progress) -> Manifest:
+    started = time.time()
+    graphs = build_component_graphs(source, options.components)
+    fp32_vae = bool(getattr(source.vae.config, "force_upcast", False)) if options.fp32_vae is None else options.fp32_vae
+    traced_at = trace_case(source)
+    checked_at = gate_cases(source)
+    components: dict[str, dict[str, ComponentSpec]] = {p: {} for p in options.precisions}
+    graph_stats: dict[str, Any] = {}
+    for index, graph in enumerate(graphs, 1):
+        tag = f"[{index}/{len(graphs)}] {graph.name}"
+        specs, stats = _export_component(graph, source, root, options, fp32_vae and graph.is_vae, tag, say)
+        for precision, spec in specs.items():
+            components[precision][graph.name] = spec
+        graph_stats[graph.name] = stats
+    shutil.rmtree(root / ".scratch", ignore_errors=True)
+
+    tokenizers, tokenizer_info = {}, {}
+    for name, tokenizer in source.tokenizers.items():
+        path, info = save_tokenizer(tokenizer, root / name, TEXT_LENGTH)
+        tokenizers[name] = path.relative_to(root).as_posix()
+        tokenizer_info[name] = info
+        say(f"{name}: tokenizer.json written, ids equal transformers' on {info['parity_prompts_checked']} prompts")
+    write_atomic(root / "scheduler.json", json.dumps(source.scheduler_config, indent=2).encode())
+
+    manifest = Manifest(
+        model=_model_info(source),
+        components=components,
+        tokenizers=tokenizers,
+        scheduler="scheduler.json",
+        files={},
+        export={
+            "opset": options.opset, "precisions": list(options.precisions), "cleanup": options.cleanup,
+            "fp32_vae_in_fp16": fp32_vae, "io_dtypes": "float32 inputs and outputs at every precision "
+            "(fp16 graphs cast at their edges); input_ids int32",
+            "trace_shape": traced_at.describe(), "gate_shapes": [c.describe() for c in checked_at],
+            "thresholds": options.thresholds, "graphs": graph_stats, "tokenizers": tokenizer_info,
+            "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - started, 2),
+        },
+    )
+    manifest.files = {p.relative_to(root).as_posix(): sha256_file(p)
+                      for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME}
+    manifest.save(root)
+    _readable_by_all(root)
+    return manifest
+
+
+def _readable_by_all(root: Path) -> None:
+    """mkdtemp / mkstemp create owner-only entries; a bundle is shared data, so give it the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, options: ExportOptions,
+                      keep_fp32: bool, tag: str, say: Progress) -> tuple[dict[str, ComponentSpec], dict[str, Any]]:
+    t0 = time.time()
+    scratch = root / ".scratch" / graph.name
+    say(f"{tag}: tracing at {trace_case(source).describe()} (opset {options.opset})")
+    traced = trace_to_onnx(graph, trace_case(source), scratch, options.opset)
+    stats: dict[str, Any] = {"traced_nodes": len(traced.graph.node)}
+    model32 = cleanup_graph(traced, options.cleanup)
+    del traced
+    shutil.rmtree(scratch, ignore_errors=True)
+    stats["nodes"] = len(model32.graph.node)
+    say(f"{tag}: {options.cleanup} cleanup {stats['traced_nodes']} -> {stats['nodes']} nodes")
+
+    say(f"{tag}: torch reference at {', '.join(c.describe() for c in gate_cases(source))}")
+    refs = torch_references(graph, gate_cases(source))
+    specs: dict[str, ComponentSpec] = {}
+
+    fp32_file = root / "fp32" / f"{graph.name}.onnx"
+    if "fp32" in options.precisions or ("fp16" in options.precisions and keep_fp32):
+        base = fp32_file if "fp32" in options.precisions else root / "fp16" / f"{graph.name}.onnx"
+        external = save_model(model32, base)
+        accuracy = _gate(base, graph, refs, "fp32", options, tag, say)
+        spec = _spec(graph, base, root, external, accuracy, "fp32")
+        if "fp32" in options.precisions:
+            specs["fp32"] = spec
+        if keep_fp32 and "fp16" in options.precisions:
+            specs["fp16"] = spec  # same fp32 graph: the fp16 set keeps this VAE in fp32
+    if "fp16" in options.precisions and not keep_fp32:
+        say(f"{tag}: converting to mixed fp16")
+        model16 = to_mixed_fp16(model32)
+        del model32  # the fp32 proto is saved already; free it before the fp16 gate (GBs at full size)
+        stats["fp16_nodes"] = len(model16.graph.node)
+        path16 = root / "fp16" / f"{graph.name}.onnx"
+        external = save_model(model16, path16)
+        del model16
+        accuracy = _gate(path16, graph, refs, "fp16", options, tag, say)
+        specs["fp16"] = _spec(graph, path16, root, external, accuracy, "fp16-mixed")
+    stats["seconds"] = round(time.time() - t0, 2)
+    return specs, stats
+
+
+def _gate(path: Path, graph: ComponentGraph, refs: list, precision: str, options: ExportOptions, tag: str,
+          say: Progress) -> dict[str, Any]:
+    record = check_graph(path, graph, refs, precision, options.thresholds)
+    worst = record["worst"]
+    say(f"{tag}: {precision} gate passed (rel {worst['rel']:.2e}, max_abs {worst['max_abs']:.2e}, "
+        f"cosine {worst['cosine']:.6f})")
+    return record
+
+
+def _spec(graph: ComponentGraph, path: Path, root: Path, external: str | None, accuracy: dict[str, Any],
+          compute: str) -> ComponentSpec:
+    rel = path.relative_to(root)
+    return ComponentSpec(
+        file=rel.as_posix(),
+        inputs=[TensorSpec(t.name, t.dtype, list(t.dims)) for t in graph.inputs],
+        outputs=[TensorSpec(t.name, t.dtype, list(t.dims)) for t in graph.outputs],
+        external_data=(rel.parent / external).as_posix() if external else None,
+        accuracy=accuracy,
+        compute_precision=compute,
+    )
+
+
+def _model_info(source: SourceModel) -> ModelInfo:
+    vae_cfg = source.vae.config
+    scale = 2 ** (len(vae_cfg.block_out_channels) - 1)
+    latent = default_latent_size(source)
+    up_factor = 2 ** (len(source.unet.config.block_out_channels) - 1)
+    shift = getattr(vae_cfg, "shift_factor", None)
+    return ModelInfo(
+        family=source.family,
+        prediction_type=source.prediction_type,
+        latent_channels=int(vae_cfg.latent_channels),
+        unet_in_channels=int(source.unet.config.in_channels),
+        vae_scale_factor=scale,
+        vae_scaling_factor=float(vae_cfg.scaling_factor),
+        vae_shift_factor=float(shift) if shift is not None else None,
+        default_size=[scale * latent, scale * latent],
+        min_size=scale * max(up_factor, latent // 4),
+        max_size=scale * latent * 2,
+        text_max_length=TEXT_LENGTH,
+        text_embed_dims=[int(e.config.hidden_size) for e in source.text_encoders.values()],
+        force_zeros_for_empty_prompt=bool(source.pipeline_config.get("force_zeros_for_empty_prompt", False)),
+        requires_aesthetics_score=bool(source.pipeline_config.get("requires_aesthetics_score", False)),
+        source=str(source.path),
+        size_multiple=scale,
+    )
+
+
+def _tool_versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxslim
+
+        versions["onnxslim"] = onnxslim.__version__
+    except ImportError:
+        pass
+    from .. import __version__
+
+    versions["sdrt"] = __version__
+    return versions

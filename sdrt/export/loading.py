@@ -1,0 +1,162 @@
+"""Load a local Stable Diffusion checkpoint for export, offline, with errors a user can act on.
+
+Accepted: a diffusers folder (model_index.json with unet/, vae/, text_encoder*/, tokenizer*/, scheduler/),
+or a single-file .safetensors / .ckpt checkpoint together with a local diffusers config folder (diffusers
+needs the configs and, offline, cannot fetch them). Nothing is ever downloaded: the Hugging Face hub is
+switched to offline mode before any load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_FAMILY_BY_CLASS = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
+                    "StableDiffusionXLInpaintPipeline": "sdxl"}
+
+
+@dataclass
+class SourceModel:
+    """The torch modules and configs an export needs, all in float32 and eval mode."""
+
+    path: Path
+    family: str  # sd1 | sd2 | sdxl
+    prediction_type: str
+    unet: Any
+    vae: Any
+    text_encoders: dict[str, Any]  # "text_encoder" / "text_encoder_2" -> CLIPTextModel(WithProjection)
+    tokenizers: dict[str, Any]  # "tokenizer" / "tokenizer_2" -> CLIPTokenizer
+    scheduler_config: dict[str, Any]
+    pipeline_config: dict[str, Any] = field(default_factory=dict)  # model_index.json flags
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+
+def _go_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(
+            f"{folder} is not a diffusers folder (no model_index.json): pass a folder saved with "
+            "save_pretrained, or a single .safetensors checkpoint with --config"
+        )
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{index} is not valid JSON ({exc}): repair or re-save the checkpoint") from None
+
+
+def detect_family(model_index: dict[str, Any], text_encoder_config: Any | None) -> str:
+    """sdxl by pipeline class or second text encoder; sd2 when the (first) encoder is OpenCLIP-style (gelu,
+    as SD 2.x's ViT-H); sd1 otherwise (CLIP ViT-L with quick_gelu)."""
+    if _FAMILY_BY_CLASS.get(model_index.get("_class_name", "")) or "text_encoder_2" in model_index:
+        return "sdxl"
+    if text_encoder_config is not None and getattr(text_encoder_config, "hidden_act", "") == "gelu":
+        return "sd2"
+    return "sd1"
+
+
+def load_source_model(path: str | os.PathLike, config: str | os.PathLike | None = None) -> SourceModel:
+    """Load the checkpoint at `path` in float32 on CPU, offline."""
+    _go_offline()
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist: pass a diffusers folder or a .safetensors file")
+    if path.is_file():
+        return _load_single_file(path, config)
+    return _from_pipeline(_load_folder(path), path, _read_model_index(path))
+
+
+def _load_folder(folder: Path) -> Any:
+    import diffusers
+
+    index = _read_model_index(folder)
+    for part in ("unet", "vae", "scheduler"):
+        if part in index and not (folder / part).is_dir():
+            raise UserError(f"{folder} lists {part} in model_index.json but has no {part}/ folder: "
+                            "copy the complete checkpoint folder")
+    if "unet" not in index or "vae" not in index:
+        raise UserError(f"{folder} has no unet/vae in model_index.json: sdrt exports Stable Diffusion pipelines")
+    cls = getattr(diffusers, index.get("_class_name", ""), None) or diffusers.DiffusionPipeline
+    try:
+        return cls.from_pretrained(folder, local_files_only=True,
+                                   safety_checker=None, feature_extractor=None, image_encoder=None)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if any((folder / "unet").glob("*.fp16.*")):
+            return _retry_fp16_variant(cls, folder)
+        raise UserError(f"cannot load {folder} offline ({_first_line(exc)}): check that every component folder "
+                        f"has its config and weights") from None
+
+
+def _retry_fp16_variant(cls: Any, folder: Path) -> Any:
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, variant="fp16",
+                                   safety_checker=None, feature_extractor=None, image_encoder=None)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load {folder} (fp16 variant) offline ({_first_line(exc)}): "
+                        "check that every component folder has its config and weights") from None
+
+
+def _load_single_file(path: Path, config: str | os.PathLike | None) -> SourceModel:
+    import diffusers
+
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise UserError(f"{path} is neither a diffusers folder nor a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint")
+    if config is None:
+        raise UserError(
+            f"single-file checkpoint {path.name} needs its diffusers configs, which cannot be downloaded "
+            "offline: pass --config DIR (a diffusers folder of the same architecture, weights not needed)"
+        )
+    config = Path(config)
+    index = _read_model_index(config)
+    cls = getattr(diffusers, index.get("_class_name", ""), None) or diffusers.StableDiffusionPipeline
+    try:
+        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True)
+    except Exception as exc:  # diffusers raises a wide range of errors for unusable single files
+        raise UserError(f"cannot load {path.name} with the configs in {config} ({_first_line(exc)}): "
+                        "check that the config folder matches the checkpoint's architecture") from None
+    return _from_pipeline(pipe, path, index)
+
+
+def _from_pipeline(pipe: Any, path: Path, index: dict[str, Any]) -> SourceModel:
+    text_encoders = {n: getattr(pipe, n) for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None}
+    tokenizers = {n: getattr(pipe, n) for n in ("tokenizer", "tokenizer_2") if getattr(pipe, n, None) is not None}
+    if not text_encoders:
+        raise UserError(f"{path} has no text encoder: sdrt exports text-conditioned Stable Diffusion pipelines")
+    first = next(iter(text_encoders.values()))
+    family = detect_family(index, first.config)
+    scheduler_config = json.loads(pipe.scheduler.to_json_string())  # with _class_name, as saved
+    modules = [pipe.unet, pipe.vae, *text_encoders.values()]
+    for module in modules:
+        module.float().eval().requires_grad_(False)
+    return SourceModel(
+        path=path, family=family, prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        unet=pipe.unet, vae=pipe.vae, text_encoders=text_encoders, tokenizers=tokenizers,
+        scheduler_config=scheduler_config,
+        pipeline_config={k: v for k, v in index.items() if not isinstance(v, list)},
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

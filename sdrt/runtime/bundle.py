@@ -1,0 +1,85 @@
+"""Opening a bundle for inference: manifest checks, file checks, the scheduler config and the engines.
+
+The cheap check on open (every listed file present and non-empty) catches a half-copied bundle before any
+session is built; the full sha256 check reads every byte and is for `verify=True` (or `sdrt generate
+--verify`), since hashing a multi-GB UNet on every start would cost seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..manifest import BundleError, Manifest
+from .engine import Engine
+from .ort_engine import OrtEngine, SessionSettings, resolve_backend
+
+REQUIRED = {"sd1": ("text_encoder", "unet", "vae_decoder"), "sd2": ("text_encoder", "unet", "vae_decoder"),
+            "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae_decoder")}
+
+
+@dataclass
+class Bundle:
+    """An exported model on disk, checked, with its engines created on first use."""
+
+    root: Path
+    manifest: Manifest
+    precision: str
+    settings: SessionSettings
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
+             threads: int = 0, verify: bool = False) -> "Bundle":
+        """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given)."""
+        resolve_backend(backend)  # an unknown backend name is the user's first error, before any file is read
+        root = Path(path)
+        manifest = Manifest.load(root)
+        if not manifest.files:
+            raise BundleError(f"bundle {root} lists no files in its manifest: re-export the model (sdrt export)")
+        manifest.verify_files(root, full=verify)
+        for rel in manifest.files:
+            if (root / rel).stat().st_size == 0:
+                raise BundleError(f"bundle file {rel} is empty: re-export the model (sdrt export)")
+        family = manifest.model.family
+        if family not in REQUIRED:
+            raise BundleError(f"bundle model family {family!r} is not one this sdrt runs "
+                              f"({', '.join(REQUIRED)}): re-export with a supported model")
+        if precision is None:
+            available = list(manifest.components)
+            precision = "fp32" if backend == "ort-cpu" and "fp32" in available else (
+                "fp16" if "fp16" in available else available[0])
+        for name in REQUIRED[family]:
+            manifest.component(name, precision)  # raises the one-line BundleError naming the fix
+        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads))
+
+    @property
+    def family(self) -> str:
+        return self.manifest.model.family
+
+    def has(self, component: str) -> bool:
+        return component in self.manifest.components.get(self.precision, {})
+
+    def engine(self, component: str) -> Engine:
+        """A new engine for one component (the pipeline keeps the ones it uses)."""
+        spec = self.manifest.component(component, self.precision)
+        path = self.root / spec.file
+        if not path.is_file():
+            raise BundleError(f"bundle file {spec.file} is missing from {self.root}: re-export the model")
+        return OrtEngine(component, path, spec, self.settings)
+
+    def scheduler_config(self) -> dict[str, Any]:
+        path = self.root / self.manifest.scheduler
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"cannot read the scheduler config {path} ({exc}): re-export the model") from None
+
+    def tokenizer_path(self, key: str) -> Path:
+        try:
+            return self.root / self.manifest.tokenizers[key]
+        except KeyError:
+            raise BundleError(f"bundle has no {key} (it has: {', '.join(self.manifest.tokenizers)}): "
+                              "re-export the model (sdrt export)") from None

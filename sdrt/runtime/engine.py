@@ -1,0 +1,59 @@
+"""The one interface the pipelines see: a compiled model with named inputs and named outputs.
+
+Backends (ONNX Runtime on CPU/CUDA/TensorRT-EP, native TensorRT) implement `Engine`. The pipeline never
+knows which one it holds, so timing, guidance and sampling code is written once.
+
+Buffer contract: `run` copies the feeds into buffers the engine owns (one set per input-shape signature, so a
+GPU backend can bind device memory once and replay it) and returns its own output buffers. Those arrays are
+valid until the next `run` with the same input shapes; a caller that keeps an output longer copies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One input or output of an engine: name, numpy dtype, shape (dynamic dims named, e.g. "batch")."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str, ...]
+
+
+class Engine(Protocol):
+    """A compiled model. Implementations: sdrt.runtime.ort_engine.OrtEngine."""
+
+    name: str  # component name, e.g. "unet"
+    inputs: Mapping[str, IOSpec]
+    outputs: Mapping[str, IOSpec]
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers actually in use, best first (what the backend really runs on)."""
+        ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluate on `feeds` (every input, by name); returns engine-owned output buffers (see module doc)."""
+        ...
+
+
+def check_feeds(engine_name: str, inputs: Mapping[str, IOSpec], feeds: Mapping[str, np.ndarray]) -> None:
+    """Fail with the engine's and the input's name when a feed is missing, extra or has the wrong rank or a
+    fixed dimension that disagrees: such a mismatch is a bug in the caller, better caught by name than deep
+    inside the backend."""
+    missing = set(inputs) - set(feeds)
+    extra = set(feeds) - set(inputs)
+    if missing or extra:
+        raise ValueError(f"{engine_name}: feeds do not match the graph inputs "
+                         f"(missing {sorted(missing)}, unexpected {sorted(extra)})")
+    for name, spec in inputs.items():
+        shape = np.shape(feeds[name])
+        if len(shape) != len(spec.shape) or any(
+            isinstance(want, int) and want != got for want, got in zip(spec.shape, shape)
+        ):
+            raise ValueError(f"{engine_name}: input {name!r} has shape {shape}, the graph expects {spec.shape}")

@@ -1,0 +1,31 @@
+"""Classifier-free guidance as diffusers does it, on a UNet batch ordered [negative..., positive...].
+
+Guidance rescale (Lin et al. 2023, section 3.4) is applied to the model's output space (epsilon or v), with
+the unbiased standard deviation (ddof=1) over every axis but the batch, as diffusers' `rescale_noise_cfg`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def uses_cfg(scale: float) -> bool:
+    """diffusers runs the unconditional branch only for a guidance scale above 1."""
+    return scale > 1.0
+
+
+def apply_cfg(prediction: np.ndarray, scale: float, rescale: float = 0.0) -> np.ndarray:
+    """Guided output for a [2B, ...] prediction whose first half is unconditional. Returns a new array."""
+    uncond, cond = np.split(prediction, 2)
+    guided = uncond + np.float32(scale) * (cond - uncond)
+    if rescale > 0.0:
+        guided = rescale_guided(guided, cond, rescale)
+    return guided.astype(np.float32, copy=False)
+
+
+def rescale_guided(guided: np.ndarray, cond: np.ndarray, rescale: float) -> np.ndarray:
+    axes = tuple(range(1, guided.ndim))
+    std_cond = cond.std(axis=axes, ddof=1, keepdims=True)
+    std_guided = guided.std(axis=axes, ddof=1, keepdims=True)
+    rescaled = guided * (std_cond / std_guided)
+    return np.float32(rescale) * rescaled + np.float32(1.0 - rescale) * guided

@@ -1,0 +1,319 @@
+"""txt2img, img2img and inpainting on a bundle: the loop that drives the sampler, the UNet and the VAE.
+
+The order of work and every formula follow diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
+pipelines, so the same weights, latents and noise give the same image:
+- txt2img: latents = noise * init_noise_sigma; img2img: scheduler.add_noise(vae latents, noise, first step),
+  starting at step N - int(N * strength);
+- inpaint, 9-channel UNet: the UNet input is [scaled latents, latent mask, masked-image latents];
+- inpaint, 4-channel UNet: after each step the known region is replaced by the image latents noised to
+  the next step's level with the same initial noise (clean ones after the last step);
+- VAE encoder outputs are sampled (mean + std * noise), as diffusers' `latent_dist.sample()`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UserError
+from ..schedulers import NoiseSchedule, Sampler, Temperature
+from .bundle import Bundle
+from .engine import Engine
+from .guidance import apply_cfg, uses_cfg
+from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
+from .noise import SeededNoise, batch_seeds
+from .parameters import format_parameters
+from .request import GenerationRequest, check_latents, resolve_size, validate
+from .text import Conditioning, PromptEncoder, TextBranch
+from .tokenizer import ClipTokenizer
+
+Progress = Callable[[int, int], None]  # (steps done, steps total)
+NoiseSource = Callable[[tuple], np.ndarray]
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of one `generate` call; `host_overhead_per_step` is what sdrt adds per step
+    on top of the UNet (sampler arithmetic, guidance, copies)."""
+
+    text: float = 0.0
+    vae_encode: float = 0.0
+    loop: float = 0.0
+    unet: float = 0.0
+    unet_calls: int = 0
+    steps: int = 0
+    vae_decode: float = 0.0
+    total: float = 0.0
+
+    @property
+    def host_overhead_per_step(self) -> float:
+        return (self.loop - self.unet) / max(self.steps, 1)
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]  # uint8 [H, W, 3] per image
+    latents: np.ndarray  # final latents [batch, 4, h, w] (before the VAE's scaling is undone)
+    seeds: list[int]
+    parameters: list[str]  # A1111 `parameters` text per image
+    timings: Timings = field(default_factory=Timings)
+
+
+class Pipeline:
+    """A loaded bundle: tokenizers and engines, ready to generate. Engines are created on first use."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.model = bundle.manifest.model
+        self.noise_schedule = NoiseSchedule.from_config(bundle.scheduler_config())
+        self._engines: dict[str, Engine] = {}
+        self._prompt_encoder: PromptEncoder | None = None
+
+    @classmethod
+    def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
+             verify: bool = False) -> "Pipeline":
+        return cls(Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify))
+
+    # ---- components ----------------------------------------------------------------------------------
+    def engine(self, name: str) -> Engine:
+        if name not in self._engines:
+            self._engines[name] = self.bundle.engine(name)
+        return self._engines[name]
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """Execution providers in use per loaded engine (what really runs, after any fallback)."""
+        return {name: engine.providers for name, engine in self._engines.items()}
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        if self._prompt_encoder is None:
+            length = self.model.text_max_length
+            if self.model.family == "sdxl":
+                branches = [
+                    TextBranch(ClipTokenizer(self.bundle.tokenizer_path("tokenizer"), length),
+                               self.engine("text_encoder"), "penultimate_hidden_state"),
+                    TextBranch(ClipTokenizer(self.bundle.tokenizer_path("tokenizer_2"), length),
+                               self.engine("text_encoder_2"), "penultimate_hidden_state", "text_embeds"),
+                ]
+            else:
+                branches = [TextBranch(ClipTokenizer(self.bundle.tokenizer_path("tokenizer"), length),
+                                       self.engine("text_encoder"), "last_hidden_state")]
+            self._prompt_encoder = PromptEncoder(branches, self.model.force_zeros_for_empty_prompt)
+        return self._prompt_encoder
+
+    # ---- generation ----------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
+                 progress: Progress | None = None) -> GenerationResult:
+        """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise)."""
+        started = time.perf_counter()
+        sampler, (height, width) = self.check(request)
+        seeds = batch_seeds(request.seed, request.batch)
+        noise = noise or SeededNoise(seeds)
+        timings = Timings()
+        f = self.model.vae_scale_factor
+        shape = (request.batch, self.model.latent_channels, height // f, width // f)
+
+        cfg = uses_cfg(request.cfg)
+        t0 = time.perf_counter()
+        cond = self.prompt_encoder.encode(request.prompt, request.negative, request.batch, cfg, (height, width))
+        timings.text = time.perf_counter() - t0
+
+        initial_noise = check_latents(request.latents, shape) if request.latents is not None else noise(shape)
+        t0 = time.perf_counter()
+        x, start, end_step, extra_channels = self._prepare_task(request, sampler, initial_noise, noise,
+                                                                (height, width))
+        timings.vae_encode = time.perf_counter() - t0
+
+        unet = _GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
+                           extra_channels)
+        t0 = time.perf_counter()
+        latents = self._denoise(sampler, x, noise, start, end_step, unet, progress)
+        timings.loop = time.perf_counter() - t0
+        timings.unet, timings.unet_calls = unet.seconds, unet.calls
+        timings.steps = sampler.num_steps - start
+
+        t0 = time.perf_counter()
+        images = [array_to_uint8(self.decode(latents[i:i + 1]))[0] for i in range(request.batch)]
+        timings.vae_decode = time.perf_counter() - t0
+        timings.total = time.perf_counter() - started
+        parameters = [self._parameters(request, sampler, seed, (height, width)) for seed in seeds]
+        return GenerationResult(images, latents, seeds, parameters, timings)
+
+    def check(self, request: GenerationRequest) -> tuple[Sampler, tuple[int, int]]:
+        """Validate the request against the bundle and create the engines it needs, so every user error and
+        every unreadable graph surfaces before any work; returns the sampler and (height, width)."""
+        validate(request)
+        size = resolve_size(request, self.model)
+        sampler = self._sampler(request)
+        if request.init_image is not None and sampler.spec.strength_schedule is None:
+            try:
+                sampler.start_step(request.effective_strength)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        channels = self.model.unet_in_channels
+        if request.task == "inpaint" and channels not in (self.model.latent_channels, 9):
+            raise UserError(f"this bundle's UNet has {channels} input channels; inpainting needs 4 or 9")
+        if request.task != "inpaint" and channels != self.model.latent_channels:
+            raise UserError("this bundle holds an inpainting UNet: pass --init-image and --mask")
+        _ = self.prompt_encoder  # builds the tokenizers and text encoders
+        for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
+            self.engine(name)
+        return sampler, size
+
+    def _sampler(self, request: GenerationRequest) -> Sampler:
+        try:
+            temperature = Temperature(request.temperature, request.temperature_method)
+            return Sampler.create(request.sampler, self.noise_schedule, request.steps, request.schedule,
+                                  request.spacing, temperature, self.model.family, **request.sampler_options)
+        except ValueError as exc:  # the scheduler library's messages already name the fix
+            raise UserError(str(exc)) from None
+
+    def _prepare_task(self, request: GenerationRequest, sampler: Sampler, initial_noise: np.ndarray,
+                      noise: NoiseSource, size: tuple[int, int]):
+        """Starting latents, first step, end-of-step hook and extra UNet channels for the request's task."""
+        height, width = size
+        if request.task == "txt2img":
+            return sampler.initial_latents(initial_noise), 0, None, None
+        image = image_to_array(request.init_image, width, height)
+        strength = request.effective_strength
+        if request.task == "img2img":
+            image_latents = self.encode(image, noise, request.batch)
+            x, start = sampler.noised_latents(image_latents, initial_noise, strength)
+            return x, start, None, None
+
+        mask = mask_to_array(request.mask, width, height)
+        nine_channels = self.model.unet_in_channels == 9
+        image_latents = None
+        if not nine_channels or strength < 1.0:
+            image_latents = self.encode(image, noise, request.batch)
+        if strength < 1.0:
+            x, start = sampler.noised_latents(image_latents, initial_noise, strength)
+        else:
+            x, start = sampler.initial_latents(initial_noise), 0
+        small_mask = latent_mask(mask, self.model.vae_scale_factor)
+        if nine_channels:
+            masked_image = image * (mask < 0.5)
+            masked_latents = self.encode(masked_image, noise, request.batch)
+            extra = np.concatenate([np.repeat(small_mask, request.batch, axis=0), masked_latents], axis=1)
+            return x, start, None, extra
+        return x, start, _LatentBlend(sampler, image_latents, initial_noise, small_mask), None
+
+    def _denoise(self, sampler: Sampler, x: np.ndarray, noise: NoiseSource, start: int, end_step,
+                 unet: "_GuidedUNet", progress: Progress | None) -> np.ndarray:
+        total = sampler.num_steps - start
+        loop = sampler.run(x, noise, start_step=start, end_step=end_step)
+        reported = 0
+        try:
+            call = next(loop)
+            while True:
+                done = call.step - start
+                if progress is not None and done > reported:
+                    progress(done, total)
+                    reported = done
+                call = loop.send(unet(call.x, call.timestep))
+        except StopIteration as finished:
+            latents = finished.value
+        if progress is not None:
+            progress(total, total)
+        return np.asarray(latents, dtype=np.float32)
+
+    # ---- VAE -----------------------------------------------------------------------------------------
+    def encode(self, image: np.ndarray, noise: NoiseSource, batch: int) -> np.ndarray:
+        """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row."""
+        out = self.engine("vae_encoder").run({"image": image})
+        mean = np.asarray(out["latent_mean"], dtype=np.float32)
+        std = np.asarray(out["latent_std"], dtype=np.float32)
+        sample = mean + std * noise((batch, *mean.shape[1:]))
+        shift = self.model.vae_shift_factor or 0.0
+        return ((sample - np.float32(shift)) * np.float32(self.model.vae_scaling_factor)).astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """VAE output [B, 3, H, W] in ~[-1, 1] for scaled latents."""
+        unscaled = latents / np.float32(self.model.vae_scaling_factor)
+        if self.model.vae_shift_factor:
+            unscaled = unscaled + np.float32(self.model.vae_shift_factor)
+        return np.array(self.engine("vae_decoder").run({"latent": unscaled})["image"], dtype=np.float32)
+
+    def _parameters(self, request: GenerationRequest, sampler: Sampler, seed: int, size: tuple[int, int]) -> str:
+        settings: dict[str, object] = {
+            "Steps": request.steps,
+            "Sampler": sampler.spec.title,
+            "Schedule type": request.schedule.capitalize(),
+            "CFG scale": request.cfg,
+            "Seed": seed,
+            "Size": f"{size[1]}x{size[0]}",
+            "Model": self.bundle.root.name,
+            "Denoising strength": request.effective_strength if request.init_image is not None else None,
+            "Guidance rescale": request.guidance_rescale or None,
+        }
+        if request.temperature != 1.0:
+            settings["Temperature"] = request.temperature
+            settings["Temperature method"] = request.temperature_method.upper()
+        return format_parameters(request.prompt, request.negative, settings)
+
+
+class _GuidedUNet:
+    """model(x, t) for the sampler: fills fixed input buffers, runs the UNet, applies CFG.
+
+    The returned array is always new (never the engine's buffer), since multistep samplers keep past outputs.
+    """
+
+    def __init__(self, engine: Engine, cond: Conditioning, batch: int, scale: float, rescale: float,
+                 extra_channels: np.ndarray | None) -> None:
+        self.engine = engine
+        self.batch = batch
+        self.scale = scale
+        self.rescale = rescale
+        self.cfg = uses_cfg(scale)
+        self.copies = 2 if self.cfg else 1
+        self.extra = extra_channels
+        self.sample: np.ndarray | None = None
+        self.timestep = np.zeros(batch * self.copies, dtype=np.float32)
+        self.cond = cond.feeds()
+        self.seconds = 0.0
+        self.calls = 0
+
+    def _buffer(self, x: np.ndarray) -> np.ndarray:
+        if self.sample is None:
+            channels = x.shape[1] + (0 if self.extra is None else self.extra.shape[1])
+            self.sample = np.empty((x.shape[0] * self.copies, channels, *x.shape[2:]), dtype=np.float32)
+            if self.extra is not None:
+                self.sample[:, x.shape[1]:] = np.concatenate([self.extra] * self.copies)
+        return self.sample
+
+    def __call__(self, x: np.ndarray, timestep: float) -> np.ndarray:
+        sample = self._buffer(x)
+        latent_channels, b = x.shape[1], self.batch
+        for k in range(self.copies):
+            sample[k * b:(k + 1) * b, :latent_channels] = x
+        self.timestep.fill(timestep)
+        t0 = time.perf_counter()
+        out = self.engine.run({"sample": sample, "timestep": self.timestep, **self.cond})["out_sample"]
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        if self.cfg:
+            return apply_cfg(np.asarray(out, dtype=np.float32), self.scale, self.rescale)
+        return np.array(out, dtype=np.float32, copy=True)
+
+
+class _LatentBlend:
+    """Legacy (4-channel UNet) inpainting: after step i keep the known region from the image latents noised
+    to step i+1's level with the initial noise, or the clean latents after the last step (diffusers)."""
+
+    def __init__(self, sampler: Sampler, image_latents: np.ndarray, noise: np.ndarray, mask: np.ndarray) -> None:
+        self.sampler = sampler
+        self.image_latents = image_latents
+        self.noise = noise
+        self.keep = (1.0 - mask).astype(np.float32)
+        self.repaint = mask.astype(np.float32)
+
+    def __call__(self, step: int, x: np.ndarray) -> np.ndarray:
+        if step + 1 < self.sampler.num_steps:
+            known = self.sampler.add_noise(self.image_latents, self.noise, step + 1)
+        else:
+            known = self.image_latents
+        return (self.keep * known + self.repaint * x).astype(np.float32, copy=False)

@@ -1,0 +1,50 @@
+"""Session-wide tiny models and bundles: built once per test session, on first use, per kind.
+
+`tiny_model(kind)` -> Path of a diffusers folder (sd1, sd2v, sdxl, sd1_inpaint), built with the real
+diffusers / transformers classes and random weights. `tiny_bundle(kind)` -> Path of an sdrt bundle exported
+from it with fp32 and fp16 graphs. Both skip the test when the export extra (torch, diffusers) is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def _require_export_stack() -> None:
+    for module in ("torch", "diffusers", "transformers", "onnx", "onnxslim"):
+        pytest.importorskip(module, reason="the export extra is not installed")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            _require_export_stack()
+            from sdrt.export.tiny_models import build_tiny_model
+
+            cache[kind] = build_tiny_model(kind, tmp_path_factory.mktemp(f"tiny-{kind}") / "model")
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], Path]) -> Callable[[str], Path]:
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            model = tiny_model(kind)
+            from sdrt.export.bundle import ExportOptions, export_bundle
+
+            out = tmp_path_factory.mktemp(f"bundle-{kind}") / "bundle"
+            export_bundle(model, out, ExportOptions(precisions=("fp32", "fp16")))
+            cache[kind] = out
+        return cache[kind]
+
+    return get
