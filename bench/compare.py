@@ -196,7 +196,7 @@ def compare_model(name: str, workdir: Path, args) -> dict:
     for round_index in range(args.warmup + args.runs):
         shift = round_index % len(workers)
         for worker in workers[shift:] + workers[:shift]:
-            image_path = workdir / f"{name}-{worker.framework}.npy"
+            image_path = workdir / f"{name}-image-{worker.framework}.npy"
             reply = worker.ask({"noise": str(noise_path), "image": str(image_path)})
             if round_index >= args.warmup:
                 times[worker.framework].append(reply["seconds"])
