@@ -10,6 +10,7 @@ Polygraphy's folding needs onnx-graphsurgeon (pip install onnx-graphsurgeon).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def main() -> None:
         for method in ("none", "onnxslim", "polygraphy"):
             t0 = time.perf_counter()
             try:
-                cleaned = cleanup_graph(traced, method)
+                cleaned = cleanup_graph(copy.deepcopy(traced), method)  # onnxslim consumes its input
             except Exception as exc:  # noqa: BLE001 - report the tool's failure and go on
                 rows.append({"graph": graph.name, "method": method, "error": str(exc)[:200]})
                 continue

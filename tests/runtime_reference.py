@@ -41,6 +41,7 @@ PIPELINES = {
     ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sd1_inpaint", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
 }
 
 
@@ -97,7 +98,7 @@ def load_pipeline(folder: str, kind: str, task: str) -> Any:
     return _PIPES[key]
 
 
-def run_diffusers(folder: str, kind: str, task: str, sampler: str, *, prompt: str, steps: int,
+def run_diffusers(folder: str, kind: str, task: str, sampler: str, *, prompt: str | None, steps: int,
                   latents: np.ndarray, cfg: float, negative: str | None = None, vae_noise: list[np.ndarray] = (),
                   sampler_seed: int = 99, schedule: str = "normal", **call_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 [B, H, W, 3] in [0, 1], final latents [B, 4, h, w]) from the diffusers pipeline."""

@@ -6,4 +6,4 @@ from .export import export, tiny_model
 from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, export, tiny_model, generate, build, bench]
+COMMANDS = [samplers, build, export, tiny_model, generate, bench]
