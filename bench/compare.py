@@ -237,8 +237,8 @@ def table(result: dict) -> str:
     lines = [f"{result['model']} ({result['unet_params_m']:.1f} M UNet params), {result['size']}, "
              f"{result['steps']} steps Euler, CFG 7.5, {result['threads']} threads, median of {result['runs']} "
              f"runs; load avg {result['load_average_per_round'][0][0]} -> {result['load_average_per_round'][-1][0]}",
-             f"{'framework':<11}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}{'sdrt speedup':>14}"
-             f"{'max|img diff|':>15}"]
+             f"{'framework':<11}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
+             f"{'sdrt speedup':>14}{'max|img diff|':>15}"]
     for framework, r in result["frameworks"].items():
         speedup = result["speedup_vs"].get(framework)
         per_call = r["unet_median_s"] / max(r["unet_calls"], 1)

@@ -38,7 +38,8 @@ def bench_output(bundle: Path, tmp_path_factory) -> tuple[str, dict, Path]:
     pytest.importorskip("matplotlib", reason="the chart needs matplotlib (pip install 'sdrt[bench]')")
     proc = subprocess.run(
         [sys.executable, "-m", "sdrt.cli", "bench", str(bundle), "--steps", str(STEPS), "--runs", str(RUNS),
-         "--warmup", "1", "--size", "64x48", "--threads", "1", "--json", str(json_path), "--chart", str(chart_path)],
+         "--warmup", "1", "--size", "64x48", "--threads", "1", "--no-spin", "--json", str(json_path),
+         "--chart", str(chart_path)],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, json.loads(json_path.read_text()), chart_path
@@ -62,7 +63,7 @@ def test_json_has_the_documented_keys(bench_output) -> None:
                         "peak_rss_bytes", "peak_vram_bytes", "peak_vram_source", "runs"}
     settings = doc["settings"]
     assert (settings["width"], settings["height"], settings["steps"], settings["runs"]) == (64, 48, STEPS, RUNS)
-    assert settings["providers"]["unet"] == ["CPUExecutionProvider"]
+    assert settings["providers"]["unet"] == ["CPUExecutionProvider"] and settings["spin"] is False
     assert set(doc["stages"]) == {"text_encoding", "prepare_latents", "denoising", "unet_engine", "host_overhead",
                                   "vae_decode", "other", "end_to_end"}
     for spread in [*doc["stages"].values(), *doc["per_step"].values()]:
@@ -98,7 +99,7 @@ def test_chart_is_a_png(bench_output) -> None:
     (["--size", "256"], "error: --size '256' is not WIDTHxHEIGHT: write it like 512x512"),
     (["--runs", "0"], "error: --runs 0 must be at least 1: the median needs one timed run"),
     (["--warmup", "-1"], "error: --warmup -1 must be 0 or more"),
-    (["--backend", "cuda"], "error: unknown backend 'cuda': choose one of ort-cpu, ort-cuda, ort-trt"),
+    (["--backend", "cuda"], "error: unknown backend 'cuda': choose one of ort-cpu, auto, trt, ort-cuda, ort-trt"),
     (["--sampler", "nope"], "error: unknown sampler 'nope': choose one of ddim,"),
     (["--size", "4096x64"], "error: width 4096 is outside this bundle's range"),
 ])

@@ -1,11 +1,12 @@
 """The benchmark's stdout table and JSON document.
 
-JSON keys (schema "sdrt-bench/1"): schema, settings {bundle, family, precision, backend, providers, steps,
-sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed}, machine {cpu_count,
-load_average, platform, python, onnxruntime}, stages {text_encoding, prepare_latents, denoising, unet_engine,
-host_overhead, vae_decode, other, end_to_end: {median_s, p90_s}}, per_step {engine, host_overhead:
-{median_s, p90_s}}, timeline [{step, engine_median_s, engine_p90_s, host_median_s, host_p90_s}],
-images_per_s, peak_rss_bytes, peak_vram_bytes (null without a GPU), peak_vram_source, runs [per-run seconds].
+JSON keys (schema "sdrt-bench/1"): schema, settings {bundle, family, precision, backend, backend_choice, spin,
+providers, steps, sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed},
+machine {cpu_count, load_average, platform, python, onnxruntime}, stages {text_encoding, prepare_latents,
+denoising, unet_engine, host_overhead, vae_decode, other, end_to_end: {median_s, p90_s}}, per_step {engine,
+host_overhead: {median_s, p90_s}}, timeline [{step, engine_median_s, engine_p90_s, host_median_s,
+host_p90_s}], images_per_s, peak_rss_bytes, peak_vram_bytes (null without a GPU), peak_vram_source,
+runs [per-run seconds].
 Per-stage figures are per run (the whole batch); per_step and timeline are per denoising step.
 """
 

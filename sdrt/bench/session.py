@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..runtime.ort_engine import GPU_PROVIDERS
 from ..runtime.request import GenerationRequest
 from .memory import VramProbe, peak_rss_bytes
 from .stats import Report, RunRecord, summarize
@@ -21,7 +20,8 @@ def run_benchmark(pipe: TimedPipeline, request: GenerationRequest, runs: int, wa
         record = measure_run(pipe, request)
         if on_run is not None:
             on_run("warm-up", i + 1, record)
-    on_gpu = any(p in GPU_PROVIDERS for providers in pipe.providers.values() for p in providers[:1])
+    # Anything but ORT's CPU provider runs on the GPU (ORT CUDA/TensorRT EPs, sdrt's own TensorRT engines).
+    on_gpu = any(p and p[0] != "CPUExecutionProvider" for p in pipe.providers.values())
     probe = VramProbe(on_gpu)
     records: list[RunRecord] = []
     with probe.measure():

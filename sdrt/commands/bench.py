@@ -26,7 +26,10 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt.")
+@click.option("--backend", default="ort-cpu", show_default=True,
+              help="ort-cpu, auto (best available), trt (sdrt build engines), ort-cuda or ort-trt.")
+@click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
+              help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines).")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
               help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")
@@ -37,15 +40,17 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 @click.option("--runs", default=5, show_default=True, type=int, help="Timed runs.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Untimed runs first.")
 @click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
+@click.option("--no-spin", is_flag=True,
+              help="CPU: ORT threads sleep instead of spin-waiting (faster on a shared or busy CPU).")
 @click.option("--prompt", default="a photograph of an astronaut riding a horse", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write the results here.")
 @click.option("--chart", "chart_path", default=None, type=click.Path(path_type=Path),
               help="Write a PNG chart here (needs matplotlib: pip install 'sdrt[bench]').")
 @click.option("--quiet", is_flag=True, help="No per-run lines on stderr.")
-def bench(bundle: Path, backend: str, precision: str | None, steps: int, sampler: str, cfg: float, batch: int,
-          size: str | None, runs: int, warmup: int, threads: int, prompt: str, seed: int, json_path: Path | None,
-          chart_path: Path | None, quiet: bool) -> None:
+def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str | None, steps: int, sampler: str,
+          cfg: float, batch: int, size: str | None, runs: int, warmup: int, threads: int, no_spin: bool, prompt: str,
+          seed: int, json_path: Path | None, chart_path: Path | None, quiet: bool) -> None:
     """Measure where the time of a generation with the model in BUNDLE goes."""
     from ..bench.chart import chart_png, require_matplotlib
     from ..bench.output import json_bytes, table
@@ -53,7 +58,7 @@ def bench(bundle: Path, backend: str, precision: str | None, steps: int, sampler
     from ..bench.timing import TimedPipeline
     from ..errors import UserError
     from ..manifest import write_atomic
-    from ..runtime import Bundle, GenerationRequest
+    from ..runtime import GenerationRequest
 
     width, height = parse_size(size)
     if runs < 1:
@@ -65,21 +70,25 @@ def bench(bundle: Path, backend: str, precision: str | None, steps: int, sampler
             raise UserError(f"--chart {chart_path} must end in .png: the chart is a PNG image")
         require_matplotlib()
 
-    pipe = TimedPipeline(Bundle.open(bundle, precision=precision, backend=backend, threads=threads))
+    pipe = TimedPipeline.load(str(bundle), backend=backend, precision=precision, threads=threads,
+                              engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
     request = GenerationRequest(prompt=prompt, steps=steps, sampler=sampler, cfg=cfg, seed=seed, batch=batch,
                                 width=width, height=height)
     _, (height, width) = pipe.check(request)
     settings = {"bundle": str(bundle), "family": pipe.model.family, "precision": pipe.bundle.precision,
-                "backend": backend, "steps": steps, "sampler": sampler, "schedule": request.schedule, "cfg": cfg,
-                "batch": batch, "width": width, "height": height, "runs": runs, "warmup": warmup,
-                "threads": threads, "prompt": prompt, "seed": seed}
+                "backend": backend, "backend_choice": pipe.backend_choice, "spin": not no_spin, "steps": steps,
+                "sampler": sampler, "schedule": request.schedule, "cfg": cfg, "batch": batch, "width": width,
+                "height": height, "runs": runs, "warmup": warmup, "threads": threads, "prompt": prompt, "seed": seed}
 
     def on_run(kind: str, index: int, record) -> None:
         if not quiet:
             total = runs if kind == "run" else warmup
             click.echo(f"{kind} {index}/{total}: {record.end_to_end * 1e3:.1f} ms", err=True)
 
-    report = run_benchmark(pipe, request, runs, warmup, settings, on_run)
+    try:
+        report = run_benchmark(pipe, request, runs, warmup, settings, on_run)
+    finally:
+        pipe.close()
     click.echo(table(report))
     if json_path is not None:
         write_atomic(json_path, json_bytes(report))
