@@ -1,7 +1,7 @@
 """sdrt (ONNX Runtime CPU) vs diffusers' PyTorch pipeline vs optimum's ORTStableDiffusionPipeline on the same
 weights, settings and initial noise, run alternately in one session; prints latency ratios.
 
-    python bench/compare.py [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-optimum]
+    python bench/compare.py [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-optimum] [--no-spin]
                             [--workdir DIR] [--json bench/results/compare_DATE.json]
 
 Models (random weights, built with the real diffusers / transformers classes, saved as diffusers folders):
@@ -143,10 +143,11 @@ def unet_params(model: Path) -> int:
 
 
 class Worker:
-    def __init__(self, framework: str, python: str, args: list[str]) -> None:
+    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None) -> None:
         self.framework = framework
         self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -174,15 +175,17 @@ def compare_model(name: str, workdir: Path, args) -> dict:
     model, bundle, facts = prepare(name, workdir)
     width, height = SIZES[name]
     common = ["--model", str(model), "--threads", str(args.threads), "--steps", str(args.steps),
-              "--size", f"{width}x{height}"]
+              "--size", f"{width}x{height}", *(["--no-spin"] if args.no_spin else [])]
+    # --no-spin: no framework's idle threads busy-wait (ORT: allow_spinning 0; torch: OMP_WAIT_POLICY=PASSIVE)
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
     workers = [Worker("sdrt", sys.executable, [*common, "--bundle", str(bundle)]),
-               Worker("diffusers", sys.executable, common)]
+               Worker("diffusers", sys.executable, common, passive)]
     failures = {}
     if not args.no_optimum:
         try:
             legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
             workers.append(Worker("optimum", args.optimum_python,
-                                  [*legacy, "--optimum-dir", str(workdir / f"{name}-optimum")]))
+                                  [*legacy, "--optimum-dir", str(workdir / f"{name}-optimum")], passive))
         except (RuntimeError, OSError) as exc:
             failures["optimum"] = str(exc)
     noise = np.random.default_rng(0).standard_normal((1, 4, height // 8, width // 8)).astype(np.float32)
@@ -213,8 +216,8 @@ def compare_model(name: str, workdir: Path, args) -> dict:
         worker.close()
 
     result = {"model": name, "size": f"{width}x{height}", "steps": args.steps, "runs": args.runs,
-              "warmup": args.warmup, "threads": args.threads, "load_average_per_round": loads, **facts,
-              "frameworks": {}, "failures": failures}
+              "warmup": args.warmup, "threads": args.threads, "no_spin": args.no_spin,
+              "load_average_per_round": loads, **facts, "frameworks": {}, "failures": failures}
     for framework, values in times.items():
         median_unet = statistics.median(unet[framework])
         median_total = statistics.median(values)
@@ -235,7 +238,8 @@ def compare_model(name: str, workdir: Path, args) -> dict:
 
 def table(result: dict) -> str:
     lines = [f"{result['model']} ({result['unet_params_m']:.1f} M UNet params), {result['size']}, "
-             f"{result['steps']} steps Euler, CFG 7.5, {result['threads']} threads, median of {result['runs']} "
+             f"{result['steps']} steps Euler, CFG 7.5, {result['threads']} threads"
+             f"{', no spin-waiting' if result.get('no_spin') else ''}, median of {result['runs']} "
              f"runs; load avg {result['load_average_per_round'][0][0]} -> {result['load_average_per_round'][-1][0]}",
              f"{'framework':<11}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
              f"{'sdrt speedup':>14}{'max|img diff|':>15}"]
@@ -261,6 +265,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-optimum", action="store_true")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="idle threads sleep in every framework (for a shared, busy CPU)")
     parser.add_argument("--optimum-python", default=OPTIMUM_PYTHON)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps models, bundles and exports for reruns")
     parser.add_argument("--json", type=Path, default=None)

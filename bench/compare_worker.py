@@ -1,7 +1,7 @@
 """One framework in its own process, driven by bench/compare.py over stdin/stdout (one JSON object a line).
 
     python bench/compare_worker.py sdrt|diffusers|optimum --model DIR [--bundle DIR] [--optimum-dir DIR]
-                                   --threads N --steps N --size WxH
+                                   --threads N --steps N --size WxH [--no-spin]
 
 Each framework gets its own process so that its thread pools, allocator and import side effects cannot slow
 the others; the driver sends `run` requests alternately. A `run` names a .npy file of initial noise
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -75,7 +76,7 @@ def sdrt_runner(args):
     from sdrt.bench.timing import TimedPipeline, measure_run
     from sdrt.runtime import Bundle, GenerationRequest
 
-    pipe = TimedPipeline(Bundle.open(args.bundle, backend="ort-cpu", threads=args.threads))
+    pipe = TimedPipeline(Bundle.open(args.bundle, backend="ort-cpu", threads=args.threads, spin=not args.no_spin))
     width, height = args.size
 
     def run(noise: np.ndarray):
@@ -95,7 +96,8 @@ def sdrt_runner(args):
         return [[s.engine, s.host] for s in record.steps]
 
     pipe.check(GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height))
-    return run, run_split, {"threads": f"ORT intra_op_num_threads={args.threads}, inter_op 1, sequential"}
+    spin = "off" if args.no_spin else "on"
+    return run, run_split, {"threads": f"ORT intra_op_num_threads={args.threads}, inter_op 1, sequential, spin {spin}"}
 
 
 def _euler(pipe):
@@ -125,7 +127,9 @@ def diffusers_runner(args):
         unet, calls = clock.take()
         return seconds, unet, calls, np.round(out * 255).astype(np.uint8)
 
-    return run, None, {"threads": f"torch.set_num_threads({args.threads}) (intra-op), torch {torch.__version__}"}
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    return run, None, {"threads": f"torch.set_num_threads({args.threads}) (intra-op), OMP_WAIT_POLICY {policy}, "
+                                  f"torch {torch.__version__}"}
 
 
 def optimum_runner(args):
@@ -136,6 +140,8 @@ def optimum_runner(args):
     torch.set_num_threads(args.threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    if args.no_spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     exported = Path(args.optimum_dir)
     info = {}
     if not (exported / "model_index.json").is_file():
@@ -160,7 +166,7 @@ def optimum_runner(args):
     import optimum.onnxruntime
 
     info["threads"] = (f"ORT intra_op_num_threads={args.threads} (optimum's other defaults), "
-                       f"torch.set_num_threads({args.threads})")
+                       f"spin {'off' if args.no_spin else 'on'}, torch.set_num_threads({args.threads})")
     info["version"] = getattr(optimum.onnxruntime, "__version__", "optimum-onnx")
     return run, None, info
 
@@ -172,6 +178,7 @@ def main() -> None:
     parser.add_argument("--bundle")
     parser.add_argument("--optimum-dir")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--no-spin", action="store_true", help="ORT threads sleep instead of spin-waiting")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), required=True)
     args = parser.parse_args()
