@@ -1,8 +1,9 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
+from .bench import bench
 from .build import build
 from .export import export, tiny_model
 from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, build, export, tiny_model, generate]
+COMMANDS = [samplers, build, export, tiny_model, generate, bench]
