@@ -12,18 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdrt.cli import main
+import cli_helpers
 
 STEPS = 3
 RUNS = 2
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", *args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
+    return cli_helpers.run_cli("bench", args, capsys)
 
 
 @pytest.fixture(scope="module")

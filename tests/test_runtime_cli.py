@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdrt.cli import main
+import cli_helpers
 from sdrt.manifest import Manifest
 from sdrt.runtime import GenerationRequest, Pipeline
 from sdrt.schedulers import sampler_names
@@ -19,11 +19,7 @@ SAMPLER = "ddim"
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(["generate", *args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
+    return cli_helpers.run_cli("generate", args, capsys)
 
 
 @pytest.fixture(scope="module")

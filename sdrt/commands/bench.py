@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .options import engine_options
+
 _SIZE = re.compile(r"^(\d+)[xX](\d+)$")
 
 
@@ -26,12 +28,7 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", default="ort-cpu", show_default=True,
-              help="ort-cpu, auto (best available), trt (sdrt build engines), ort-cuda or ort-trt.")
-@click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
-              help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines).")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
-              help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
+@engine_options
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")
 @click.option("--sampler", default="euler", show_default=True, help="Sampler name (see `sdrt samplers`).")
 @click.option("--cfg", default=7.5, show_default=True, type=float, help="Guidance scale; <= 1 disables CFG.")
@@ -39,9 +36,6 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 @click.option("--size", default=None, help="WIDTHxHEIGHT in pixels (default: the bundle's default size).")
 @click.option("--runs", default=5, show_default=True, type=int, help="Timed runs.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Untimed runs first.")
-@click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
-@click.option("--no-spin", is_flag=True,
-              help="CPU: ORT threads sleep instead of spin-waiting (faster on a shared or busy CPU).")
 @click.option("--prompt", default="a photograph of an astronaut riding a horse", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write the results here.")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from .options import engine_options
+
 SCHEDULES = ("normal", "karras", "exponential", "ays")
 
 
@@ -42,15 +44,7 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--strength", default=None, type=float,
               help="How much of the init image to repaint, (0, 1] (default 0.8 img2img, 1.0 inpaint).")
 @click.option("--mask", default=None, type=click.Path(path_type=Path), help="Inpainting mask: white = repaint.")
-@click.option("--backend", default="ort-cpu", show_default=True,
-              help="ort-cpu, auto (best available), trt (sdrt build engines), ort-cuda or ort-trt.")
-@click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
-              help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines).")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
-              help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
-@click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
-@click.option("--no-spin", is_flag=True,
-              help="CPU: ORT threads sleep instead of spin-waiting (faster on a shared or busy CPU).")
+@engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="PNG path (batch > 1: NAME-SEED.png per image). Default: sdrt-SEED.png.")
