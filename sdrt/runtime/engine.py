@@ -28,7 +28,8 @@ class IOSpec:
 
 
 class Engine(Protocol):
-    """A compiled model. Implementations: sdrt.runtime.ort_engine.OrtEngine."""
+    """A compiled model. Implementations: ort_engine.OrtEngine (CPU), ort_gpu.OrtGpuEngine and
+    trt_engine.TrtEngine (GPU, opened through gpu_engines)."""
 
     name: str  # component name, e.g. "unet"
     inputs: Mapping[str, IOSpec]
