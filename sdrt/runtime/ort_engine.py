@@ -89,7 +89,8 @@ def provider_options(providers: tuple[str, ...], settings: SessionSettings) -> l
             chosen.append((name, {"device_id": settings.device_id, "cudnn_conv_algo_search": "HEURISTIC",
                                   "do_copy_in_default_stream": True}))
         elif name == "TensorrtExecutionProvider":
-            chosen.append((name, {"device_id": settings.device_id, "trt_fp16_enable": True,
+            # fp16 flag off: the bundle's fp16 ONNX carries its own precision (strongly typed network)
+            chosen.append((name, {"device_id": settings.device_id, "trt_fp16_enable": False,
                                   "trt_engine_cache_enable": True}))
         else:
             chosen.append((name, {}))
