@@ -10,6 +10,8 @@ Polygraphy's folding needs onnx-graphsurgeon (pip install onnx-graphsurgeon).
 from __future__ import annotations
 
 import argparse
+import copy
+import shutil
 import json
 import sys
 import tempfile
@@ -64,7 +66,7 @@ def main() -> None:
         for method in ("none", "onnxslim", "polygraphy"):
             t0 = time.perf_counter()
             try:
-                cleaned = cleanup_graph(traced, method)
+                cleaned = cleanup_graph(copy.deepcopy(traced), method)  # onnxslim consumes its input
             except Exception as exc:  # noqa: BLE001 - report the tool's failure and go on
                 rows.append({"graph": graph.name, "method": method, "error": str(exc)[:200]})
                 continue
@@ -83,6 +85,7 @@ def main() -> None:
         print(f"{name:22s} {counts[0]:>6s} {counts[1]:>9s} {counts[2]:>11s}   {rels}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
     del torch
 
 

@@ -8,8 +8,12 @@ not). diffusers: the pipeline loop `scale_model_input` + `step` over `scheduler.
 not included), with `randn_tensor` in the scheduler's module replaced by a precomputed tensor, as sdrt's noise
 source is. us/step = loop time / the number of sampling steps the user asked for (heun and dpm2 evaluate the
 model about twice per step on both sides; the JSON records model calls per step). Each figure is the median
-of `--repeats` timed runs after one warm-up; sdrt and diffusers runs alternate so that load from other
-processes hits both alike. Threads: library defaults (numpy's BLAS, torch's intra-op pool).
+of about `--repeats` timed runs per side, taken in blocks ordered sdrt, diffusers, diffusers, sdrt (each block
+after an untimed run) so that load drifting over time hits both alike; the JSON also keeps the fastest run,
+and the load average. Threads: library defaults (torch's intra-op pool; sdrt's multistep samplers keep their
+BLAS calls single-threaded), or --torch-threads N for diffusers (1 is the like-for-like comparison).
+sdrt reuses its per-schedule step weights and row buffers from one run to the next, so the timed runs after
+the warm-up measure that steady state, as diffusers' untimed set_timesteps leaves only the steps to time.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -126,10 +130,6 @@ class DiffusersLoop:
                 self.module.randn_tensor = original
 
 
-def median_us_per_step(loop: Callable[[], float], steps: int, repeats: int) -> list[float]:
-    return [loop() / steps * 1e6 for _ in range(repeats)]
-
-
 def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> dict[str, Any]:
     row: dict[str, Any] = {"sampler": name, "size": size_label(shape), "steps": steps}
     ours = SdrtLoop(name, shape, steps)
@@ -143,18 +143,24 @@ def bench_one(name: str, shape: tuple[int, ...], steps: int, repeats: int) -> di
             theirs = DiffusersLoop(counterpart[0], counterpart[1], shape, steps)
             row["diffusers_class"] = counterpart[0]
         except ImportError as exc:  # DPMSolverSDEScheduler imports torchsde
-            row["note"] = f"diffusers {counterpart[0]} unavailable: {exc}"
-    ours()  # warm-up
-    if theirs is not None:
-        theirs()
-    sdrt_times, diffusers_times = [], []
-    for _ in range(repeats):
-        sdrt_times.append(ours() / steps * 1e6)
-        if theirs is not None:
-            diffusers_times.append(theirs() / steps * 1e6)
+            reason = str(exc).strip().splitlines()[0]
+            row["note"] = f"diffusers {counterpart[0]} unavailable: {reason}"
+    sdrt_times: list[float] = []
+    diffusers_times: list[float] = []
+    # Blocks in the order sdrt, diffusers, diffusers, sdrt, so that load drifting over time hits both alike.
+    # Each block starts with an untimed run: right after torch, its idle OpenMP workers still spin and the
+    # caches hold torch's tensors, which would bill sdrt for diffusers' aftermath.
+    blocks = [(ours, sdrt_times), (theirs, diffusers_times)]
+    for loop, times in blocks + blocks[::-1]:
+        if loop is None:
+            continue
+        loop()
+        times.extend(loop() / steps * 1e6 for _ in range((repeats + 1) // 2))
     row["sdrt_us_per_step"] = statistics.median(sdrt_times)
+    row["sdrt_us_per_step_min"] = min(sdrt_times)
     if diffusers_times:
         row["diffusers_us_per_step"] = statistics.median(diffusers_times)
+        row["diffusers_us_per_step_min"] = min(diffusers_times)
         row["speedup"] = row["diffusers_us_per_step"] / row["sdrt_us_per_step"]
     return row
 
@@ -191,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed loops per figure; the median is kept")
     parser.add_argument("--samplers", nargs="*", help="only these samplers (default: every registered one)")
     parser.add_argument("--json", default="bench/results/schedulers.json", help="where to write the results")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads for diffusers (default: torch's)")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     wanted = args.samplers or sorted(set(REGISTRY) | set(COUNTERPARTS))
     skipped = {name: "not registered in sdrt yet" for name in wanted if name not in REGISTRY}
@@ -199,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_one(name, shape, args.steps, args.repeats)
             for name in wanted if name in REGISTRY for shape in SIZES]
     print_table(rows, skipped)
+    if hasattr(os, "getloadavg"):
+        env["load_average_at_end"] = os.getloadavg()[0]
     result = {
-        "unit": "microseconds per sampling step: loop time / steps, median of repeats",
+        "unit": "microseconds per sampling step: loop time / steps, median (and min) of repeats",
         "steps": args.steps, "repeats": args.repeats, "environment": env, "results": rows, "skipped": skipped,
     }
     write_atomic(args.json, (json.dumps(result, indent=2) + "\n").encode())

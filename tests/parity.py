@@ -81,3 +81,32 @@ def run_sdrt(name: str, steps: int, latents: np.ndarray, config: dict, noise: No
 def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     """max |ours - ref| / max |ref|: the figure the parity tolerances are stated in."""
     return float(np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def diffusers_loop(scheduler: Any, x: torch.Tensor, timesteps: Any, model=synthetic_model,
+                   **step_kwargs: Any) -> np.ndarray:
+    """The denoising loop of diffusers' SD pipelines over `timesteps`, from latents `x` already scaled or noised
+    (order-2 schedulers list their timesteps twice, so one iteration is one model call, as in the pipelines)."""
+    for t in timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        out = torch.from_numpy(model(x_in.numpy(), float(t)))
+        x = scheduler.step(out, t, x, return_dict=False, **step_kwargs)[0]
+    return x.numpy()
+
+
+def run_diffusers_img2img(scheduler: Any, steps: int, strength: float, x0: np.ndarray, noise: np.ndarray,
+                          model=synthetic_model, **step_kwargs: Any) -> np.ndarray:
+    """StableDiffusionImg2ImgPipeline's schedule cut (get_timesteps), add_noise and loop around `scheduler`."""
+    scheduler.set_timesteps(steps)
+    t_start = max(steps - min(int(steps * strength), steps), 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    scheduler.set_begin_index(t_start * scheduler.order)
+    x = scheduler.add_noise(torch.from_numpy(x0.copy()), torch.from_numpy(noise.copy()), timesteps[:1])
+    return diffusers_loop(scheduler, x, timesteps, model, **step_kwargs)
+
+
+def run_sdrt_img2img(name: str, steps: int, strength: float, x0: np.ndarray, noise_latents: np.ndarray, config: dict,
+                     noise: NoiseStream | None = None, model=synthetic_model, **kwargs: Any) -> np.ndarray:
+    sampler = Sampler.create(name, NoiseSchedule.from_config(config), steps, **kwargs)
+    latents, start = sampler.noised_latents(x0, noise_latents, strength)
+    return drive(sampler.run(latents, noise or NoiseStream(), start_step=start), model)

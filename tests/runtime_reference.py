@@ -41,6 +41,7 @@ PIPELINES = {
     ("sd1", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sd1_inpaint", "inpaint"): "StableDiffusionInpaintPipeline",
     ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
 }
 
 
@@ -78,6 +79,18 @@ def patched_randn(module_name: str, source: Queue) -> Iterator[None]:
         module.randn_tensor = original
 
 
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second torch thread; on a busy 2-core machine it made each diffusers
+    call about 10x slower (thread contention), so the reference runs single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 _PIPES: dict[tuple[str, str], Any] = {}
 
 
@@ -97,7 +110,7 @@ def load_pipeline(folder: str, kind: str, task: str) -> Any:
     return _PIPES[key]
 
 
-def run_diffusers(folder: str, kind: str, task: str, sampler: str, *, prompt: str, steps: int,
+def run_diffusers(folder: str, kind: str, task: str, sampler: str, *, prompt: str | None, steps: int,
                   latents: np.ndarray, cfg: float, negative: str | None = None, vae_noise: list[np.ndarray] = (),
                   sampler_seed: int = 99, schedule: str = "normal", **call_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 [B, H, W, 3] in [0, 1], final latents [B, 4, h, w]) from the diffusers pipeline."""
@@ -119,6 +132,7 @@ def run_diffusers(folder: str, kind: str, task: str, sampler: str, *, prompt: st
     call_kwargs.setdefault("width", 64)
     pipeline_module = type(pipe).__module__
     with contextlib.ExitStack() as stack:
+        stack.enter_context(single_torch_thread())
         stack.enter_context(patched_randn(pipeline_module, Queue([latents])))
         stack.enter_context(patched_randn("diffusers.models.autoencoders.vae", Queue(list(vae_noise))))
         if noise_module:

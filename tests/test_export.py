@@ -273,3 +273,30 @@ def test_cli_existing_output_and_unknown_component(tiny_model, tmp_path: Path, c
 def test_cli_tiny_model_rejects_unknown_kind(tmp_path: Path, capsys) -> None:
     code, err = _cli(["tiny-model", str(tmp_path / "m"), "--kind", "sd3"], capsys)
     assert code == 2 and "Invalid value for '--kind'" in err
+
+
+def test_cleanup_with_detached_weights_matches(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    """Full-size graphs are simplified with their weights detached (protobuf's 2 GiB limit); detaching every
+    weight of a tiny graph must give the same graph and the same numerics as detaching none."""
+    import sdrt.export.cleanup as cleanup
+    from sdrt.export.components import build_component_graphs
+    from sdrt.export.gate import check_graph, torch_references
+    from sdrt.export.loading import load_source_model
+    from sdrt.export.onnx_files import save_model
+    from sdrt.export.shapes import gate_cases, trace_case
+    from sdrt.export.tracing import trace_to_onnx
+
+    source = load_source_model(tiny_model("sd1"))
+    (graph,) = build_component_graphs(source, ["vae_decoder"])
+    refs = torch_references(graph, gate_cases(source))
+    results = {}
+    for threshold in (1 << 40, 256):
+        monkeypatch.setattr(cleanup, "DETACH_MIN_BYTES", threshold)
+        traced = trace_to_onnx(graph, trace_case(source), tmp_path / "scratch", 17)
+        big = sum(1 for t in traced.graph.initializer if len(t.raw_data) >= threshold)
+        cleaned = cleanup.cleanup_graph(traced, "onnxslim")
+        path = tmp_path / f"{threshold}.onnx"
+        save_model(cleaned, path)
+        results[threshold] = (big, len(cleaned.graph.node), check_graph(path, graph, refs, "fp32")["worst"]["rel"])
+    assert results[1 << 40][0] == 0 and results[256][0] > 10
+    assert results[256][1:] == results[1 << 40][1:]

@@ -183,3 +183,32 @@ def test_cosine_schedule_timesteps_match_diffusers(name: str, schedule: str) -> 
     sampler = Sampler.create(name, NoiseSchedule.from_config(COSINE), 25, schedule=schedule)
     assert sampler.timesteps.tolist() == scheduler.timesteps.tolist()
     np.testing.assert_allclose(sampler.schedule.sigmas, scheduler.sigmas.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(COUNTERPARTS))
+def test_interleaved_and_abandoned_runs_do_not_share_buffers(name: str) -> None:
+    """The samplers reuse their row buffers between runs: two runs driven in lockstep, and a run abandoned
+    halfway, must not disturb each other."""
+    ns = NoiseSchedule.from_config(SD1_CONFIG)
+    sampler = Sampler.create(name, ns, 10)
+    alone = drive(sampler.run(sampler.initial_latents(initial_noise(7)), NoiseStream(7)), synthetic_model)
+
+    abandoned = sampler.run(sampler.initial_latents(initial_noise(seed=5)), NoiseStream(seed=5))
+    call = next(abandoned)
+    for _ in range(4):
+        call = abandoned.send(synthetic_model(call.x, call.timestep))
+    abandoned.close()
+
+    loops = [sampler.run(sampler.initial_latents(initial_noise(seed)), NoiseStream(seed)) for seed in (7, 8)]
+    calls = [next(loop) for loop in loops]
+    results: list[np.ndarray | None] = [None, None]
+    while any(r is None for r in results):
+        for j, loop in enumerate(loops):
+            if results[j] is None:
+                try:
+                    calls[j] = loop.send(synthetic_model(calls[j].x, calls[j].timestep))
+                except StopIteration as done:
+                    results[j] = done.value
+    other = drive(sampler.run(sampler.initial_latents(initial_noise(8)), NoiseStream(8)), synthetic_model)
+    np.testing.assert_array_equal(results[0], alone)
+    np.testing.assert_array_equal(results[1], other)

@@ -24,9 +24,9 @@ STEPS = 6
 
 
 def need(*samplers: str) -> None:
+    """Every sampler a parity test names must exist: a missing one is a failure, not a skip."""
     missing = [s for s in samplers if s not in REGISTRY]
-    if missing:
-        pytest.skip(f"sampler(s) {missing} not registered in this checkout")
+    assert not missing, f"sampler(s) {missing} are not registered"
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,29 @@ def test_inpaint_nine_channel_unet(pipelines, tiny_model, sampler: str, strength
                         negative=NEGATIVE, steps=STEPS, latents=latents, cfg=7.0, vae_noise=vae_noise,
                         image=make_image(), mask_image=make_mask(), strength=strength)
     compare(f"sd1 inpaint (9-channel) {sampler} strength {strength}", ours, *ref)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_img2img_sdxl(pipelines, tiny_model, sampler: str) -> None:
+    need(sampler)
+    pipe = pipelines("sdxl")
+    shape = latent_shape(pipe, 1)
+    rng = np.random.default_rng(22)
+    latents, vae_noise = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    request = GenerationRequest(PROMPT, negative=NEGATIVE, steps=8, sampler=sampler, cfg=5.0, latents=latents,
+                                init_image=make_image(), strength=0.5)
+    ours = pipe.generate(request, noise=Queue([vae_noise]))
+    ref = run_diffusers(tiny_model("sdxl"), "sdxl", "img2img", sampler, prompt=PROMPT, negative=NEGATIVE, steps=8,
+                        latents=latents, cfg=5.0, vae_noise=[vae_noise], image=make_image(), strength=0.5)
+    compare(f"sdxl img2img {sampler} strength 0.5", ours, *ref)
+
+
+def test_fp16_bundle_stays_close_to_fp32(tiny_bundle) -> None:
+    """Not a parity test (fp16 rounds every activation): the fp16 graph set runs and lands near fp32."""
+    need("dpmpp_2m")
+    request = GenerationRequest(PROMPT, steps=STEPS, sampler="dpmpp_2m", seed=3)
+    fp32 = Pipeline.load(str(tiny_bundle("sd1")), precision="fp32").generate(request)
+    fp16 = Pipeline.load(str(tiny_bundle("sd1")), precision="fp16").generate(request)
+    pixel = int(np.abs(fp32.images[0].astype(int) - fp16.images[0]).max())
+    print(f"\nfp16 vs fp32 (sd1, dpmpp_2m): max pixel diff {pixel}/255")
+    assert pixel <= 8

@@ -1,9 +1,10 @@
 """CLI subcommands, one module each. Modules import only click at import time."""
 
+from .bench import bench
 from .build import build
 from .demo import demo
 from .export import export, tiny_model
 from .generate import generate
 from .samplers import samplers
 
-COMMANDS = [samplers, export, tiny_model, generate, build, demo]
+COMMANDS = [samplers, build, export, tiny_model, generate, bench, demo]

@@ -4,6 +4,7 @@ to try the toolchain without downloading one). torch is imported only inside the
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import click
 
@@ -14,7 +15,7 @@ COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae
 TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint")
 
 
-def _progress() -> "callable":
+def _progress() -> Callable[[str], None]:
     started = time.monotonic()
 
     def say(message: str) -> None:

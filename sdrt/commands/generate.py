@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import click
+
+from .options import engine_options
 
 SCHEDULES = ("normal", "karras", "exponential", "ays")
 
@@ -22,6 +25,10 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")
 @click.option("--sampler", default="euler", show_default=True, help="Sampler name (see `sdrt samplers`).")
 @click.option("--schedule", default="normal", show_default=True, help=f"Sigma schedule: {', '.join(SCHEDULES)}.")
+@click.option("--spacing", default=None, type=click.Choice(["leading", "trailing", "linspace"]),
+              help="Timestep spacing (default: the model's scheduler config, else the sampler's).")
+@click.option("--sampler-option", "sampler_options", multiple=True, metavar="KEY=VALUE",
+              help="Sampler option, repeatable, e.g. eta=0.5 or s_noise=1.0 (`sdrt samplers` lists them).")
 @click.option("--cfg", default=7.5, show_default=True, type=float, help="Guidance scale; <= 1 disables CFG.")
 @click.option("--guidance-rescale", default=0.0, show_default=True, type=float,
               help="Rescale guided output towards the conditional std (0.7 for zero-SNR models).")
@@ -37,19 +44,17 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--strength", default=None, type=float,
               help="How much of the init image to repaint, (0, 1] (default 0.8 img2img, 1.0 inpaint).")
 @click.option("--mask", default=None, type=click.Path(path_type=Path), help="Inpainting mask: white = repaint.")
-@click.option("--backend", default="ort-cpu", show_default=True, help="ort-cpu, ort-cuda or ort-trt.")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
-              help="Graph set to run (default: fp32 on CPU, fp16 on GPU).")
-@click.option("--threads", default=0, show_default=True, type=int, help="CPU threads per engine (0: ORT decides).")
+@engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
               help="PNG path (batch > 1: NAME-SEED.png per image). Default: sdrt-SEED.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str, cfg: float,
+def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str,
+             spacing: str | None, sampler_options: tuple[str, ...], cfg: float,
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
-             mask: Path | None, backend: str, precision: str | None, threads: int, verify: bool,
-             output: Path | None, quiet: bool) -> None:
+             mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
+             no_spin: bool, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE."""
     from ..errors import UserError
     from ..runtime import GenerationRequest, Pipeline, open_image, save_png
@@ -59,36 +64,66 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     if seed is None:
         seed = secrets.randbelow(2**32)
     request = GenerationRequest(
-        prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, cfg=cfg,
+        prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, spacing=spacing,
+        sampler_options=parse_options(sampler_options), cfg=cfg,
         guidance_rescale=guidance_rescale, temperature=temperature, temperature_method=temperature_method,
         seed=seed, batch=batch, width=width, height=height, strength=strength,
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,
     )
-    pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify)
-    paths = output_paths(output, request.seed, batch)
-    pipe.check(request)  # every user error before the progress bar starts
-
-    if quiet or not sys.stderr.isatty():
-        result = pipe.generate(request)
-    else:
-        with click.progressbar(length=steps, label="sampling", file=sys.stderr) as bar:
-            state = {"done": 0}
-
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - state["done"])
-                state["done"] = done
-
-            result = pipe.generate(request, progress=progress)
+    pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
+                         engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
+    try:
+        paths = output_paths(output, request.seed, batch)
+        pipe.check(request)  # every user error before anything is printed or computed
+        if backend == "auto":
+            click.echo(pipe.backend_choice, err=True)
+        result = run_with_progress(pipe, request, show=not quiet and sys.stderr.isatty())
+    finally:
+        pipe.close()
 
     for path, pixels, parameters in zip(paths, result.images, result.parameters):
         save_png(path, pixels, parameters)
     t = result.timings
-    providers = sorted({p[0] for p in pipe.providers.values()})
+    providers = sorted({p[0] for p in pipe.providers.values() if p}) or [pipe.backend_choice.split(":")[0]]
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
                f"{t.host_overhead_per_step * 1e3:.2f} ms/step")
+
+
+def parse_options(items: tuple[str, ...]) -> dict[str, float]:
+    from ..errors import UserError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            options[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"sampler option {item!r} is not KEY=NUMBER: write e.g. --sampler-option eta=0.5") from None
+    return options
+
+
+def run_with_progress(pipe, request, show: bool):
+    """Generate, with a progress bar on stderr when it is a terminal."""
+    if not show:
+        return pipe.generate(request)
+    with click.progressbar(length=request.steps, label="sampling", file=sys.stderr) as bar:
+        done_before, last_draw = 0, 0.0
+
+        def progress(done: int, total: int) -> None:
+            # redraw at most 10 times a second: a terminal write costs more than a fast step's host work
+            nonlocal done_before, last_draw
+            now = time.monotonic()
+            if done < total and now - last_draw < 0.1:
+                return
+            bar.length = total
+            bar.update(done - done_before)
+            done_before, last_draw = done, now
+
+        return pipe.generate(request, progress=progress)
 
 
 def output_paths(output: Path | None, seed: int, batch: int) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import UserError
 from .loading import SourceModel
 
 TEXT_LENGTH = 77
@@ -186,12 +187,7 @@ def build_component_graphs(source: SourceModel, names: list[str] | None = None) 
         unknown = sorted(set(names) - {g.name for g in graphs})
         if unknown:
             have = ", ".join(g.name for g in graphs)
-            raise_user(f"component(s) {', '.join(unknown)} not in this model: choose from {have}")
+            raise UserError(f"component(s) {', '.join(unknown)} not in this model: choose from {have}")
         graphs = [g for g in graphs if g.name in names]
     return graphs
 
-
-def raise_user(message: str) -> None:
-    from ..errors import UserError
-
-    raise UserError(message)

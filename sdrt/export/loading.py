@@ -101,7 +101,7 @@ def _load_folder(folder: Path) -> Any:
     try:
         return cls.from_pretrained(folder, local_files_only=True,
                                    safety_checker=None, feature_extractor=None, image_encoder=None)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if any((folder / "unet").glob("*.fp16.*")):
             return _retry_fp16_variant(cls, folder)
         raise UserError(f"cannot load {folder} offline ({_first_line(exc)}): check that every component folder "

@@ -25,22 +25,58 @@ def external_data_name(onnx_file: Path) -> str:
 
 
 def save_model(model: Any, path: str | os.PathLike, force_external: bool = False) -> str | None:
-    """Save `model` at `path`; over the threshold, all weights go to `<name>.data` beside it. Returns the
-    external data file name (relative to the graph's folder) or None. Checked with onnx.checker by path."""
+    """Save `model` at `path`; over the threshold, every weight of 1 KiB or more goes to `<name>.data` beside
+    it. Returns the external data file name (relative to the graph's folder) or None. `model` is left as it
+    was (onnx.save_model would turn its weights into references to the file). Checked by path afterwards,
+    which works over 2 GiB."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = force_external or initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = external_data_name(path) if external else None
-    if external:
-        (path.parent / data_name).unlink(missing_ok=True)  # save appends to an existing data file
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
+    if not (force_external or initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD):
         onnx.save_model(model, str(path))
+        onnx.checker.check_model(str(path))
+        return None
+    data_name = external_data_name(path)
+    moved: dict[str, bytes] = {}
+    try:
+        with open(path.parent / data_name, "wb") as data:
+            for tensor in model.graph.initializer:
+                if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
+                    data.seek(-data.tell() % 4096, os.SEEK_CUR)  # page-aligned, so runtimes can mmap
+                    raw = tensor.raw_data
+                    offset = data.tell()
+                    data.write(raw)
+                    moved[tensor.name] = raw
+                    mark_external(tensor, data_name, offset, len(raw))
+        onnx.save_model(model, str(path))
+    finally:
+        restore_raw_data(model, moved)
     onnx.checker.check_model(str(path))
     return data_name
+
+
+def mark_external(tensor: Any, location: str, offset: int, length: int) -> None:
+    """Turn `tensor` into a reference to external data (its raw data must already be saved elsewhere)."""
+    from onnx import TensorProto
+
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def restore_raw_data(model: Any, raw_by_name: dict[str, bytes]) -> None:
+    """Undo `mark_external` for the initializers named in `raw_by_name` (consumed)."""
+    from onnx import TensorProto
+
+    for tensor in model.graph.initializer:
+        if tensor.name in raw_by_name:
+            tensor.raw_data = raw_by_name.pop(tensor.name)
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def load_model(path: str | os.PathLike, with_weights: bool = True) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..manifest import BundleError, Manifest
 from .engine import Engine
-from .ort_engine import OrtEngine, SessionSettings, resolve_backend
+from .ort_engine import OrtEngine, SessionSettings
 
 REQUIRED = {"sd1": ("text_encoder", "unet", "vae_decoder"), "sd2": ("text_encoder", "unet", "vae_decoder"),
             "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae_decoder")}
@@ -32,9 +32,8 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
-             threads: int = 0, verify: bool = False) -> "Bundle":
+             threads: int = 0, verify: bool = False, spin: bool = True) -> "Bundle":
         """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given)."""
-        resolve_backend(backend)  # an unknown backend name is the user's first error, before any file is read
         root = Path(path)
         manifest = Manifest.load(root)
         if not manifest.files:
@@ -53,7 +52,7 @@ class Bundle:
                 "fp16" if "fp16" in available else available[0])
         for name in REQUIRED[family]:
             manifest.component(name, precision)  # raises the one-line BundleError naming the fix
-        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads))
+        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin))
 
     @property
     def family(self) -> str:

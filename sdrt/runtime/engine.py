@@ -6,6 +6,8 @@ knows which one it holds, so timing, guidance and sampling code is written once.
 Buffer contract: `run` copies the feeds into buffers the engine owns (one set per input-shape signature, so a
 GPU backend can bind device memory once and replay it) and returns its own output buffers. Those arrays are
 valid until the next `run` with the same input shapes; a caller that keeps an output longer copies it.
+A read-only feed that is the very array given last time for that input is not copied again (the prompt
+embeddings of a sampling loop): callers mark such constant arrays read-only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class IOSpec:
 
 
 class Engine(Protocol):
-    """A compiled model. Implementations: sdrt.runtime.ort_engine.OrtEngine."""
+    """A compiled model. Implementations: ort_engine.OrtEngine (CPU), ort_gpu.OrtGpuEngine and
+    trt_engine.TrtEngine (GPU, opened through gpu_engines)."""
 
     name: str  # component name, e.g. "unet"
     inputs: Mapping[str, IOSpec]

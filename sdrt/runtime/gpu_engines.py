@@ -1,43 +1,18 @@
 """Entry point for the pipeline: resolve `--backend` and open the GPU engines of a bundle.
 
-The pipeline needs only `run(feeds) -> outputs` per component (EngineLike below, the shape of the
-runtime's Engine interface), so it never knows which backend it has. `ort-cpu` returns None here: the
-CPU path is the runtime's own ONNX Runtime backend.
+The pipeline needs only `run(feeds) -> outputs` per component (the runtime's Engine interface), so it
+never knows which backend it has. `ort-cpu` returns None here: the CPU path is the runtime's own ONNX
+Runtime backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
-
-import numpy as np
+from typing import Any, Mapping, Sequence
 
 from ..manifest import Manifest
 from .backend_choice import BackendChoice, GpuFacts, choose_backend
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One engine input or output: the same fields as the runtime's `IOSpec` (sdrt/runtime/engine.py), so
-    the GPU engines satisfy its Engine protocol; merge the two when both branches are in."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str, ...]  # dynamic dims as strings
-
-
-class EngineLike(Protocol):
-    """The runtime's Engine protocol as the GPU engines implement it."""
-
-    name: str
-    inputs: Mapping[str, TensorInfo]
-    outputs: Mapping[str, TensorInfo]
-
-    @property
-    def providers(self) -> list[str]: ...
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+from .engine import Engine
 
 
 def default_engines_dir(bundle: str | Path) -> Path:
@@ -62,11 +37,11 @@ def resolve_backend(
 class GpuEngines:
     """component -> engine, plus close() for the device resources they share."""
 
-    def __init__(self, engines: Mapping[str, EngineLike], closer: Any = None) -> None:
+    def __init__(self, engines: Mapping[str, Engine], closer: Any = None) -> None:
         self.engines = dict(engines)
         self._closer = closer
 
-    def __getitem__(self, component: str) -> EngineLike:
+    def __getitem__(self, component: str) -> Engine:
         return self.engines[component]
 
     def close(self) -> None:

@@ -16,7 +16,8 @@ def uses_cfg(scale: float) -> bool:
 
 def apply_cfg(prediction: np.ndarray, scale: float, rescale: float = 0.0) -> np.ndarray:
     """Guided output for a [2B, ...] prediction whose first half is unconditional. Returns a new array."""
-    uncond, cond = np.split(prediction, 2)
+    half = prediction.shape[0] // 2
+    uncond, cond = prediction[:half], prediction[half:]
     guided = uncond + np.float32(scale) * (cond - uncond)
     if rescale > 0.0:
         guided = rescale_guided(guided, cond, rescale)

@@ -2,8 +2,9 @@
 
 Why IO binding: `session.run` allocates every output and converts every input on each call; with binding the
 inputs are copied into fixed buffers and the outputs land in fixed buffers, so a 50-step loop allocates
-nothing after its first step. On CPU the buffers are numpy arrays that ORT reads and writes in place; on
-CUDA they are device OrtValues updated with one host-to-device copy each.
+nothing after its first step. The buffers are host numpy arrays that ORT reads and writes in place. With a
+GPU provider ORT copies them to and from the device itself; the pipeline's GPU backends use device-resident
+buffers and CUDA graphs instead (sdrt.runtime.ort_gpu / trt_engine, opened through gpu_engines).
 
 Why the provider check: onnxruntime-gpu silently runs on CPU when CUDA or cuDNN cannot be loaded (it only
 logs a warning). We compare the providers the session really uses with the ones asked for and fail when a
@@ -45,7 +46,9 @@ class SessionSettings:
     backend: str = "ort-cpu"
     threads: int = 0
     optimization: str = "all"  # disabled | basic | extended | all
-    device_id: int = 0
+    device_id: int = 0  # GPU providers only
+    spin: bool = True  # idle ORT threads spin-wait for work: lowest latency on dedicated cores; turn off on a
+    # shared or oversubscribed CPU, where spinning threads slow everything else (the host work of each step too)
 
 
 def resolve_backend(backend: str) -> tuple[str, ...]:
@@ -73,6 +76,9 @@ def session_options(settings: SessionSettings):
     opts.enable_mem_pattern = True  # shapes are fixed per binding, so the memory plan is reused
     opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3  # errors only: fallbacks are reported by us, in one line
+    if not settings.spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
 
@@ -83,7 +89,8 @@ def provider_options(providers: tuple[str, ...], settings: SessionSettings) -> l
             chosen.append((name, {"device_id": settings.device_id, "cudnn_conv_algo_search": "HEURISTIC",
                                   "do_copy_in_default_stream": True}))
         elif name == "TensorrtExecutionProvider":
-            chosen.append((name, {"device_id": settings.device_id, "trt_fp16_enable": True,
+            # fp16 flag off: the bundle's fp16 ONNX carries its own precision (strongly typed network)
+            chosen.append((name, {"device_id": settings.device_id, "trt_fp16_enable": False,
                                   "trt_engine_cache_enable": True}))
         else:
             chosen.append((name, {}))
@@ -109,13 +116,13 @@ def check_providers(requested: tuple[str, ...], active: list[str], backend: str)
 
 @dataclass
 class _Binding:
-    """Buffers and the IOBinding for one input-shape signature."""
+    """Host buffers and the IOBinding for one input-shape signature."""
 
     io: object
-    inputs: dict[str, object]  # name -> numpy buffer (CPU) or OrtValue (device)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # host views/arrays of the outputs
-    device_outputs: dict[str, object] = field(default_factory=dict)  # name -> OrtValue (device only)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # bound input buffers
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # bound output buffers
     keep: list = field(default_factory=list)  # OrtValues the binding points at, kept alive with it
+    last_feeds: dict[str, np.ndarray] = field(default_factory=dict)  # what each input buffer was filled from
 
 
 class OrtEngine:
@@ -139,8 +146,6 @@ class OrtEngine:
                               "corrupt or incomplete, re-export the model (sdrt export)") from None
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)
-        self.device = "cuda" if self._providers[0] in GPU_PROVIDERS else "cpu"
-        self.device_id = settings.device_id
         self.inputs = {i.name: IOSpec(i.name, np.dtype(_ORT_TYPES[i.type]), tuple(_dim(d) for d in i.shape))
                        for i in self.session.get_inputs()}
         self.outputs = {o.name: IOSpec(o.name, np.dtype(_ORT_TYPES[o.type]), tuple(_dim(d) for d in o.shape))
@@ -165,13 +170,12 @@ class OrtEngine:
             return binding.outputs
         self._bindings.move_to_end(key)
         for name, target in binding.inputs.items():
-            if self.device == "cpu":
-                np.copyto(target, feeds[name], casting="same_kind")
-            else:
-                target.update_inplace(np.ascontiguousarray(feeds[name], dtype=self.inputs[name].dtype))
+            feed = feeds[name]
+            if feed is binding.last_feeds.get(name) and isinstance(feed, np.ndarray) and not feed.flags.writeable:
+                continue  # the same read-only array as last time (prompt embeddings): already in the buffer
+            np.copyto(target, feed, casting="same_kind")
+            binding.last_feeds[name] = feed
         self.session.run_with_iobinding(binding.io)
-        if self.device != "cpu":
-            binding.outputs = {name: value.numpy() for name, value in binding.device_outputs.items()}
         return binding.outputs
 
     def _bind(self, feeds: Mapping[str, np.ndarray]) -> _Binding:
@@ -179,35 +183,31 @@ class OrtEngine:
         preallocated outputs of those shapes for every later call (no allocation per step after that)."""
         import onnxruntime as ort
 
-        io = self.session.io_binding()
-        binding = _Binding(io=io, inputs={})
+        binding = _Binding(io=self.session.io_binding())
         for name, spec in self.inputs.items():
-            host = np.array(feeds[name], dtype=spec.dtype, order="C", copy=True)
-            if self.device == "cpu":
-                value = ort.OrtValue.ortvalue_from_numpy(host)  # shares host's memory: copyto updates it
-                binding.inputs[name] = host
-            else:
-                value = ort.OrtValue.ortvalue_from_numpy(host, self.device, self.device_id)
-                binding.inputs[name] = value
-            binding.keep.append(value)
-            io.bind_ortvalue_input(name, value)
+            buffer = np.array(feeds[name], dtype=spec.dtype, order="C", copy=True)
+            self._bind_buffer(binding, name, buffer, ort.OrtValue.ortvalue_from_numpy(buffer), is_input=True)
+            binding.last_feeds[name] = feeds[name]
         for name in self.outputs:
-            io.bind_output(name, self.device, self.device_id)
-        self.session.run_with_iobinding(io)
-        first = dict(zip(self.outputs, io.copy_outputs_to_cpu()))
-        io.clear_binding_outputs()
+            binding.io.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding.io)
+        first = dict(zip(self.outputs, binding.io.copy_outputs_to_cpu()))
+        binding.io.clear_binding_outputs()
         for name, spec in self.outputs.items():
-            host = np.ascontiguousarray(first[name], dtype=spec.dtype)
-            if self.device == "cpu":
-                value = ort.OrtValue.ortvalue_from_numpy(host)
-            else:
-                value = ort.OrtValue.ortvalue_from_shape_and_type(list(host.shape), spec.dtype, self.device,
-                                                                  self.device_id)
-                binding.device_outputs[name] = value
-            binding.keep.append(value)
-            binding.outputs[name] = host
-            io.bind_ortvalue_output(name, value)
+            buffer = np.ascontiguousarray(first[name], dtype=spec.dtype)
+            self._bind_buffer(binding, name, buffer, ort.OrtValue.ortvalue_from_numpy(buffer), is_input=False)
         return binding
+
+    @staticmethod
+    def _bind_buffer(binding: _Binding, name: str, buffer: np.ndarray, value, is_input: bool) -> None:
+        """Bind an OrtValue that shares `buffer`'s memory: writing the buffer feeds ORT, ORT writes into it."""
+        binding.keep.append(value)
+        if is_input:
+            binding.inputs[name] = buffer
+            binding.io.bind_ortvalue_input(name, value)
+        else:
+            binding.outputs[name] = buffer
+            binding.io.bind_ortvalue_output(name, value)
 
 
 def _dim(d: object) -> int | str:

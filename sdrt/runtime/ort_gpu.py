@@ -23,7 +23,7 @@ import numpy as np
 from ..engines.profiles import ShapeRange
 from ..errors import UserError
 from .backend_choice import CPU_EP, CUDA_EP, TRT_EP
-from .gpu_engines import TensorInfo
+from .engine import IOSpec
 from .graph_cache import ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,6 @@ class OrtGpuEngine:
         return {n: outs[n].numpy() for n in self.output_names}  # device -> new host array
 
 
-def _info(node: Any) -> TensorInfo:
-    return TensorInfo(node.name, np.dtype(ORT_DTYPES[node.type]),
+def _info(node: Any) -> IOSpec:
+    return IOSpec(node.name, np.dtype(ORT_DTYPES[node.type]),
                       tuple(d if isinstance(d, int) else str(d) for d in node.shape))

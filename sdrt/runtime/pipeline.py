@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,15 +23,16 @@ from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
 from .engine import Engine
-from .guidance import apply_cfg, uses_cfg
+from .denoise import GuidedUNet, LatentBlend, Progress, run_sampler
+from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
 from .request import GenerationRequest, check_latents, resolve_size, validate
-from .text import Conditioning, PromptEncoder, TextBranch
+from .text import PromptEncoder, TextBranch
 from .tokenizer import ClipTokenizer
 
-Progress = Callable[[int, int], None]  # (steps done, steps total)
+ALL_BACKENDS = ("ort-cpu", "auto", "trt", "ort-cuda", "ort-trt")
 NoiseSource = Callable[[tuple], np.ndarray]
 
 
@@ -71,11 +73,43 @@ class Pipeline:
         self.noise_schedule = NoiseSchedule.from_config(bundle.scheduler_config())
         self._engines: dict[str, Engine] = {}
         self._prompt_encoder: PromptEncoder | None = None
+        self._gpu = None  # GpuEngines holding device memory, for GPU backends
+        self.backend_choice = f"backend {bundle.settings.backend}"
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
-             verify: bool = False) -> "Pipeline":
-        return cls(Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify))
+             verify: bool = False, engines_dir: str | None = None, spin: bool = True) -> "Pipeline":
+        """Open a bundle on a backend: ort-cpu (this module's ONNX Runtime engine), or auto / trt / ort-cuda /
+        ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA graphs).
+        `backend_choice` says what runs and why (auto may settle on ort-cpu)."""
+        if backend not in ALL_BACKENDS:
+            raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
+        if backend == "ort-cpu":
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, verify=verify,
+                                   spin=spin))
+            pipe.backend_choice = "backend ort-cpu: ONNX Runtime on CPU, as requested"
+            return pipe
+        from .gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
+
+        probe = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify)
+        components = sorted(probe.manifest.components[probe.precision])
+        engines_dir = engines_dir or str(probe.root / "engines")
+        choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
+        if choice.name == "ort-cpu":
+            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, spin=spin))
+        else:
+            pipe = cls(probe)
+            pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
+                                         engines_dir)
+            pipe._engines.update(pipe._gpu.engines)
+        pipe.backend_choice = str(choice)
+        return pipe
+
+    def close(self) -> None:
+        """Release device resources (GPU backends); CPU engines need nothing."""
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
 
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
@@ -128,10 +162,10 @@ class Pipeline:
                                                                 (height, width))
         timings.vae_encode = time.perf_counter() - t0
 
-        unet = _GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
-                           extra_channels)
+        unet = GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
+                          extra_channels)
         t0 = time.perf_counter()
-        latents = self._denoise(sampler, x, noise, start, end_step, unet, progress)
+        latents = run_sampler(sampler, x, noise, start, end_step, unet, progress)
         timings.loop = time.perf_counter() - t0
         timings.unet, timings.unet_calls = unet.seconds, unet.calls
         timings.steps = sampler.num_steps - start
@@ -159,6 +193,9 @@ class Pipeline:
             raise UserError(f"this bundle's UNet has {channels} input channels; inpainting needs 4 or 9")
         if request.task != "inpaint" and channels != self.model.latent_channels:
             raise UserError("this bundle holds an inpainting UNet: pass --init-image and --mask")
+        if request.init_image is not None and not self.bundle.has("vae_encoder"):
+            raise UserError("this bundle has no VAE encoder, which img2img and inpainting need: re-export the "
+                            "model with it (sdrt export)")
         _ = self.prompt_encoder  # builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
@@ -200,26 +237,7 @@ class Pipeline:
             masked_latents = self.encode(masked_image, noise, request.batch)
             extra = np.concatenate([np.repeat(small_mask, request.batch, axis=0), masked_latents], axis=1)
             return x, start, None, extra
-        return x, start, _LatentBlend(sampler, image_latents, initial_noise, small_mask), None
-
-    def _denoise(self, sampler: Sampler, x: np.ndarray, noise: NoiseSource, start: int, end_step,
-                 unet: "_GuidedUNet", progress: Progress | None) -> np.ndarray:
-        total = sampler.num_steps - start
-        loop = sampler.run(x, noise, start_step=start, end_step=end_step)
-        reported = 0
-        try:
-            call = next(loop)
-            while True:
-                done = call.step - start
-                if progress is not None and done > reported:
-                    progress(done, total)
-                    reported = done
-                call = loop.send(unet(call.x, call.timestep))
-        except StopIteration as finished:
-            latents = finished.value
-        if progress is not None:
-            progress(total, total)
-        return np.asarray(latents, dtype=np.float32)
+        return x, start, LatentBlend(sampler, image_latents, initial_noise, small_mask), None
 
     # ---- VAE -----------------------------------------------------------------------------------------
     def encode(self, image: np.ndarray, noise: NoiseSource, batch: int) -> np.ndarray:
@@ -246,7 +264,7 @@ class Pipeline:
             "CFG scale": request.cfg,
             "Seed": seed,
             "Size": f"{size[1]}x{size[0]}",
-            "Model": self.bundle.root.name,
+            "Model": Path(self.model.source).stem if self.model.source else self.bundle.root.name,
             "Denoising strength": request.effective_strength if request.init_image is not None else None,
             "Guidance rescale": request.guidance_rescale or None,
         }
@@ -254,66 +272,3 @@ class Pipeline:
             settings["Temperature"] = request.temperature
             settings["Temperature method"] = request.temperature_method.upper()
         return format_parameters(request.prompt, request.negative, settings)
-
-
-class _GuidedUNet:
-    """model(x, t) for the sampler: fills fixed input buffers, runs the UNet, applies CFG.
-
-    The returned array is always new (never the engine's buffer), since multistep samplers keep past outputs.
-    """
-
-    def __init__(self, engine: Engine, cond: Conditioning, batch: int, scale: float, rescale: float,
-                 extra_channels: np.ndarray | None) -> None:
-        self.engine = engine
-        self.batch = batch
-        self.scale = scale
-        self.rescale = rescale
-        self.cfg = uses_cfg(scale)
-        self.copies = 2 if self.cfg else 1
-        self.extra = extra_channels
-        self.sample: np.ndarray | None = None
-        self.timestep = np.zeros(batch * self.copies, dtype=np.float32)
-        self.cond = cond.feeds()
-        self.seconds = 0.0
-        self.calls = 0
-
-    def _buffer(self, x: np.ndarray) -> np.ndarray:
-        if self.sample is None:
-            channels = x.shape[1] + (0 if self.extra is None else self.extra.shape[1])
-            self.sample = np.empty((x.shape[0] * self.copies, channels, *x.shape[2:]), dtype=np.float32)
-            if self.extra is not None:
-                self.sample[:, x.shape[1]:] = np.concatenate([self.extra] * self.copies)
-        return self.sample
-
-    def __call__(self, x: np.ndarray, timestep: float) -> np.ndarray:
-        sample = self._buffer(x)
-        latent_channels, b = x.shape[1], self.batch
-        for k in range(self.copies):
-            sample[k * b:(k + 1) * b, :latent_channels] = x
-        self.timestep.fill(timestep)
-        t0 = time.perf_counter()
-        out = self.engine.run({"sample": sample, "timestep": self.timestep, **self.cond})["out_sample"]
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        if self.cfg:
-            return apply_cfg(np.asarray(out, dtype=np.float32), self.scale, self.rescale)
-        return np.array(out, dtype=np.float32, copy=True)
-
-
-class _LatentBlend:
-    """Legacy (4-channel UNet) inpainting: after step i keep the known region from the image latents noised
-    to step i+1's level with the initial noise, or the clean latents after the last step (diffusers)."""
-
-    def __init__(self, sampler: Sampler, image_latents: np.ndarray, noise: np.ndarray, mask: np.ndarray) -> None:
-        self.sampler = sampler
-        self.image_latents = image_latents
-        self.noise = noise
-        self.keep = (1.0 - mask).astype(np.float32)
-        self.repaint = mask.astype(np.float32)
-
-    def __call__(self, step: int, x: np.ndarray) -> np.ndarray:
-        if step + 1 < self.sampler.num_steps:
-            known = self.sampler.add_noise(self.image_latents, self.noise, step + 1)
-        else:
-            known = self.image_latents
-        return (self.keep * known + self.repaint * x).astype(np.float32, copy=False)

@@ -25,6 +25,11 @@ class Conditioning:
     text_embeds: np.ndarray | None = None  # SDXL pooled embeddings [batch, proj_dim]
     time_ids: np.ndarray | None = None  # SDXL [batch, 6]
 
+    def __post_init__(self) -> None:
+        for array in (self.hidden_states, self.text_embeds, self.time_ids):
+            if array is not None:
+                array.setflags(write=False)  # constant for the whole loop: engines copy it once
+
     def feeds(self) -> dict[str, np.ndarray]:
         out = {"encoder_hidden_states": self.hidden_states}
         if self.text_embeds is not None:

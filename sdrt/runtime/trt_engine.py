@@ -38,7 +38,7 @@ from ..engines.chooser import choose_profile
 from ..engines.profiles import ShapeRange
 from ..errors import UserError
 from . import cuda_rt
-from .gpu_engines import TensorInfo
+from .engine import IOSpec
 from .graph_cache import LruCache, ShapeKey, shape_key
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,9 @@ class TrtEngine:
         self._host_outputs: LruCache[dict[str, np.ndarray]] = LruCache(max(max_graphs, 8))
         self._allocate_buffers()
 
-    def _info(self, name: str) -> TensorInfo:
+    def _info(self, name: str) -> IOSpec:
         dims = tuple(self.engine.get_tensor_shape(name))
-        return TensorInfo(name, self.tensors[name].dtype, tuple(d if d >= 0 else f"dim{i}" for i, d in enumerate(dims)))
+        return IOSpec(name, self.tensors[name].dtype, tuple(d if d >= 0 else f"dim{i}" for i, d in enumerate(dims)))
 
     @property
     def providers(self) -> list[str]:

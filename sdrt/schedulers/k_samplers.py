@@ -35,7 +35,7 @@ import numpy as np
 from numpy.polynomial import polynomial
 
 from .noise_schedule import NoiseSchedule
-from .sampling import ModelCall, NoiseSource, SamplerLoop, SamplerSpec, StepEnd, register
+from .sampling import ModelCall, NoiseSource, RunFn, SamplerLoop, SamplerSpec, StepEnd, register
 from .schedules import Schedule, ays_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,9 +99,8 @@ def _model_call(x: np.ndarray, sigma: float, timestep: Any, step: int) -> ModelC
 def _denoised(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
     """The VE denoiser D(x, sigma) = c_skip * x + c_out * output, the clean-sample estimate.
 
-    Written in VE terms (k-diffusion's c_skip/c_out) rather than through prediction.to_x0 on the VP input,
-    because the first steps cancel large terms (|x| ~ 15 down to |x0| ~ 1) and the VP detour adds roundings
-    that diffusers does not have: float32 parity with diffusers' v-prediction depends on it.
+    Written in VE terms (k-diffusion's c_skip/c_out) rather than through prediction.to_x0 on the rounded VP
+    input: the first steps cancel large terms (|x| up to ~60 down to |x0| ~ 1), so every rounding shows.
     """
     if prediction_type == "epsilon":
         return x - output * np.float32(sigma)
@@ -117,8 +116,8 @@ def _denoised(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: 
 def _derivative(output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
     """dx/dsigma = (x - D(x, sigma)) / sigma, which is the noise estimate eps (the output itself for epsilon).
 
-    For v-prediction eps = (v + sigma * x) / (sigma^2 + 1) is formed directly rather than as (x - D) / sigma:
-    the difference cancels badly at small sigma, where multistep samplers reuse the slope with large weights.
+    For v-prediction eps = v / sqrt(sigma^2 + 1) + sigma * x / (sigma^2 + 1) is formed directly rather than as
+    (x - D) / sigma, which cancels in float32 at small sigma, where LMS reuses slopes with weights up to ~2.3.
     """
     if prediction_type == "epsilon":
         return output
@@ -173,9 +172,9 @@ def euler(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, nois
         if gamma > 0:
             sigma_hat = sigma * (1 + gamma)
             x = x + noise(x.shape) * np.float32(s_noise * math.sqrt(sigma_hat**2 - sigma**2))
-            # diffusers: D from the formula at sigma applied to the churned x, then the slope at sigma_hat
-            d = _derivative(output, x, sigma, ptype) * np.float32(sigma / sigma_hat) if ptype != "epsilon" \
-                else output
+            d = _derivative(output, x, sigma, ptype)
+            if ptype != "epsilon":  # diffusers: x0 by the formula at sigma on the churned x, over sigma_hat
+                d *= np.float32(sigma / sigma_hat)
         else:
             sigma_hat, d = sigma, _derivative(output, x, sigma, ptype)
         x = end_step(i, _euler_step(x, d, sigma_next - sigma_hat))
@@ -249,33 +248,45 @@ def dpm2(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, noise
 LMS_ORDER = 4
 
 
-def lms_coefficients(sigmas: np.ndarray, i: int, order: int) -> np.ndarray:
-    """Weights of the last `order` derivatives (newest first) for the step sigma_i -> sigma_{i+1}.
+def lms_coefficients(sigmas: np.ndarray, steps: np.ndarray, order: int) -> np.ndarray:
+    """Weights of the last `order` slopes (newest first) for each step sigma_i -> sigma_{i+1}, shape (steps, order).
 
     Each weight is the exact integral over the step of one Lagrange basis polynomial through
     sigma_i, sigma_{i-1}, ...; equivalently the weights integrate every polynomial of degree < order exactly,
-    which is how they are solved for here (moment equations in the step's own coordinate u = (s - sigma_i)/h,
-    well conditioned at every noise level).
+    which is how they are solved for (moment equations in each step's own coordinate u = (s - sigma_i) / h,
+    well conditioned at every noise level), for all steps in one batched solve.
     """
-    h = float(sigmas[i + 1]) - float(sigmas[i])
-    nodes = (sigmas[i - order + 1:i + 1][::-1].astype(np.float64) - float(sigmas[i])) / h  # 0, then < 0
-    moments = h / np.arange(1, order + 1)  # h * integral of u^k over [0, 1]
-    return np.linalg.solve(polynomial.polyvander(nodes, order - 1).T, moments)
+    steps = np.asarray(steps, dtype=np.intp)
+    s = sigmas.astype(np.float64)
+    h = s[steps + 1] - s[steps]
+    nodes = (s[steps[:, None] - np.arange(order)] - s[steps, None]) / h[:, None]  # 0, then negative
+    moments = h[:, None] / np.arange(1, order + 1)  # h * integral of u^k over [0, 1]
+    vander_t = polynomial.polyvander(nodes, order - 1).transpose(0, 2, 1)  # [step, k, node] = u_node^k
+    return np.linalg.solve(vander_t, moments[..., None])[..., 0]
+
+
+def _lms_weights(sigmas: np.ndarray, start_step: int, num_steps: int) -> list[np.ndarray]:
+    """Per-step weights from `start_step` on, warming up from order 1 (one slope more each step)."""
+    warm_up = range(start_step, min(start_step + LMS_ORDER - 1, num_steps))
+    weights = [lms_coefficients(sigmas, [i], i - start_step + 1)[0] for i in warm_up]
+    full = np.arange(start_step + LMS_ORDER - 1, num_steps)
+    return weights + list(lms_coefficients(sigmas, full, LMS_ORDER)) if len(full) else weights
 
 
 def lms(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
         start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
-    """Linear multistep (order 4): integrate the polynomial through the last four derivatives."""
+    """Linear multistep (order 4): integrate the polynomial through the last four slopes."""
     sigmas, timesteps, ptype = schedule.sigmas, schedule.timesteps, noise_schedule.prediction_type
-    derivatives: deque[np.ndarray] = deque(maxlen=LMS_ORDER)  # newest first
+    weights = _lms_weights(sigmas, start_step, len(timesteps))
+    slopes: deque[np.ndarray] = deque(maxlen=LMS_ORDER)  # newest first
     for i in range(start_step, len(timesteps)):
         sigma = float(sigmas[i])
-        derivatives.appendleft(_derivative((yield _model_call(x, sigma, timesteps[i], i)), x, sigma, ptype))
-        coefficients = lms_coefficients(sigmas, i, len(derivatives))
-        step = np.multiply(derivatives[0], np.float32(coefficients[0]))
-        scratch = np.empty_like(step) if len(derivatives) > 1 else None
-        for coefficient, d in zip(coefficients[1:], list(derivatives)[1:]):
-            step += np.multiply(d, np.float32(coefficient), out=scratch)
+        slopes.appendleft(_derivative((yield _model_call(x, sigma, timesteps[i], i)), x, sigma, ptype))
+        w = weights[i - start_step]
+        step = np.multiply(slopes[0], np.float32(w[0]))
+        scratch = np.empty_like(step)
+        for k in range(1, len(slopes)):
+            step += np.multiply(slopes[k], np.float32(w[k]), out=scratch)
         step += x
         x = end_step(i, step)
     return x
@@ -316,7 +327,7 @@ def dpmpp_sde(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, 
 # Registration
 
 
-def _register(name: str, title: str, run: Any, counterpart: str, *, stochastic: bool = False,
+def _register(name: str, title: str, run: RunFn, counterpart: str, *, stochastic: bool = False,
               options: dict | None = None, **schedule_quirks: Any) -> None:
     def build(noise_schedule: NoiseSchedule, steps: int, schedule: str, spacing: str, family: str) -> Schedule:
         return build_sigma_schedule(noise_schedule, steps, schedule, spacing, family, **schedule_quirks)

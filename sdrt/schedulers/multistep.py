@@ -299,7 +299,7 @@ class _RowBuffer:
         self.out = self.data[rows.index("out")].reshape(shape)
         self.noise = self.data[rows.index("noise")].reshape(shape) if "noise" in rows else None
         self.history = self.data[1:carried]
-        chunk = max(1024, _SINGLE_THREAD_GEMM // (carried * len(rows)))
+        chunk = max(1, _SINGLE_THREAD_GEMM // (carried * len(rows)) // 1024) * 1024  # 4 KiB-aligned blocks
         starts = range(0, size, chunk)
         self.inputs = [self.data[:, s:s + chunk] for s in starts]  # column blocks read by a step
         self.outputs = [self.data[:carried, s:s + chunk] for s in starts]  # column blocks a step writes

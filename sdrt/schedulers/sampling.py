@@ -16,6 +16,9 @@ The caller owns the loop, so progress bars, timing, cancellation and CUDA graphs
 runtime's pipeline), and a sampler with two evaluations per step needs nothing special. Temperature is
 applied here, between the caller and the sampler, so each sampler reads as its plain formula.
 `sample()` runs the whole loop for a plain model function.
+
+Arrays: a sampler never writes to an array it was sent or has yielded, and it may keep the outputs it was sent
+(a multistep history), so send a fresh array for each call rather than a reused output buffer.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class Sampler:
             raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
         temperature = temperature or Temperature()
         merged = {**spec.options, **options}
-        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0
+        stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0 or float(merged.get("s_churn", 0.0)) > 0
         if temperature.method == "cns" and not temperature.is_identity and not stochastic:
             raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
                              "noise: use --temperature-method tsr, or a sampler such as euler_a or ddpm")

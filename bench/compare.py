@@ -1,0 +1,290 @@
+"""sdrt (ONNX Runtime CPU) vs diffusers' PyTorch pipeline vs optimum's ORTStableDiffusionPipeline on the same
+weights, settings and initial noise, run alternately in one session; prints latency ratios.
+
+    python bench/compare.py [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-optimum] [--no-spin]
+                            [--workdir DIR] [--json bench/results/compare_DATE.json]
+
+Models (random weights, built with the real diffusers / transformers classes, saved as diffusers folders):
+- tiny: sdrt.export.tiny_models kind sd1 (its UNet config's sample_size raised to 32 so that 256x256 is
+  inside the exported bundle's size range; the weights are unchanged), 256x256;
+- mid: a UNet with SD 1.5's channel widths (320, 640, 1280), cross-attention width 768 and 8 heads but one
+  layer per block and three levels instead of four (316 M parameters, SD 1.5's has 860 M), at 128x128
+  (16x16 latents); a 4-layer CLIP text encoder of width 768; a VAE at half SD's widths. Compute dominates
+  here, unlike the tiny model.
+Settings: 20 steps, Euler (diffusers' EulerDiscreteScheduler from the model's scheduler config; sdrt's
+`euler`), CFG 7.5, batch 1, the same prompt and the same initial noise for every framework.
+sdrt uses its bundle (`sdrt export`, fp32); optimum exports the diffusers folder itself with its own exporter
+(optimum-onnx) on first use, in its own venv (--optimum-python). Every framework runs in its own worker
+process (bench/compare_worker.py); the order rotates each round. Timed: the pipeline call inside the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.simplefilter("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's sdrt, not an installed one
+WORKER = Path(__file__).with_name("compare_worker.py")
+OPTIMUM_PYTHON = "/work/optimum-venv/bin/python"
+SIZES = {"tiny": (256, 256), "mid": (128, 128)}
+
+
+def build_tiny(out: Path) -> Path:
+    from sdrt.export.tiny_models import build_tiny_model
+
+    build_tiny_model("sd1", out)
+    config_path = out / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["sample_size"] = 32  # bundle range 8 * 32 / 4 .. 8 * 32 * 2 pixels: 256 fits
+    config_path.write_text(json.dumps(config, indent=2))
+    return out
+
+
+def build_mid(out: Path) -> Path:
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdrt.export.clip_vocab import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    vocab = len(tokenizer)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(320, 640, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8, cross_attention_dim=768).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(64, 128, 256, 256), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+        sample_size=128, scaling_factor=0.18215).eval()
+    scheduler = diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False,
+                                        steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def prepare(name: str, workdir: Path) -> tuple[Path, Path, dict]:
+    """The diffusers folder and the sdrt bundle for one model (reused from workdir when present)."""
+    from sdrt.export.bundle import ExportOptions, export_bundle
+
+    model, bundle = workdir / f"{name}-diffusers", workdir / f"{name}-bundle"
+    facts: dict = {}
+    if not (model / "model_index.json").is_file():
+        start = time.perf_counter()
+        (build_tiny if name == "tiny" else build_mid)(model)
+        facts["build_s"] = time.perf_counter() - start
+    if not (bundle / "manifest.json").is_file():
+        start = time.perf_counter()
+        export_bundle(model, bundle, ExportOptions(precisions=("fp32",), overwrite=True))
+        facts["sdrt_export_s"] = time.perf_counter() - start
+    facts["unet_params_m"] = unet_params(model) / 1e6
+    return model, bundle, facts
+
+
+def transformers4_copy(model: Path) -> Path:
+    """The same model laid out for optimum's venv (transformers 4.57), which reads transformers 5's files
+    wrongly: it needs the text encoder's weight names with their `text_model.` prefix (else it silently
+    initialises random weights) and `CLIPTokenizer`'s vocab.json + merges.txt (transformers 5 writes only
+    tokenizer.json). Same weights, same BPE vocabulary and merges; the rest is linked, not copied."""
+    out = model.with_name(model.name + "-transformers4")
+    if (out / "model_index.json").is_file():
+        return out
+    from safetensors.numpy import load_file, save_file
+
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for entry in model.iterdir():
+        if entry.name not in ("text_encoder", "tokenizer"):
+            (staging / entry.name).symlink_to(entry.resolve())
+    shutil.copytree(model / "text_encoder", staging / "text_encoder")
+    shutil.copytree(model / "tokenizer", staging / "tokenizer")
+    weights = staging / "text_encoder" / "model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}, str(weights),
+              metadata={"format": "pt"})
+    bpe = json.loads((staging / "tokenizer" / "tokenizer.json").read_text())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    (staging / "tokenizer" / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+    (staging / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    staging.rename(out)
+    return out
+
+
+def unet_params(model: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(model / "unet" / "diffusion_pytorch_model.safetensors"), "np") as f:
+        return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+
+
+class Worker:
+    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None) -> None:
+        self.framework = framework
+        self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            raise RuntimeError(f"{self.framework} worker died: {' | '.join(err[-5:])}")
+        return json.loads(line)
+
+    def ask(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def compare_model(name: str, workdir: Path, args) -> dict:
+    model, bundle, facts = prepare(name, workdir)
+    width, height = SIZES[name]
+    common = ["--model", str(model), "--threads", str(args.threads), "--steps", str(args.steps),
+              "--size", f"{width}x{height}", *(["--no-spin"] if args.no_spin else [])]
+    # --no-spin: no framework's idle threads busy-wait (ORT: allow_spinning 0; torch: OMP_WAIT_POLICY=PASSIVE)
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
+    workers = [Worker("sdrt", sys.executable, [*common, "--bundle", str(bundle)]),
+               Worker("diffusers", sys.executable, common, passive)]
+    failures = {}
+    if not args.no_optimum:
+        try:
+            legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
+            workers.append(Worker("optimum", args.optimum_python,
+                                  [*legacy, "--optimum-dir", str(workdir / f"{name}-optimum")], passive))
+        except (RuntimeError, OSError) as exc:
+            failures["optimum"] = str(exc)
+    noise = np.random.default_rng(0).standard_normal((1, 4, height // 8, width // 8)).astype(np.float32)
+    noise_path = workdir / f"{name}-noise.npy"
+    np.save(noise_path, noise)
+    times: dict[str, list[float]] = {w.framework: [] for w in workers}
+    unet: dict[str, list[float]] = {w.framework: [] for w in workers}
+    calls: dict[str, int] = {}
+    images: dict[str, np.ndarray] = {}
+    loads = [load_average()]
+    for round_index in range(args.warmup + args.runs):
+        shift = round_index % len(workers)
+        for worker in workers[shift:] + workers[:shift]:
+            image_path = workdir / f"{name}-image-{worker.framework}.npy"
+            reply = worker.ask({"noise": str(noise_path), "image": str(image_path)})
+            if round_index >= args.warmup:
+                times[worker.framework].append(reply["seconds"])
+                unet[worker.framework].append(reply["unet_s"])
+            calls[worker.framework] = reply["unet_calls"]
+            images[worker.framework] = np.load(image_path)
+        loads.append(load_average())
+        print(f"  {name} round {round_index + 1}/{args.warmup + args.runs}: "
+              + ", ".join(f"{w.framework} {times[w.framework][-1] if times[w.framework] else float('nan'):.3f} s"
+                          for w in workers) + f"  (load {loads[-1][0]})", file=sys.stderr, flush=True)
+    split = workers[0].ask({"noise": str(noise_path), "split": True})["steps"]
+    infos = {w.framework: w.info for w in workers}
+    for worker in workers:
+        worker.close()
+
+    result = {"model": name, "size": f"{width}x{height}", "steps": args.steps, "runs": args.runs,
+              "warmup": args.warmup, "threads": args.threads, "no_spin": args.no_spin,
+              "load_average_per_round": loads, **facts, "frameworks": {}, "failures": failures}
+    for framework, values in times.items():
+        median_unet = statistics.median(unet[framework])
+        median_total = statistics.median(values)
+        result["frameworks"][framework] = {
+            "median_s": median_total, "min_s": min(values), "max_s": max(values), "all_s": values,
+            "unet_median_s": median_unet, "unet_calls": calls[framework],
+            "outside_unet_s": median_total - median_unet,
+            "max_abs_diff_vs_sdrt": int(np.abs(images[framework].astype(int) - images["sdrt"].astype(int)).max()),
+            **infos[framework],
+        }
+    sdrt_median = result["frameworks"]["sdrt"]["median_s"]
+    result["speedup_vs"] = {fw: r["median_s"] / sdrt_median for fw, r in result["frameworks"].items() if fw != "sdrt"}
+    host = sorted(h for _, h in split)
+    result["sdrt_host_overhead_per_step_median_s"] = statistics.median(host)
+    result["sdrt_step_split"] = split
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['model']} ({result['unet_params_m']:.1f} M UNet params), {result['size']}, "
+             f"{result['steps']} steps Euler, CFG 7.5, {result['threads']} threads"
+             f"{', no spin-waiting' if result.get('no_spin') else ''}, median of {result['runs']} "
+             f"runs; load avg {result['load_average_per_round'][0][0]} -> {result['load_average_per_round'][-1][0]}",
+             f"{'framework':<11}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
+             f"{'sdrt speedup':>14}{'max|img diff|':>15}"]
+    for framework, r in result["frameworks"].items():
+        speedup = result["speedup_vs"].get(framework)
+        per_call = r["unet_median_s"] / max(r["unet_calls"], 1)
+        lines.append(f"{framework:<11}{r['median_s']:>9.3f}s{r['min_s']:>9.3f}s{r['unet_median_s']:>9.3f}s"
+                     f"{per_call * 1e3:>8.1f} ms{r['outside_unet_s']:>9.3f}s"
+                     f"{'' if speedup is None else f'{speedup:.2f}x':>14}"
+                     f"{r['max_abs_diff_vs_sdrt']:>15}")
+    lines.append(f"sdrt host overhead per step (step clock): "
+                 f"{result['sdrt_host_overhead_per_step_median_s'] * 1e6:.0f} us median")
+    for framework, why in result["failures"].items():
+        lines.append(f"{framework}: FAILED: {why}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,mid")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-optimum", action="store_true")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="idle threads sleep in every framework (for a shared, busy CPU)")
+    parser.add_argument("--optimum-python", default=OPTIMUM_PYTHON)
+    parser.add_argument("--workdir", type=Path, default=None, help="keeps models, bundles and exports for reruns")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sdrt-compare-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.models.split(","):
+        results.append(compare_model(name, workdir, args))
+        print(table(results[-1]), flush=True)
+        print(flush=True)
+    from sdrt.manifest import write_atomic
+
+    path = args.json or ROOT / "bench" / "results" / f"compare_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_atomic(path, (json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2) + "\n").encode())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

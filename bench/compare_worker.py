@@ -1,0 +1,203 @@
+"""One framework in its own process, driven by bench/compare.py over stdin/stdout (one JSON object a line).
+
+    python bench/compare_worker.py sdrt|diffusers|optimum --model DIR [--bundle DIR] [--optimum-dir DIR]
+                                   --threads N --steps N --size WxH [--no-spin]
+
+Each framework gets its own process so that its thread pools, allocator and import side effects cannot slow
+the others; the driver sends `run` requests alternately. A `run` names a .npy file of initial noise
+[1, 4, h, w] (standard normal) and gets back the seconds of the pipeline call (no IPC inside), the UNet time
+and call count, and a .npy of the uint8 image. The optimum worker runs under optimum's own venv, so this
+file imports sdrt only for the sdrt framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.simplefilter("ignore")
+PROMPT = "a photograph of an astronaut riding a horse"
+CFG = 7.5
+
+
+class TorchUNetClock:
+    """Seconds inside a torch UNet's forward (pre/post hooks), to split diffusers' loop like sdrt's."""
+
+    def __init__(self, module) -> None:
+        self.seconds, self.calls, self._start = 0.0, 0, 0.0
+        module.register_forward_pre_hook(self._enter)
+        module.register_forward_hook(self._leave)
+
+    def _enter(self, *_):
+        self._start = time.perf_counter()
+
+    def _leave(self, *_):
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def take(self) -> tuple[float, int]:
+        out = (self.seconds, self.calls)
+        self.seconds, self.calls = 0.0, 0
+        return out
+
+
+class CallClock:
+    """Seconds inside a plain callable attribute (optimum's ORT UNet `forward`)."""
+
+    def __init__(self, owner, attribute: str) -> None:
+        self.seconds, self.calls = 0.0, 0
+        inner = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        setattr(owner, attribute, timed)
+
+    def take(self) -> tuple[float, int]:
+        out = (self.seconds, self.calls)
+        self.seconds, self.calls = 0.0, 0
+        return out
+
+
+def sdrt_runner(args):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sdrt.bench.timing import TimedPipeline, measure_run
+    from sdrt.runtime import Bundle, GenerationRequest
+
+    pipe = TimedPipeline(Bundle.open(args.bundle, backend="ort-cpu", threads=args.threads, spin=not args.no_spin))
+    width, height = args.size
+
+    def run(noise: np.ndarray):
+        request = GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height,
+                                    latents=noise)
+        start = time.perf_counter()
+        result = pipe.generate(request)
+        seconds = time.perf_counter() - start
+        t = result.timings
+        return seconds, t.unet, t.unet_calls, result.images[0]
+
+    def run_split(noise: np.ndarray):
+        """The same call through the step clock: per-step host overhead (a separate, untimed-for-ratio run)."""
+        request = GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height,
+                                    latents=noise)
+        record = measure_run(pipe, request)
+        return [[s.engine, s.host] for s in record.steps]
+
+    pipe.check(GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height))
+    spin = "off" if args.no_spin else "on"
+    return run, run_split, {"threads": f"ORT intra_op_num_threads={args.threads}, inter_op 1, sequential, spin {spin}"}
+
+
+def _euler(pipe):
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+
+def diffusers_runner(args):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    _euler(pipe)
+    clock = TorchUNetClock(pipe.unet)
+    width, height = args.size
+
+    def run(noise: np.ndarray):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, width=width, height=height,
+                       latents=torch.from_numpy(noise), output_type="np").images[0]
+            seconds = time.perf_counter() - start
+        unet, calls = clock.take()
+        return seconds, unet, calls, np.round(out * 255).astype(np.uint8)
+
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    return run, None, {"threads": f"torch.set_num_threads({args.threads}) (intra-op), OMP_WAIT_POLICY {policy}, "
+                                  f"torch {torch.__version__}"}
+
+
+def optimum_runner(args):
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTStableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    if args.no_spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    exported = Path(args.optimum_dir)
+    info = {}
+    if not (exported / "model_index.json").is_file():
+        start = time.perf_counter()
+        pipe = ORTStableDiffusionPipeline.from_pretrained(args.model, export=True, session_options=options)
+        info["export_s"] = time.perf_counter() - start
+        pipe.save_pretrained(exported)
+    pipe = ORTStableDiffusionPipeline.from_pretrained(exported, session_options=options)
+    pipe.set_progress_bar_config(disable=True)
+    _euler(pipe)
+    clock = CallClock(pipe.unet, "forward")
+    width, height = args.size
+
+    def run(noise: np.ndarray):
+        start = time.perf_counter()
+        out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, width=width, height=height,
+                   latents=torch.from_numpy(noise), output_type="np").images[0]
+        seconds = time.perf_counter() - start
+        unet, calls = clock.take()
+        return seconds, unet, calls, np.round(np.asarray(out) * 255).astype(np.uint8)
+
+    import optimum.onnxruntime
+
+    info["threads"] = (f"ORT intra_op_num_threads={args.threads} (optimum's other defaults), "
+                       f"spin {'off' if args.no_spin else 'on'}, torch.set_num_threads({args.threads})")
+    info["version"] = getattr(optimum.onnxruntime, "__version__", "optimum-onnx")
+    return run, None, info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework", choices=("sdrt", "diffusers", "optimum"))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--bundle")
+    parser.add_argument("--optimum-dir")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--no-spin", action="store_true", help="ORT threads sleep instead of spin-waiting")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), required=True)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    runner = {"sdrt": sdrt_runner, "diffusers": diffusers_runner, "optimum": optimum_runner}[args.framework]
+    run, run_split, info = runner(args)
+    reply = {"ready": True, "load_s": time.perf_counter() - start, **info}
+    print(json.dumps(reply), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        noise = np.load(command["noise"])
+        if command.get("split"):
+            print(json.dumps({"steps": run_split(noise) if run_split else None}), flush=True)
+            continue
+        seconds, unet, calls, image = run(noise)
+        np.save(command["image"], image)
+        print(json.dumps({"seconds": seconds, "unet_s": unet, "unet_calls": calls}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
