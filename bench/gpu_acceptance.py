@@ -120,7 +120,7 @@ def environment() -> dict[str, Any]:
         import onnxruntime as ort
 
         env["ort_providers"] = ort.get_available_providers()
-        from sdrt.runtime import cuda_rt
+        from sdrt.backends import cuda_rt
 
         name, major, minor = cuda_rt.device_properties(0)
         free, total = cuda_rt.mem_get_info()
@@ -175,10 +175,10 @@ def engine_latency(bundle: Path, width: int, height: int, steps: int) -> dict[st
     UNet per step with and without CUDA graphs, and peak VRAM over the whole measurement."""
     from sdrt.engines.profiles import parse_profile, pipeline_shapes
     from sdrt.engines.store import require_engines
-    from sdrt.engines.target import detect_target
+    from sdrt.backends.gpu_detect import detect_target
     from sdrt.manifest import Manifest
-    from sdrt.runtime.gpu_memory import PeakVram
-    from sdrt.runtime.trt_engine import TrtSession
+    from sdrt.backends.gpu_memory import PeakVram
+    from sdrt.backends.trt_engine import TrtSession
 
     manifest = Manifest.load(bundle)
     comps = [c for c in ("text_encoder", "text_encoder_2", "unet", "vae_decoder") if c in manifest.components["fp16"]]

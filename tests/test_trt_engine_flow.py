@@ -13,7 +13,7 @@ import pytest
 
 import fake_trt
 from sdrt.errors import UserError
-from sdrt.runtime import trt_engine
+from sdrt.backends import trt_engine
 
 STATIC = [[1, 4], [1, 4], [1, 4]]
 DYNAMIC = [[1, 4], [2, 8], [4, 16]]

@@ -65,7 +65,7 @@ def plan(affine_onnx, tmp_path_factory):
 
 def test_trt_engine_runs_per_shape_graphs_and_refuses_out_of_range(plan) -> None:
     from sdrt.errors import UserError
-    from sdrt.runtime.trt_engine import TrtSession
+    from sdrt.backends.trt_engine import TrtSession
 
     with TrtSession({"affine": plan}, cuda_graphs=True, max_graphs=2) as session:
         eng = session["affine"]
@@ -85,9 +85,10 @@ def test_ort_cuda_engine_with_io_binding(affine_onnx) -> None:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is not installed")
-    from sdrt.runtime.ort_gpu import OrtGpuEngine
+    from sdrt.backends.ort_engine import OrtEngine
+    from sdrt.backends.ort_options import SessionSettings
 
-    eng = OrtGpuEngine(affine_onnx, "ort-cuda", cuda_graph=True)
+    eng = OrtEngine("affine", affine_onnx, settings=SessionSettings(backend="ort-cuda"), cuda_graph=True)
     for shape in [(1, 4, 8, 8), (1, 4, 8, 8), (2, 4, 16, 16)]:
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float16)
         np.testing.assert_allclose(eng.run({"x": x})["y"].astype(np.float32), x.astype(np.float32) * 2 + 1,
@@ -95,8 +96,8 @@ def test_ort_cuda_engine_with_io_binding(affine_onnx) -> None:
 
 
 def test_peak_vram_sees_an_allocation() -> None:
-    from sdrt.runtime import cuda_rt
-    from sdrt.runtime.gpu_memory import PeakVram
+    from sdrt.backends import cuda_rt
+    from sdrt.backends.gpu_memory import PeakVram
 
     import time
 

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..manifest import Manifest
+from ..engines.target import GpuTarget
 from .backend_choice import CPU_EP, GpuFacts
 
 
@@ -60,7 +61,6 @@ def detect_facts(
     engines, engines_reason = None, "no TensorRT engines built for this GPU"
     if props and tensorrt and manifest is not None and engines_dir is not None and components:
         from ..engines.store import find_pipeline_engines  # noqa: PLC0415
-        from ..engines.target import GpuTarget  # noqa: PLC0415
 
         target = GpuTarget(tensorrt, f"{props[1]}.{props[2]}", props[0])
         try:
@@ -75,3 +75,19 @@ def detect_facts(
         gpu=gpu, gpu_reason=gpu_reason or "", tensorrt=tensorrt, cuda_python=_has("cuda.bindings"),
         engines=engines, engines_reason=engines_reason, ort_providers=providers,
     )
+
+
+def detect_target(device: int = 0) -> GpuTarget:
+    """This machine's target for GPU `device`, or UserError saying what is missing (a GPU, TensorRT,
+    cuda-python). Imports tensorrt and cuda-bindings lazily. Not run on a GPU yet."""
+    from ..engines.builder import import_tensorrt  # noqa: PLC0415
+    from . import cuda_rt  # noqa: PLC0415
+
+    trt = import_tensorrt()
+    try:
+        if cuda_rt.device_count() <= device:
+            raise UserError(f"no NVIDIA GPU {device} on this machine: TensorRT engines are built on the GPU that runs them")
+        name, major, minor = cuda_rt.device_properties(device)
+    except cuda_rt.CudaError as exc:
+        raise UserError(f"no usable NVIDIA GPU ({exc}): TensorRT engines are built on the GPU that runs them") from None
+    return GpuTarget(tensorrt_version=str(trt.__version__), compute_capability=f"{major}.{minor}", device_name=name)

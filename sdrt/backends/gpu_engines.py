@@ -1,8 +1,7 @@
 """Entry point for the pipeline: resolve `--backend` and open the GPU engines of a bundle.
 
-The pipeline needs only `run(feeds) -> outputs` per component (the runtime's Engine interface), so it
-never knows which backend it has. `ort-cpu` returns None here: the CPU path is the runtime's own ONNX
-Runtime backend.
+The pipeline needs only `run(feeds) -> outputs` per component (the Engine interface), so it never knows
+which backend it has. `ort-cpu` returns None here: the runtime's bundle opens CPU engines itself.
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ def open_gpu_engines(
         return None
     if choice.name == "trt":
         from ..engines.store import require_engines, verify_plan  # noqa: PLC0415
-        from ..engines.target import detect_target  # noqa: PLC0415
+        from .gpu_detect import detect_target  # noqa: PLC0415
         from .trt_engine import TrtSession  # noqa: PLC0415
 
         found = require_engines(engines_dir, manifest, components, precision, detect_target())
@@ -83,11 +82,13 @@ def open_gpu_engines(
                 verify_plan(recs[0])
         session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
         return GpuEngines(session.engines, session)
-    from .ort_gpu import OrtGpuEngine  # noqa: PLC0415
+    from .ort_engine import OrtEngine  # noqa: PLC0415
+    from .ort_options import SessionSettings  # noqa: PLC0415
 
     cache = engines_dir / "ort-trt"
+    settings = SessionSettings(backend=choice.name)
     return GpuEngines({
-        c: OrtGpuEngine(Path(bundle) / manifest.component(c, precision).file, choice.name, cache, name=c,
-                        cuda_graph=cuda_graphs, max_graphs=max_graphs)
+        c: OrtEngine(c, Path(bundle) / manifest.component(c, precision).file, manifest.component(c, precision),
+                     settings, cache, cuda_graph=cuda_graphs, max_graphs=max_graphs)
         for c in components
     })
