@@ -75,7 +75,9 @@ def test_trt_engine_runs_per_shape_graphs_and_refuses_out_of_range(plan) -> None
             y = eng.run({"x": x})["y"]
             # 2x is exact in fp16; a fused multiply-add may round once instead of twice: 1 ulp at most
             np.testing.assert_allclose(y.astype(np.float32), x.astype(np.float32) * 2 + 1, rtol=1e-3, atol=1e-3)
-        assert len(eng.graphs) == 2 and eng.graphs.evictions >= 1 and eng.graphs.hits >= 1
+        # (1, 4, 8, 8) lives on the static profile's context and replays; profile 1's shapes alternate,
+        # so its graph is recaptured after each change (a graph is only valid in its context's state)
+        assert len(eng.graphs) == 2 and eng.graphs.hits >= 2
         with pytest.raises(UserError, match="outside every profile"):
             eng.run({"x": np.zeros((5, 4, 8, 8), np.float16)})
 
