@@ -27,23 +27,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(REASON), reason=f"gpu tes
 
 @pytest.fixture(scope="module")
 def affine_onnx(tmp_path_factory):
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx_fixtures import write_affine_fp16  # checked on CPU by tests/test_gpu_onnx_fixture.py
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4, "h", "w"])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 4, "h", "w"])
-    two = helper.make_tensor("two", TensorProto.FLOAT16, [], np.array([2], np.float16).view(np.uint16).tolist(),
-                             raw=False)
-    one = helper.make_tensor("one", TensorProto.FLOAT16, [], np.array([1], np.float16).view(np.uint16).tolist(),
-                             raw=False)
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
-        "affine", [x], [y], initializer=[two, one],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    path = tmp_path_factory.mktemp("onnx") / "affine.onnx"
-    onnx.save(model, str(path))
-    return path
+    return write_affine_fp16(tmp_path_factory.mktemp("onnx") / "affine.onnx")
 
 
 @pytest.fixture(scope="module")
