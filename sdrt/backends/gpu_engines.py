@@ -67,19 +67,19 @@ def open_gpu_engines(
     verify_plans: bool = False,
 ) -> GpuEngines | None:
     """Open every component on the chosen GPU backend (None for ort-cpu). With trt, the newest engine
-    of each component is used; verify_plans checks each plan's sha256 first. Not run on a GPU yet."""
+    of each component is used; its size is checked against its metadata, and with verify_plans its sha256
+    (`sdrt generate --verify`). Not run on a GPU yet."""
     engines_dir = Path(engines_dir) if engines_dir is not None else default_engines_dir(bundle)
     if choice.name == "ort-cpu":
         return None
     if choice.name == "trt":
-        from ..engines.store import require_engines, verify_plan  # noqa: PLC0415
+        from ..engines.store import check_plan, require_engines  # noqa: PLC0415
         from .gpu_detect import detect_target  # noqa: PLC0415
         from .trt_engine import TrtSession  # noqa: PLC0415
 
         found = require_engines(engines_dir, manifest, components, precision, detect_target())
-        if verify_plans:
-            for recs in found.values():
-                verify_plan(recs[0])
+        for recs in found.values():
+            check_plan(recs[0], verify=verify_plans)
         session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
         return GpuEngines(session.engines, session)
     from .ort_engine import OrtEngine  # noqa: PLC0415
