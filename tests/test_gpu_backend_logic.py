@@ -143,10 +143,13 @@ def test_trt_provider_options(tmp_path) -> None:
     opts = trt_provider_options(tmp_path, [P1], cuda_graph=True, opt_level=4, workspace_bytes=1 << 30)
     assert opts["trt_fp16_enable"] == "False"  # the fp16 ONNX carries its precision (strongly typed)
     assert opts["trt_engine_cache_path"] == str(tmp_path) and opts["trt_engine_cache_enable"] == "True"
-    assert opts["trt_cuda_graph_enable"] == "True" and opts["trt_builder_optimization_level"] == "4"
+    assert opts["trt_cuda_graph_enable"] == "False"  # P1 is dynamic: one EP graph could serve a wrong shape
+    assert opts["trt_builder_optimization_level"] == "4"
     assert opts["trt_max_workspace_size"] == str(1 << 30)
     assert opts["trt_profile_max_shapes"] == "sample:8x4x128x128,timestep:8"
-    assert "trt_profile_min_shapes" not in trt_provider_options(tmp_path)
+    no_profiles = trt_provider_options(tmp_path)
+    assert "trt_profile_min_shapes" not in no_profiles and no_profiles["trt_cuda_graph_enable"] == "False"
+    assert trt_provider_options(tmp_path, [P0])["trt_cuda_graph_enable"] == "True"  # one static profile
 
 
 def test_providers_for_each_gpu_backend(tmp_path) -> None:

@@ -87,8 +87,21 @@ def open_gpu_engines(
 
     cache = engines_dir / "ort-trt"
     settings = SessionSettings(backend=choice.name)
+    profiles = ort_trt_profiles(manifest, components, precision) if choice.name == "ort-trt" else {}
     return GpuEngines({
         c: OrtEngine(c, Path(bundle) / manifest.component(c, precision).file, manifest.component(c, precision),
-                     settings, cache, cuda_graph=cuda_graphs, max_graphs=max_graphs)
+                     settings, cache, profiles.get(c, ()), cuda_graph=cuda_graphs, max_graphs=max_graphs)
         for c in components
     })
+
+
+def ort_trt_profiles(manifest: Manifest, components: Sequence[str], precision: str) -> dict[str, list]:
+    """The shape ranges ORT's TensorRT EP builds for: the bundle's default size, one image, with and without
+    guidance (the same derivation as `sdrt build`). Without them the EP builds for the first shape it
+    sees and rebuilds whenever a shape leaves it."""
+    from ..engines.profiles import AXIS_ROLES, parse_profile, pipeline_shapes  # noqa: PLC0415
+
+    height, width = manifest.model.default_size
+    known = [c for c in components if c in AXIS_ROLES]
+    profile = parse_profile(f"{width}x{height}", manifest.model, "1", "1", "both")
+    return pipeline_shapes(manifest, known, precision, [profile])

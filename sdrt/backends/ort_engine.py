@@ -74,6 +74,8 @@ class OrtEngine:
         self.max_graphs = max_graphs
         if requested[0] not in ort.get_available_providers():
             check_providers(requested, [], settings.backend)  # fail now: ORT would only warn and use CPU
+        if settings.backend == "ort-trt" and cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the EP creates only the last folder level
         self.session = self._open(settings, cache_dir, profiles)
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)

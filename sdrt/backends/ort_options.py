@@ -130,9 +130,11 @@ def trt_provider_options(
     """TensorRT EP options: engine and timing caches on disk, explicit profiles, strongly typed fp16.
 
     trt_fp16_enable stays off: the bundle's fp16 ONNX already carries its precision, and with the flag off
-    the EP builds a strongly typed network that obeys it (ORT PR #24298)."""
+    the EP builds a strongly typed network that obeys it (ORT PR #24298). The EP's CUDA graph is enabled
+    only for one static profile: the EP keeps one graph per session (whether it honours per-run
+    `gpu_graph_id` is unconfirmed), so with several shapes it could replay a graph of another shape."""
     envelope_profile = envelope(profiles) if profiles else None
-    graph = cuda_graph
+    graph = cuda_graph and envelope_profile is not None and is_static(envelope_profile)
     opts = {
         "device_id": str(device_id),
         "trt_fp16_enable": "False",
