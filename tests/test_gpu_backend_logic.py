@@ -283,7 +283,10 @@ def test_detect_facts_finds_engines_built_for_the_detected_gpu(monkeypatch, tmp_
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.4.0.106"))
     import onnxruntime
 
+    from sdrt.backends import provider_probe
+
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_EP, CPU_EP])
+    monkeypatch.setattr(provider_probe, "provider_failure", lambda ort, provider: None)  # the provider starts
     manifest = make_manifest("sd1")
     comps = ["text_encoder", "unet"]
     facts = gpu_detect.detect_facts(manifest, tmp_path, comps)

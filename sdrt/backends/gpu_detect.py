@@ -12,7 +12,7 @@ from typing import Sequence
 from ..errors import UserError
 from ..manifest import Manifest
 from ..engines.target import GpuTarget
-from .backend_choice import CPU_EP, GpuFacts
+from .backend_choice import CPU_EP, CUDA_EP, GpuFacts
 
 
 def _has(module: str) -> bool:
@@ -44,10 +44,17 @@ def detect_facts(
     precision: str = "fp16",
 ) -> GpuFacts:
     gpu, gpu_reason, props = _gpu()
+    failed: dict[str, str] = {}
     try:
         import onnxruntime as ort  # noqa: PLC0415
 
         providers = tuple(ort.get_available_providers())
+        if gpu is not None and CUDA_EP in providers:
+            from .provider_probe import provider_failure  # noqa: PLC0415
+
+            why = provider_failure(ort, CUDA_EP)
+            if why:
+                failed[CUDA_EP] = why
     except ImportError:
         providers = (CPU_EP,)
     tensorrt = None
@@ -73,7 +80,7 @@ def detect_facts(
             engines = str(engines_dir)
     return GpuFacts(
         gpu=gpu, gpu_reason=gpu_reason or "", tensorrt=tensorrt, cuda_python=_has("cuda.bindings"),
-        engines=engines, engines_reason=engines_reason, ort_providers=providers,
+        engines=engines, engines_reason=engines_reason, ort_providers=providers, ort_failed=failed,
     )
 
 

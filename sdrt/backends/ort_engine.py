@@ -30,6 +30,7 @@ from ..engines.profiles import ShapeRange
 from ..errors import UserError
 from ..manifest import BundleError, ComponentSpec
 from .engine import IOSpec, check_feeds
+from .provider_probe import preload_cuda_libraries
 from .ort_options import (
     SessionSettings, check_providers, graph_id_for, import_onnxruntime, providers_for, resolve_backend,
     session_options,
@@ -72,6 +73,8 @@ class OrtEngine:
         self.device_id = settings.device_id
         self.cuda_graph = cuda_graph and self.device == "cuda"
         self.max_graphs = max_graphs
+        if self.device == "cuda":
+            preload_cuda_libraries(ort)
         if requested[0] not in ort.get_available_providers():
             check_providers(requested, [], settings.backend)  # fail now: ORT would only warn and use CPU
         if settings.backend == "ort-trt" and cache_dir is not None:
