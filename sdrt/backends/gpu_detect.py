@@ -6,6 +6,7 @@ returns facts that say why each GPU path is unavailable instead of raising; back
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -84,12 +85,30 @@ def detect_facts(
     )
 
 
+NO_GPU = ("no NVIDIA GPU found: TensorRT engines are built on the GPU that will run them, so run sdrt build "
+          "there (sdrt build --dry-run shows the profiles without one)")
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA kernel driver sees a GPU, asked without any CUDA library (so a machine without a
+    GPU is told that first, not that TensorRT is missing)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        if gpus.is_dir() and any(gpus.iterdir()):
+            return True
+    except OSError:
+        pass
+    return any(Path("/dev").glob("nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
+
+
 def detect_target(device: int = 0) -> GpuTarget:
-    """This machine's target for GPU `device`, or UserError saying what is missing (a GPU, TensorRT,
-    cuda-python). Imports tensorrt and cuda-bindings lazily. Not run on a GPU yet."""
+    """This machine's target for GPU `device`, or UserError saying what is missing, in the order a user
+    fixes it: a GPU, TensorRT, cuda-python. Imports tensorrt and cuda-bindings lazily. Not run on a GPU yet."""
     from ..engines.builder import import_tensorrt  # noqa: PLC0415
     from . import cuda_rt  # noqa: PLC0415
 
+    if not nvidia_gpu_present():
+        raise UserError(NO_GPU)
     trt = import_tensorrt()
     try:
         if cuda_rt.device_count() <= device:
