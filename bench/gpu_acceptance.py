@@ -236,6 +236,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="denoising steps for generate")
     ap.add_argument("--timing-steps", type=int, default=50, help="UNet calls timed per mode")
     args = ap.parse_args()
+    from sdrt.backends.gpu_detect import nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        print("error: no NVIDIA GPU found: the GPU acceptance run needs one (bench/cuda_rt_check.py needs only "
+              "cuda-bindings)", file=sys.stderr)
+        raise SystemExit(2)
 
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not args.no_install:
