@@ -8,6 +8,7 @@
 # Neither image has been built by its author (no Docker daemon there); see docs/gpu.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Python >= 3.11: onnxruntime-gpu 1.31 (the [gpu] extra) requires it; Ubuntu 24.04's python3 is 3.12.
 # The CUDA major of this base must match the TensorRT and onnxruntime-gpu wheels pip resolves (TensorRT 11
 # publishes CUDA 13 wheels); cuDNN is needed by ONNX Runtime's CUDA provider.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -17,7 +18,7 @@ FROM ${PYTHON_IMAGE} AS cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /src
 COPY . /src
-RUN pip install --no-cache-dir /src \
+RUN pip install --no-cache-dir "/src[cpu]" \
     && useradd --create-home --uid 10001 sdrt
 USER 10001
 WORKDIR /home/sdrt
@@ -35,10 +36,8 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 WORKDIR /src
 COPY . /src
-# TensorRT's library wheels come from NVIDIA's index; onnxruntime-gpu replaces the CPU onnxruntime.
+# TensorRT's library wheels come from NVIDIA's index; [gpu] brings onnxruntime-gpu (never the CPU build).
 RUN pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com "/src[gpu]" \
-    && pip uninstall -y onnxruntime \
-    && pip install --no-cache-dir --force-reinstall --no-deps "onnxruntime-gpu>=1.20" \
     && useradd --create-home --uid 10001 sdrt
 USER 10001
 WORKDIR /home/sdrt

@@ -120,7 +120,7 @@ def environment() -> dict[str, Any]:
         import onnxruntime as ort
 
         env["ort_providers"] = ort.get_available_providers()
-        from sdrt.runtime import cuda_rt
+        from sdrt.backends import cuda_rt
 
         name, major, minor = cuda_rt.device_properties(0)
         free, total = cuda_rt.mem_get_info()
@@ -175,10 +175,10 @@ def engine_latency(bundle: Path, width: int, height: int, steps: int) -> dict[st
     UNet per step with and without CUDA graphs, and peak VRAM over the whole measurement."""
     from sdrt.engines.profiles import parse_profile, pipeline_shapes
     from sdrt.engines.store import require_engines
-    from sdrt.engines.target import detect_target
+    from sdrt.backends.gpu_detect import detect_target
     from sdrt.manifest import Manifest
-    from sdrt.runtime.gpu_memory import PeakVram
-    from sdrt.runtime.trt_engine import TrtSession
+    from sdrt.backends.gpu_memory import PeakVram
+    from sdrt.backends.trt_engine import TrtSession
 
     manifest = Manifest.load(bundle)
     comps = [c for c in ("text_encoder", "text_encoder_2", "unet", "vae_decoder") if c in manifest.components["fp16"]]
@@ -236,6 +236,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="denoising steps for generate")
     ap.add_argument("--timing-steps", type=int, default=50, help="UNet calls timed per mode")
     args = ap.parse_args()
+    from sdrt.backends.gpu_detect import nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        print("error: no NVIDIA GPU found: the GPU acceptance run needs one (bench/cuda_rt_check.py needs only "
+              "cuda-bindings)", file=sys.stderr)
+        raise SystemExit(2)
 
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not args.no_install:

@@ -1,11 +1,21 @@
-"""Stand-ins for `tensorrt` and sdrt.runtime.cuda_rt, so the TensorRT backend's control flow (profile
+"""Stand-ins for `tensorrt` and sdrt.backends.cuda_rt, so the TensorRT backend's control flow (profile
 choice and switching, persistent buffers, per-shape CUDA graphs, capture fallback, shared activation
-memory) runs on CPU. They model the semantics the backend relies on, not TensorRT's internals:
+memory, pinned copies) runs on CPU. They reproduce the semantics real TensorRT and CUDA impose where a
+mistake would pass silently otherwise (docs/gpu.md has the table of what they do and do not show):
 
-- device memory is a dict of byte arrays keyed by pointer; copies move bytes;
-- the "engine" computes y = 2x + 1 (float32) reading and writing the bound tensor addresses;
-- while a stream is being captured, execute_async_v3 records the work with the shapes and addresses of
-  that moment instead of running it, and launching the graph replays the recording, as a CUDA graph does.
+- device memory is a dict of byte arrays keyed by pointer; host memory used by async copies must be
+  pinned (a HostBuffer), as only pinned copies are asynchronous on a real GPU;
+- copies, kernel launches and graph launches are queued on a stream and run, in order, at synchronize():
+  reading an output before synchronizing sees stale bytes, as on a GPU;
+- the "engine" computes y = 2x + 1 in the tensor's dtype, reading and writing the bound addresses;
+- a captured graph replays its work reading the execution context's state AT LAUNCH: if the context has
+  since been given other shapes or another profile, the replay raises (undefined behaviour on a GPU);
+- capturing an enqueue right after a shape or profile change fails (TensorRT may do host work on the
+  first enqueue after a change; NVIDIA's samples and trtexec enqueue once eagerly before capturing);
+- set_optimization_profile_async raises on failure (TensorRT's Python binding does), and one profile
+  serves at most one execution context at a time;
+- tensor dtypes are TensorRT DataType values mapped by nptype() like trt.nptype (BF16 has no numpy type:
+  TypeError).
 """
 
 from __future__ import annotations
@@ -13,23 +23,53 @@ from __future__ import annotations
 import json
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 
+class FakeCudaError(RuntimeError):
+    """What a real GPU would report as an illegal address or an invalidated capture."""
+
+
+class DataType:
+    """TensorRT's DataType enum values the fake engines use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"DataType.{self.name}"
+
+
+DTYPES = {name: DataType(name) for name in ("FLOAT", "HALF", "INT32", "INT64", "BOOL", "BF16")}
+_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+
+
+def nptype(t: DataType) -> type:
+    """Like trt.nptype: numpy type of a TensorRT DataType; TypeError for types numpy lacks (BF16, FP8)."""
+    try:
+        return _NP[t.name]
+    except KeyError:
+        raise TypeError(f"Could not resolve TensorRT datatype to an equivalent numpy datatype: {t}") from None
+
+
 class FakeCuda:
-    """The cuda_rt functions trt_engine uses, over host memory."""
+    """The cuda_rt functions trt_engine uses, over host memory, with stream order."""
 
     class CudaError(RuntimeError):
         pass
 
     def __init__(self) -> None:
         self.memory: dict[int, np.ndarray] = {}
+        self.pinned: dict[int, np.ndarray] = {}  # base address -> bytes of each live HostBuffer
         self._next = 0x1000
         self.capturing: list | None = None
+        self.capture_broken = False
         self.graphs_destroyed = 0
         self.launches = 0
+        self.log: list[str] = []  # what ran on the stream, in order
+        self.stream: Any = None  # the last stream created
         fake = self
 
         class DeviceBuffer:
@@ -43,11 +83,42 @@ class FakeCuda:
                 fake.memory.pop(self.ptr, None)
                 self.ptr = 0
 
+        class HostBuffer:
+            def __init__(self, nbytes: int) -> None:
+                self.nbytes = max(int(nbytes), 1)
+                self._bytes = np.zeros(self.nbytes, np.uint8)
+                self.ptr = self._bytes.ctypes.data
+                fake.pinned[self.ptr] = self._bytes
+
+            def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+                dtype = np.dtype(dtype)
+                n = math.prod(shape) * dtype.itemsize
+                assert n <= self.nbytes, "view larger than the pinned buffer"
+                return self._bytes[:n].view(dtype).reshape(shape)
+
+            def free(self) -> None:
+                fake.pinned.pop(self.ptr, None)
+                self.ptr = 0
+
         class Stream:
             handle = 7
 
+            def __init__(self) -> None:
+                self.queue: list[tuple[str, Callable[[], None]]] = []
+                fake.stream = self
+
+            def put(self, what: str, op: Callable[[], None]) -> None:
+                if fake.capturing is not None:
+                    fake.capturing.append((what, op))
+                else:
+                    self.queue.append((what, op))
+
             def synchronize(self) -> None:
-                pass
+                queue, self.queue = self.queue, []
+                for what, op in queue:
+                    fake.log.append(what)
+                    op()
+                fake.log.append("sync")
 
             def destroy(self) -> None:
                 pass
@@ -58,27 +129,44 @@ class FakeCuda:
 
             def launch(self, stream: Any) -> None:
                 fake.launches += 1
-                for op in self.ops:
-                    op()
+                for what, op in self.ops:
+                    stream.queue.append((f"graph:{what}", op))
 
             def destroy(self) -> None:
                 fake.graphs_destroyed += 1
 
-        self.DeviceBuffer, self.Stream, self.Graph = DeviceBuffer, Stream, Graph
+        self.DeviceBuffer, self.HostBuffer, self.Stream, self.Graph = DeviceBuffer, HostBuffer, Stream, Graph
+
+    def _pinned(self, array: np.ndarray) -> None:
+        start = array.ctypes.data
+        for base, data in self.pinned.items():
+            if base <= start and start + array.nbytes <= base + data.nbytes:
+                return
+        raise AssertionError("async copy from pageable host memory (synchronous on a GPU): use a pinned HostBuffer")
 
     def copy_to_device(self, dst: int, array: np.ndarray, stream: Any) -> None:
+        self._pinned(array)
         if array.nbytes > self.memory[dst].nbytes:
             raise AssertionError(f"copy of {array.nbytes} bytes overflows a {self.memory[dst].nbytes}-byte buffer")
-        self.memory[dst][: array.nbytes] = np.frombuffer(array.tobytes(), np.uint8)
+        stream.put("h2d", lambda: self.memory[dst].__setitem__(slice(0, array.nbytes),
+                                                               np.frombuffer(array.tobytes(), np.uint8)))
 
     def copy_to_host(self, array: np.ndarray, src: int, stream: Any) -> None:
-        array.reshape(-1).view(np.uint8)[:] = self.memory[src][: array.nbytes]
+        self._pinned(array)
+
+        def op() -> None:
+            array.reshape(-1).view(np.uint8)[:] = self.memory[src][: array.nbytes]
+
+        stream.put("d2h", op)
 
     def begin_capture(self, stream: Any) -> None:
-        self.capturing = []
+        assert self.capturing is None, "capture already in progress"
+        self.capturing, self.capture_broken = [], False
 
     def end_capture(self, stream: Any) -> Any:
         ops, self.capturing = self.capturing, None
+        if self.capture_broken:
+            raise self.CudaError("cudaStreamEndCapture failed: cudaErrorStreamCaptureInvalidated")
         return self.Graph(ops)
 
     def abort_capture(self, stream: Any) -> None:
@@ -89,17 +177,25 @@ class FakeContext:
     def __init__(self, engine: "FakeEngine", cuda: FakeCuda) -> None:
         self.engine, self.cuda = engine, cuda
         self.profile = 0
+        engine.profile_users[0] = engine.profile_users.get(0, 0) + 1
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.device_memory: tuple[int, int] | None = None
         self.eager_runs = 0
+        self.changed = True  # shapes or profile changed since the last eager enqueue
         self.fail_capture_for: set[tuple[int, ...]] = set()
 
     def set_device_memory(self, ptr: int, size: int) -> None:
         self.device_memory = (ptr, size)
 
     def set_optimization_profile_async(self, profile: int, stream: int) -> bool:
-        self.profile = profile
+        if not 0 <= profile < self.engine.num_optimization_profiles:
+            raise RuntimeError(f"profile index {profile} is out of range")
+        if profile != self.profile and self.engine.profile_users.get(profile, 0):
+            raise RuntimeError(f"profile {profile} is in use by another execution context")
+        self.engine.profile_users[self.profile] -= 1
+        self.engine.profile_users[profile] = self.engine.profile_users.get(profile, 0) + 1
+        self.profile, self.shapes, self.changed = profile, {}, True
         return True
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
@@ -107,7 +203,8 @@ class FakeContext:
         shape = tuple(shape)
         if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
             return False
-        self.shapes[name] = shape
+        if self.shapes.get(name) != shape:
+            self.shapes[name], self.changed = shape, True
         return True
 
     def infer_shapes(self) -> list[str]:
@@ -120,35 +217,48 @@ class FakeContext:
         self.addresses[name] = ptr
         return True
 
-    def execute_async_v3(self, stream: int) -> bool:
-        shape, src, dst = self.shapes["x"], self.addresses["x"], self.addresses["y"]
-        n = math.prod(shape) * 4
+    def _state(self) -> tuple:
+        return self.profile, tuple(sorted(self.shapes.items())), tuple(sorted(self.addresses.items()))
+
+    def execute_async_v3(self, stream: Any) -> bool:
+        assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
+        captured = self._state()
+        dtype = np.dtype(nptype(self.engine.dtype))
 
         def op() -> None:
-            x = self.cuda.memory[src][:n].view(np.float32)
-            self.cuda.memory[dst][:n] = np.frombuffer((x * 2 + 1).astype(np.float32).tobytes(), np.uint8)
+            if self._state() != captured:  # a kernel reads the context's shapes and addresses at launch
+                raise FakeCudaError("CUDA graph replayed while its execution context is in another state than "
+                                    "at capture (shapes/profile changed): undefined behaviour on a GPU")
+            shape, src, dst = self.shapes["x"], self.addresses["x"], self.addresses["y"]
+            n = math.prod(shape) * dtype.itemsize
+            x = self.cuda.memory[src][:n].view(dtype)
+            self.cuda.memory[dst][:n] = np.frombuffer((x * 2 + 1).astype(dtype).tobytes(), np.uint8)
 
         if self.cuda.capturing is not None:
-            if shape in self.fail_capture_for:
+            if self.changed or self.shapes["x"] in self.fail_capture_for:
+                self.cuda.capture_broken = True  # host-side work after a shape change invalidates capture
                 return False
-            self.cuda.capturing.append(op)
+            self.cuda.capturing.append(("enqueue", op))
         else:
             self.eager_runs += 1
-            op()
+            self.changed = False
+            self.cuda.stream.put("enqueue", op)
         return True
 
 
 class FakeEngine:
-    """Inputs x (float32), output y = 2x + 1; profiles are (min, opt, max) shapes of x."""
+    """Input x, output y = 2x + 1 (dtype from the plan); profiles are (min, opt, max) shapes of x."""
 
     num_io_tensors = 2
 
-    def __init__(self, profiles: list, activation_bytes: int, cuda: FakeCuda) -> None:
+    def __init__(self, profiles: list, activation_bytes: int, cuda: FakeCuda, dtype: str = "FLOAT") -> None:
         self.profiles = [tuple(tuple(s) for s in p) for p in profiles]
         self.num_optimization_profiles = len(self.profiles)
         self.device_memory_size_v2 = activation_bytes
         self.cuda = cuda
+        self.dtype = DTYPES[dtype]
         self.contexts: list[FakeContext] = []
+        self.profile_users: dict[int, int] = {}
 
     def get_tensor_name(self, i: int) -> str:
         return ("x", "y")[i]
@@ -156,8 +266,8 @@ class FakeEngine:
     def get_tensor_mode(self, name: str) -> str:
         return "INPUT" if name == "x" else "OUTPUT"
 
-    def get_tensor_dtype(self, name: str) -> Any:
-        return np.float32
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self.dtype
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         return (-1, -1)
@@ -172,11 +282,11 @@ class FakeEngine:
         return ctx
 
 
-def plan_bytes(profiles: list, activation_bytes: int = 4096) -> bytes:
-    return json.dumps({"profiles": profiles, "activation": activation_bytes}).encode()
+def plan_bytes(profiles: list, activation_bytes: int = 4096, dtype: str = "FLOAT") -> bytes:
+    return json.dumps({"profiles": profiles, "activation": activation_bytes, "dtype": dtype}).encode()
 
 
-def fake_tensorrt(cuda: FakeCuda) -> SimpleNamespace:
+def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespace:
     class Runtime:
         def __init__(self, logger: Any) -> None:
             pass
@@ -186,7 +296,7 @@ def fake_tensorrt(cuda: FakeCuda) -> SimpleNamespace:
                 d = json.loads(data)
             except ValueError:
                 return None
-            return FakeEngine(d["profiles"], d["activation"], cuda)
+            return FakeEngine(d["profiles"], d["activation"], cuda, d.get("dtype", "FLOAT"))
 
     class Logger:
         WARNING = 2
@@ -195,10 +305,11 @@ def fake_tensorrt(cuda: FakeCuda) -> SimpleNamespace:
             pass
 
     return SimpleNamespace(
-        __version__="11.4.0.fake",
+        __version__=version,
         ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED="USER_MANAGED"),
         TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
-        nptype=lambda t: t,
+        DataType=SimpleNamespace(**DTYPES),
+        nptype=nptype,
         Logger=Logger,
         Runtime=Runtime,
     )

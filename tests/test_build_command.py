@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,29 @@ def test_build_without_gpu_or_tensorrt_exits_2_with_one_line(capsys, bundle) -> 
     code, out, err = run_cli(capsys, "build", str(bundle), "--profile", "512x512")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ")
-    if importlib.util.find_spec("tensorrt") is None:
-        assert err == ("error: TensorRT is not installed (import tensorrt failed): "
-                       "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
     assert not (bundle / "engines").exists()  # nothing written
+
+
+def test_build_without_a_gpu_says_so_first(capsys, bundle, monkeypatch) -> None:
+    """Issue 12 item 14: no GPU is the first thing to say, not that TensorRT is missing."""
+    from sdrt.backends import gpu_detect
+
+    monkeypatch.setattr(gpu_detect, "nvidia_gpu_present", lambda: False)
+    code, out, err = run_cli(capsys, "build", str(bundle), "--profile", "512x512")
+    assert (code, out) == (2, "")
+    assert err == ("error: no NVIDIA GPU found: TensorRT engines are built on the GPU that will run them, so run "
+                   "sdrt build there (sdrt build --dry-run shows the profiles without one)\n")
+    assert not (bundle / "engines").exists()
+
+
+def test_build_with_a_gpu_but_no_tensorrt_names_the_install(capsys, bundle, monkeypatch) -> None:
+    from sdrt.backends import gpu_detect
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, installed or not
+    monkeypatch.setattr(gpu_detect, "nvidia_gpu_present", lambda: True)
+    code, _, err = run_cli(capsys, "build", str(bundle), "--profile", "512x512")
+    assert (code, err) == (2, "error: TensorRT is not installed (import tensorrt failed): "
+                              "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
 
 
 def test_bad_profile_exits_2_before_touching_the_gpu(capsys, bundle) -> None:

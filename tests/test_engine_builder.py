@@ -62,6 +62,9 @@ class FakeProfile:
         self.shapes: dict[str, tuple] = {}
 
     def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+        """Like IOptimizationProfile.set_shape: raises when ranks differ or min <= opt <= max fails."""
+        if not len(lo) == len(opt) == len(hi) or not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise RuntimeError("min <= opt <= max violated")
         self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
 
 
@@ -93,7 +96,7 @@ def fake_tensorrt(world: SimpleNamespace) -> SimpleNamespace:
             pass
 
         def create_network(self, flags: int) -> object:
-            assert flags == 0  # strongly typed is implicit in TensorRT 11
+            world.network_flags = flags  # recorded: a TensorRT 10 network without STRONGLY_TYPED is weakly typed
             return object()
 
         def create_builder_config(self) -> FakeConfig:
@@ -120,13 +123,22 @@ def fake_tensorrt(world: SimpleNamespace) -> SimpleNamespace:
         Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
         Builder=Builder, OnnxParser=Parser, IProgressMonitor=IProgressMonitor,
         MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
+        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),  # TensorRT 10/11's enum value
+        __version__=world.version,
     )
 
 
 @pytest.fixture()
 def world(monkeypatch) -> SimpleNamespace:
-    w = SimpleNamespace(parsed=[], config=None, fail_build=False, during_build=lambda: None)
-    monkeypatch.setattr(builder_mod, "import_tensorrt", lambda: fake_tensorrt(w))
+    w = SimpleNamespace(parsed=[], config=None, fail_build=False, during_build=lambda: None, network_flags=None,
+                        version="10.1.0")
+
+    def import_fake() -> SimpleNamespace:
+        trt = fake_tensorrt(w)
+        builder_mod.check_tensorrt_version(trt.__version__)
+        return trt
+
+    monkeypatch.setattr(builder_mod, "import_tensorrt", import_fake)
     return w
 
 
@@ -205,3 +217,28 @@ def test_missing_tensorrt_is_one_line() -> None:
                               "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com")
 
 
+
+
+def test_network_is_created_strongly_typed(world, tmp_path) -> None:
+    """Defect 3: create_network(0) is weakly typed on TensorRT 10; the fp16 ONNX would run on fp32 kernels."""
+    build_engine(onnx_file(tmp_path, "unet.onnx"), PROFILES[:1], BuildOptions(), None, lambda _: None)
+    assert world.network_flags == 1 << 1
+
+
+@pytest.mark.parametrize("version", ["10.0.1.6", "8.6.1", "garbage"])
+def test_tensorrt_older_than_10_1_is_refused_in_one_line(version: str) -> None:
+    with pytest.raises(UserError) as err:
+        builder_mod.check_tensorrt_version(version)
+    assert str(err.value) == (f"TensorRT {version} is too old: sdrt needs TensorRT 10.1 or newer "
+                              "(pip install -U 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com)")
+    builder_mod.check_tensorrt_version("10.1.0")
+    builder_mod.check_tensorrt_version("11.4.0.106")
+
+
+def test_inconsistent_profile_is_one_line(world, tmp_path) -> None:
+    """Defect 9: IOptimizationProfile.set_shape raises on min > opt; that becomes the one-line error."""
+    bad = [{"sample": ShapeRange((2, 4, 64, 64), (1, 4, 64, 64), (2, 4, 64, 64))}]
+    with pytest.raises(UserError) as err:
+        build_engine(onnx_file(tmp_path, "unet.onnx"), bad, BuildOptions(), None, lambda _: None)
+    assert str(err.value) == ("TensorRT rejected profile 0 for unet.onnx: sample min (2, 4, 64, 64) opt (1, 4, 64, 64) "
+                              "max (2, 4, 64, 64) (min <= opt <= max violated): check the --profile values")

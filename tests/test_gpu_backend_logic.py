@@ -11,9 +11,9 @@ import pytest
 
 from sdrt.engines.profiles import ShapeRange
 from sdrt.errors import UserError
-from sdrt.runtime.backend_choice import CPU_EP, CUDA_EP, TRT_EP, GpuFacts, choose_backend
-from sdrt.runtime.graph_cache import LruCache, shape_key
-from sdrt.runtime.ort_gpu import envelope, graph_id_for, providers_for, trt_profile_strings, trt_provider_options
+from sdrt.backends.backend_choice import CPU_EP, CUDA_EP, TRT_EP, GpuFacts, choose_backend
+from sdrt.backends.graph_cache import LruCache, shape_key
+from sdrt.backends.ort_options import envelope, graph_id_for, providers_for, trt_profile_strings, trt_provider_options
 
 # ---- shape keys and the graph cache ----------------------------------------------------------------------
 
@@ -143,10 +143,13 @@ def test_trt_provider_options(tmp_path) -> None:
     opts = trt_provider_options(tmp_path, [P1], cuda_graph=True, opt_level=4, workspace_bytes=1 << 30)
     assert opts["trt_fp16_enable"] == "False"  # the fp16 ONNX carries its precision (strongly typed)
     assert opts["trt_engine_cache_path"] == str(tmp_path) and opts["trt_engine_cache_enable"] == "True"
-    assert opts["trt_cuda_graph_enable"] == "True" and opts["trt_builder_optimization_level"] == "4"
+    assert opts["trt_cuda_graph_enable"] == "False"  # P1 is dynamic: one EP graph could serve a wrong shape
+    assert opts["trt_builder_optimization_level"] == "4"
     assert opts["trt_max_workspace_size"] == str(1 << 30)
     assert opts["trt_profile_max_shapes"] == "sample:8x4x128x128,timestep:8"
-    assert "trt_profile_min_shapes" not in trt_provider_options(tmp_path)
+    no_profiles = trt_provider_options(tmp_path)
+    assert "trt_profile_min_shapes" not in no_profiles and no_profiles["trt_cuda_graph_enable"] == "False"
+    assert trt_provider_options(tmp_path, [P0])["trt_cuda_graph_enable"] == "True"  # one static profile
 
 
 def test_providers_for_each_gpu_backend(tmp_path) -> None:
@@ -157,7 +160,7 @@ def test_providers_for_each_gpu_backend(tmp_path) -> None:
     assert [p for p, _ in trt] == [TRT_EP, CUDA_EP, CPU_EP]
     assert trt[1][1]["enable_cuda_graph"] == "0"  # the graph belongs to the TensorRT EP, not its CUDA fallback
     assert providers_for("ort-cpu") == [(CPU_EP, {})]
-    with pytest.raises(ValueError, match="not an ONNX Runtime backend: trt"):
+    with pytest.raises(UserError, match="^unknown backend 'trt': choose one of ort-cpu, ort-cuda, ort-trt$"):
         providers_for("trt")
 
 
@@ -179,11 +182,11 @@ def affine_fp32_onnx(tmp_path_factory):
 
 
 def test_ort_io_binding_logic_on_cpu(affine_fp32_onnx) -> None:
-    """The binding bookkeeping of OrtGpuEngine (one binding per shape set, outputs allocated by the first
-    run then reused, dtype casts) on host memory; the CUDA device path itself is a gpu test."""
-    from sdrt.runtime.ort_gpu import OrtGpuEngine
+    """The binding bookkeeping of the one ONNX Runtime engine (one binding per shape set, outputs allocated
+    by the first run then reused, dtype casts) on host memory; the CUDA device path itself is a gpu test."""
+    from sdrt.backends.ort_engine import OrtEngine
 
-    eng = OrtGpuEngine(affine_fp32_onnx, "ort-cpu")
+    eng = OrtEngine("affine", affine_fp32_onnx)
     assert eng.cuda_graph is False and eng.name == "affine" and eng.providers == ["CPUExecutionProvider"]
     assert (eng.inputs["x"].dtype, eng.inputs["x"].shape) == (np.float32, ("batch", 3))
     first = eng.run({"x": np.array([[0.0, 1.0, 2.0]])})["y"]  # float64 in: cast to the graph's float32
@@ -191,20 +194,21 @@ def test_ort_io_binding_logic_on_cpu(affine_fp32_onnx) -> None:
     np.testing.assert_array_equal(first, [[1.0, 3.0, 5.0]])
     second = eng.run({"x": np.array([[10.0, 11.0, 12.0]], np.float32)})["y"]
     np.testing.assert_array_equal(second, [[21.0, 23.0, 25.0]])
-    np.testing.assert_array_equal(first, [[1.0, 3.0, 5.0]])  # earlier results are not overwritten
+    assert first is second  # engine-owned output buffer, reused per shape set (the Engine contract)
     two = eng.run({"x": np.ones((2, 3), np.float32)})["y"]
     np.testing.assert_array_equal(two, np.full((2, 3), 3.0))
     assert len(eng._bindings) == 2  # one per distinct shape set
-    with pytest.raises(UserError, match=r"affine.onnx input x must be float32, got complex128"):
-        eng.run({"x": np.ones((1, 3), np.complex128)})
-    with pytest.raises(UserError, match=r"affine.onnx takes inputs \['x'\], got \['z'\]"):
+    with pytest.raises(UserError, match=r"^affine input x must be float32, got complex128$"):
+        eng.run({"x": np.ones((4, 3), np.complex128)})
+    with pytest.raises(ValueError, match=r"^affine: feeds do not match the graph inputs"):
         eng.run({"z": np.ones((1, 3), np.float32)})
 
 
 # ---- lazy imports and detection on this machine -------------------------------------------------------------
 
-GPU_MODULES = ["sdrt.runtime.trt_engine", "sdrt.runtime.cuda_rt", "sdrt.runtime.ort_gpu", "sdrt.runtime.gpu_memory",
-               "sdrt.runtime.gpu_detect", "sdrt.engines.builder", "sdrt.engines.target", "sdrt.commands.build"]
+GPU_MODULES = ["sdrt.backends.trt_engine", "sdrt.backends.cuda_rt", "sdrt.backends.ort_engine",
+               "sdrt.backends.gpu_memory", "sdrt.backends.gpu_detect", "sdrt.backends.gpu_engines",
+               "sdrt.engines.builder", "sdrt.engines.target", "sdrt.commands.build"]
 
 
 def test_gpu_modules_import_without_gpu_libraries() -> None:
@@ -218,7 +222,7 @@ def test_gpu_modules_import_without_gpu_libraries() -> None:
 def test_detect_facts_on_a_machine_without_gpu_libraries_explains_why() -> None:
     import importlib.util
 
-    from sdrt.runtime.gpu_detect import detect_facts
+    from sdrt.backends.gpu_detect import detect_facts
 
     if importlib.util.find_spec("tensorrt") is not None or importlib.util.find_spec("cuda") is not None:
         pytest.skip("checks the CPU-only path; TensorRT or cuda-python is installed here")
@@ -232,7 +236,7 @@ def test_resolve_backend_on_a_machine_without_gpu_libraries(tmp_path) -> None:
     import importlib.util
 
     from fake_bundles import make_manifest
-    from sdrt.runtime.gpu_engines import open_gpu_engines, resolve_backend
+    from sdrt.backends.gpu_engines import open_gpu_engines, resolve_backend
 
     if importlib.util.find_spec("cuda") is not None:
         pytest.skip("checks the CPU-only path; cuda-python is installed here")
@@ -248,7 +252,7 @@ def test_peak_vram_keeps_the_largest_sample(monkeypatch) -> None:
     import itertools
     import time
 
-    from sdrt.runtime import gpu_memory
+    from sdrt.backends import gpu_memory
 
     returned: list[int] = []
     values = itertools.cycle([100, 700, 300])
@@ -272,14 +276,17 @@ def test_detect_facts_finds_engines_built_for_the_detected_gpu(monkeypatch, tmp_
     from sdrt.engines.profiles import parse_profile, pipeline_shapes
     from sdrt.engines.store import save_engine
     from sdrt.engines.target import EngineKey, GpuTarget, component_model_hash, profiles_digest
-    from sdrt.runtime import gpu_detect
+    from sdrt.backends import gpu_detect
 
     monkeypatch.setattr(gpu_detect, "_gpu", lambda: ("NVIDIA H100 80GB HBM3 (sm90)", "", ("NVIDIA H100 80GB HBM3", 9, 0)))
     monkeypatch.setattr(gpu_detect, "_has", lambda module: True)
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.4.0.106"))
     import onnxruntime
 
+    from sdrt.backends import provider_probe
+
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_EP, CPU_EP])
+    monkeypatch.setattr(provider_probe, "provider_failure", lambda ort, provider: None)  # the provider starts
     manifest = make_manifest("sd1")
     comps = ["text_encoder", "unet"]
     facts = gpu_detect.detect_facts(manifest, tmp_path, comps)

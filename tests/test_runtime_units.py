@@ -15,7 +15,7 @@ from sdrt.manifest import BundleError, ComponentSpec, TensorSpec
 from sdrt.runtime import GenerationRequest, OrtEngine, Pipeline, SessionSettings
 from sdrt.runtime.guidance import apply_cfg
 from sdrt.runtime.images import array_to_uint8, image_to_array, latent_mask, mask_to_array, png_bytes
-from sdrt.runtime.ort_engine import check_providers
+from sdrt.backends.ort_options import check_providers
 from sdrt.runtime.parameters import format_parameters
 from sdrt.runtime.tokenizer import ClipTokenizer
 
@@ -110,7 +110,7 @@ def test_engine_fails_when_a_gpu_provider_is_demanded_but_missing(affine_graph: 
 
 
 def test_spin_setting_reaches_the_session_options() -> None:
-    from sdrt.runtime.ort_engine import session_options
+    from sdrt.backends.ort_options import session_options
 
     assert session_options(SessionSettings(spin=False)).get_session_config_entry(
         "session.intra_op.allow_spinning") == "0"

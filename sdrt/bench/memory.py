@@ -1,4 +1,4 @@
-"""Peak memory of this process: resident set (CPU) from the OS, VRAM from sdrt.runtime.gpu_memory."""
+"""Peak memory of this process: resident set (CPU) from the OS, VRAM from sdrt.backends.gpu_memory."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class VramProbe:
         if not self.on_gpu:
             yield self
             return
-        from ..runtime.gpu_memory import PeakVram  # noqa: PLC0415  (needs NVML or the CUDA runtime)
+        from ..backends.gpu_memory import PeakVram  # noqa: PLC0415  (needs NVML or the CUDA runtime)
 
         with PeakVram() as peak:
             yield self

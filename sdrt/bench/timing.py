@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..runtime.engine import Engine, IOSpec
+from ..backends.engine import Engine, IOSpec
 from ..runtime.pipeline import Pipeline
 from ..runtime.request import GenerationRequest
 from .stats import RunRecord, StepTime

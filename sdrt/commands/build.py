@@ -38,7 +38,7 @@ def build(
     from ..engines.build_plan import plan_builds, run_builds
     from ..engines.builder import BuildOptions, build_engine
     from ..engines.profiles import AXIS_ROLES, format_shapes, parse_profile, pipeline_shapes
-    from ..engines.target import detect_target
+    from ..backends.gpu_detect import detect_target
     from ..errors import UserError
     from ..manifest import Manifest
 

@@ -1,7 +1,11 @@
-"""Build one TensorRT 11 engine from an ONNX graph: the only module of sdrt.engines that imports TensorRT.
+"""Build one TensorRT engine from an ONNX graph: the only module of sdrt.engines that imports TensorRT.
 
-TensorRT 11 networks are strongly typed (BuilderFlag.FP16 is gone): an fp16 engine comes from the
-bundle's fp16 ONNX, whose graph already carries its precision, so no precision flag is set here.
+Supported: TensorRT 10.1 and newer (device_memory_size_v2 and set_device_memory(ptr, size), which the
+runtime uses, appeared in 10.1); older versions are refused in one line. The network is created with the
+STRONGLY_TYPED flag: on TensorRT 10 a network without it is weakly typed and, without BuilderFlag.FP16,
+runs the fp16 ONNX on fp32/TF32 kernels; on TensorRT 11 every network is strongly typed and the flag is
+accepted and ignored. So an fp16 engine comes from the bundle's fp16 ONNX, whose graph carries its
+precision, and no precision flag is set.
 The timing cache (per GPU target) makes rebuilds and the other components' builds fast (ORT measured
 108 s -> 9.4 s); before saving we merge whatever cache is on disk now, so two builds that ran at once
 do not drop each other's timings. Written to TensorRT 11's documented Python API; NOT RUN ON A GPU YET.
@@ -21,6 +25,7 @@ from .profiles import ShapeRange
 
 Echo = Callable[[str], None]
 GPU_EXTRA = "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com"
+MIN_TENSORRT = (10, 1)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,25 @@ def import_tensorrt() -> Any:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError:
         raise UserError(f"TensorRT is not installed (import tensorrt failed): {GPU_EXTRA}") from None
+    check_tensorrt_version(str(getattr(trt, "__version__", "0")))
     return trt
+
+
+def check_tensorrt_version(version: str) -> None:
+    """One-line error for a TensorRT older than MIN_TENSORRT (or an unreadable version string)."""
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        major_minor = (0, 0)
+    if major_minor < MIN_TENSORRT:
+        need = ".".join(map(str, MIN_TENSORRT))
+        raise UserError(f"TensorRT {version} is too old: sdrt needs TensorRT {need} or newer "
+                        f"(pip install -U 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com)")
+
+
+def network_flags(trt: Any) -> int:
+    """create_network flags: STRONGLY_TYPED (required on TensorRT 10, implicit and accepted on 11)."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _progress_monitor(trt: Any, echo: Echo) -> Any:
@@ -83,7 +106,7 @@ def _progress_monitor(trt: Any, echo: Echo) -> Any:
 
 
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
-    network = builder.create_network(0)  # strongly typed is the only mode in TensorRT 11
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -129,7 +152,12 @@ def build_engine(
     for i, profile in enumerate(profiles):
         p = builder.create_optimization_profile()
         for name, r in profile.items():
-            p.set_shape(name, r.min, r.opt, r.max)
+            try:
+                p.set_shape(name, r.min, r.opt, r.max)
+            except (RuntimeError, ValueError, TypeError) as exc:  # TensorRT raises on inconsistent shapes
+                raise UserError(f"TensorRT rejected profile {i} for {onnx_path.name}: {name} min {r.min} opt {r.opt} "
+                                f"max {r.max} ({str(exc).strip().splitlines()[0] if str(exc).strip() else 'invalid'}): "
+                                "check the --profile values") from None
         if config.add_optimization_profile(p) < 0:
             raise UserError(f"TensorRT rejected profile {i} for {onnx_path.name}: check the --profile values")
     timing = _load_timing_cache(config, cache_path)  # held until the build is done

@@ -108,7 +108,11 @@ def find_engines(
         meta = read_metadata(meta_path)
         if meta is None:
             continue
-        key = EngineKey.from_json(meta["key"])
+        try:
+            key = EngineKey.from_json(meta["key"])
+            profiles = profiles_from_json(meta["profiles"])
+        except (KeyError, TypeError, IndexError):  # malformed metadata: as if there were none (rebuilt)
+            continue
         if key.model_hash != model_hash or key.component != component or key.precision != precision:
             continue
         wanted = EngineKey(model_hash, component, precision, key.profiles_digest, target)
@@ -119,8 +123,11 @@ def find_engines(
                 f"rebuild it on this machine with sdrt build"
             )
         plan = meta_path.with_suffix(".plan")
+        if plan.is_symlink() and not plan.resolve().is_relative_to(d.resolve()):
+            raise UserError(f"engine {plan} is a link to {plan.resolve()}, outside {d}: sdrt loads only plans "
+                            "inside the engine folder; copy the plan there or rebuild it with sdrt build")
         if plan.is_file():
-            records.append(EngineRecord(plan, key, profiles_from_json(meta["profiles"]), meta))
+            records.append(EngineRecord(plan, key, profiles, meta))
     records.sort(key=lambda r: r.metadata.get("created", ""), reverse=True)
     return records
 
@@ -162,5 +169,16 @@ def require_engines(
 def verify_plan(record: EngineRecord) -> None:
     """Full sha256 check of a plan against its metadata (optional: plans are large)."""
     want = record.metadata.get("plan", {}).get("sha256")
-    if want and sha256_file(record.plan) != want:
+    if not want or sha256_file(record.plan) != want:
         raise UserError(f"engine {record.plan} is corrupt (sha256 differs from its metadata): rebuild with sdrt build")
+
+
+def check_plan(record: EngineRecord, verify: bool = False) -> None:
+    """Before loading: the plan's size must match its metadata (cheap, always); with `verify` its sha256 too."""
+    want = record.metadata.get("plan", {}).get("size")
+    have = record.plan.stat().st_size
+    if have != want:
+        raise UserError(f"engine {record.plan} is {have} bytes but its metadata says {want} (incomplete or "
+                        "replaced file): rebuild it with sdrt build --force")
+    if verify:
+        verify_plan(record)

@@ -116,19 +116,3 @@ def key_differences(have: EngineKey, want: EngineKey) -> list[str]:
         out.append(f"device {t.device_name} (this GPU is {u.device_name})")
     return out
 
-
-def detect_target(device: int = 0) -> GpuTarget:
-    """This machine's target for GPU `device`, or UserError saying what is missing (TensorRT, cuda-python,
-    a GPU). Imports tensorrt and cuda-bindings lazily. Not run on a GPU yet."""
-    from ..errors import UserError  # noqa: PLC0415
-    from ..runtime import cuda_rt  # noqa: PLC0415
-    from .builder import import_tensorrt  # noqa: PLC0415
-
-    trt = import_tensorrt()
-    try:
-        if cuda_rt.device_count() <= device:
-            raise UserError(f"no NVIDIA GPU {device} on this machine: TensorRT engines are built on the GPU that runs them")
-        name, major, minor = cuda_rt.device_properties(device)
-    except cuda_rt.CudaError as exc:
-        raise UserError(f"no usable NVIDIA GPU ({exc}): TensorRT engines are built on the GPU that runs them") from None
-    return GpuTarget(tensorrt_version=str(trt.__version__), compute_capability=f"{major}.{minor}", device_name=name)

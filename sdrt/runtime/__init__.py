@@ -9,10 +9,11 @@ Imports only numpy, onnxruntime, tokenizers, pillow and the rest of sdrt's torch
 """
 
 from .bundle import Bundle
-from .engine import Engine, IOSpec
+from ..backends.engine import Engine, IOSpec
+from ..backends.ort_engine import OrtEngine
+from ..backends.ort_options import BACKENDS, SessionSettings
 from .images import open_image, save_png
 from .noise import SeededNoise, batch_seeds
-from .ort_engine import BACKENDS, OrtEngine, SessionSettings
 from .pipeline import GenerationResult, Pipeline, Timings
 from .request import GenerationRequest
 

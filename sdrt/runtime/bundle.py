@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import BundleError, Manifest
-from .engine import Engine
-from .ort_engine import OrtEngine, SessionSettings
+from ..backends.engine import Engine
+from ..backends.ort_engine import OrtEngine, SessionSettings
 
 REQUIRED = {"sd1": ("text_encoder", "unet", "vae_decoder"), "sd2": ("text_encoder", "unet", "vae_decoder"),
             "sdxl": ("text_encoder", "text_encoder_2", "unet", "vae_decoder")}

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..schedulers import Sampler
-from .engine import Engine
+from ..backends.engine import Engine
 from .guidance import apply_cfg, uses_cfg
 from .text import Conditioning
 

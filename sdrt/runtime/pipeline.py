@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
-from .engine import Engine
+from ..backends.engine import Engine
 from .denoise import GuidedUNet, LatentBlend, Progress, run_sampler
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
@@ -89,7 +89,7 @@ class Pipeline:
                                    spin=spin))
             pipe.backend_choice = "backend ort-cpu: ONNX Runtime on CPU, as requested"
             return pipe
-        from .gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
+        from ..backends.gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
 
         probe = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify)
         components = sorted(probe.manifest.components[probe.precision])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine
+from ..backends.engine import Engine
 from .tokenizer import ClipTokenizer
 
 

@@ -1,8 +1,7 @@
 """Entry point for the pipeline: resolve `--backend` and open the GPU engines of a bundle.
 
-The pipeline needs only `run(feeds) -> outputs` per component (the runtime's Engine interface), so it
-never knows which backend it has. `ort-cpu` returns None here: the CPU path is the runtime's own ONNX
-Runtime backend.
+The pipeline needs only `run(feeds) -> outputs` per component (the Engine interface), so it never knows
+which backend it has. `ort-cpu` returns None here: the runtime's bundle opens CPU engines itself.
 """
 
 from __future__ import annotations
@@ -68,26 +67,41 @@ def open_gpu_engines(
     verify_plans: bool = False,
 ) -> GpuEngines | None:
     """Open every component on the chosen GPU backend (None for ort-cpu). With trt, the newest engine
-    of each component is used; verify_plans checks each plan's sha256 first. Not run on a GPU yet."""
+    of each component is used; its size is checked against its metadata, and with verify_plans its sha256
+    (`sdrt generate --verify`). Not run on a GPU yet."""
     engines_dir = Path(engines_dir) if engines_dir is not None else default_engines_dir(bundle)
     if choice.name == "ort-cpu":
         return None
     if choice.name == "trt":
-        from ..engines.store import require_engines, verify_plan  # noqa: PLC0415
-        from ..engines.target import detect_target  # noqa: PLC0415
+        from ..engines.store import check_plan, require_engines  # noqa: PLC0415
+        from .gpu_detect import detect_target  # noqa: PLC0415
         from .trt_engine import TrtSession  # noqa: PLC0415
 
         found = require_engines(engines_dir, manifest, components, precision, detect_target())
-        if verify_plans:
-            for recs in found.values():
-                verify_plan(recs[0])
+        for recs in found.values():
+            check_plan(recs[0], verify=verify_plans)
         session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
         return GpuEngines(session.engines, session)
-    from .ort_gpu import OrtGpuEngine  # noqa: PLC0415
+    from .ort_engine import OrtEngine  # noqa: PLC0415
+    from .ort_options import SessionSettings  # noqa: PLC0415
 
     cache = engines_dir / "ort-trt"
+    settings = SessionSettings(backend=choice.name)
+    profiles = ort_trt_profiles(manifest, components, precision) if choice.name == "ort-trt" else {}
     return GpuEngines({
-        c: OrtGpuEngine(Path(bundle) / manifest.component(c, precision).file, choice.name, cache, name=c,
-                        cuda_graph=cuda_graphs, max_graphs=max_graphs)
+        c: OrtEngine(c, Path(bundle) / manifest.component(c, precision).file, manifest.component(c, precision),
+                     settings, cache, profiles.get(c, ()), cuda_graph=cuda_graphs, max_graphs=max_graphs)
         for c in components
     })
+
+
+def ort_trt_profiles(manifest: Manifest, components: Sequence[str], precision: str) -> dict[str, list]:
+    """The shape ranges ORT's TensorRT EP builds for: the bundle's default size, one image, with and without
+    guidance (the same derivation as `sdrt build`). Without them the EP builds for the first shape it
+    sees and rebuilds whenever a shape leaves it."""
+    from ..engines.profiles import AXIS_ROLES, parse_profile, pipeline_shapes  # noqa: PLC0415
+
+    height, width = manifest.model.default_size
+    known = [c for c in components if c in AXIS_ROLES]
+    profile = parse_profile(f"{width}x{height}", manifest.model, "1", "1", "both")
+    return pipeline_shapes(manifest, known, precision, [profile])

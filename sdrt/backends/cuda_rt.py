@@ -108,8 +108,35 @@ class DeviceBuffer:
             self.ptr = 0
 
 
+class HostBuffer:
+    """Page-locked (pinned) host memory from cudaMallocHost. An async copy from or to pageable memory is
+    staged by the driver and synchronous with the host; from pinned memory it is a real DMA on the stream,
+    so the per-step input and output copies go through these."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(check(cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A numpy view of the first bytes of this buffer (valid until free())."""
+        import ctypes  # noqa: PLC0415
+
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * dtype.itemsize > self.nbytes:
+            raise ValueError(f"{shape} {dtype} does not fit a {self.nbytes}-byte pinned buffer")
+        raw = (ctypes.c_byte * max(count * dtype.itemsize, 1)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
+            self.ptr = 0
+
+
 def copy_to_device(dst: int, array: np.ndarray, stream: Stream) -> None:
-    """Host array -> device pointer; `array` must stay alive until the stream is synchronized."""
+    """Host array -> device pointer; `array` (pinned: a HostBuffer view) must stay alive and unchanged
+    until the stream is synchronized."""
     rt = cudart()
     check(
         rt.cudaMemcpyAsync(dst, array.ctypes.data, array.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.obj),

@@ -2,7 +2,9 @@
 
 A pure function of detected facts (GpuFacts), so every branch is tested on CPU; detection itself lives in
 gpu_detect.py. `auto` prefers, in order: our TensorRT engines (lowest latency, but only when they were
-built for this GPU), ONNX Runtime's CUDA provider, ONNX Runtime on CPU. It never picks ORT's TensorRT
+built for this GPU), ONNX Runtime's CUDA provider (only when a probe session really started on it:
+onnxruntime-gpu lists it even without its CUDA libraries), ONNX Runtime on CPU; the reason line says
+what was skipped and why. It never picks ORT's TensorRT
 provider: that provider builds its engines inside session creation (minutes on a first run) and the
 onnxruntime-gpu wheels on PyPI link TensorRT 10, which a TensorRT 11 install does not provide (ORT then
 silently drops the provider); it is there for users who ask for it. Explicit requests never fall back:
@@ -11,7 +13,7 @@ the user asked for a GPU path, so a missing piece is an error naming it and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UserError
 
@@ -31,6 +33,7 @@ class GpuFacts:
     engines: str | None = None  # folder holding engines for this GPU target and every needed component
     engines_reason: str = "no TensorRT engines built for this GPU"
     ort_providers: tuple[str, ...] = (CPU_EP,)  # onnxruntime.get_available_providers()
+    ort_failed: dict[str, str] = field(default_factory=dict)  # listed providers that failed to start, and why
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def _ort_missing(f: GpuFacts, provider: str) -> str | None:
         return f.gpu_reason
     if provider not in f.ort_providers:
         return f"this onnxruntime has no {provider} (pip uninstall onnxruntime; {GPU_EXTRA})"
-    return None
+    return f.ort_failed.get(provider)
 
 
 def choose_backend(requested: str, facts: GpuFacts) -> BackendChoice:

@@ -28,8 +28,8 @@ class IOSpec:
 
 
 class Engine(Protocol):
-    """A compiled model. Implementations: ort_engine.OrtEngine (CPU), ort_gpu.OrtGpuEngine and
-    trt_engine.TrtEngine (GPU, opened through gpu_engines)."""
+    """A compiled model. Implementations: ort_engine.OrtEngine (every ONNX Runtime provider) and
+    trt_engine.TrtEngine (opened through gpu_engines)."""
 
     name: str  # component name, e.g. "unet"
     inputs: Mapping[str, IOSpec]

@@ -6,12 +6,14 @@ returns facts that say why each GPU path is unavailable instead of raising; back
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
 from ..manifest import Manifest
-from .backend_choice import CPU_EP, GpuFacts
+from ..engines.target import GpuTarget
+from .backend_choice import CPU_EP, CUDA_EP, GpuFacts
 
 
 def _has(module: str) -> bool:
@@ -43,10 +45,17 @@ def detect_facts(
     precision: str = "fp16",
 ) -> GpuFacts:
     gpu, gpu_reason, props = _gpu()
+    failed: dict[str, str] = {}
     try:
         import onnxruntime as ort  # noqa: PLC0415
 
         providers = tuple(ort.get_available_providers())
+        if gpu is not None and CUDA_EP in providers:
+            from .provider_probe import provider_failure  # noqa: PLC0415
+
+            why = provider_failure(ort, CUDA_EP)
+            if why:
+                failed[CUDA_EP] = why
     except ImportError:
         providers = (CPU_EP,)
     tensorrt = None
@@ -60,7 +69,6 @@ def detect_facts(
     engines, engines_reason = None, "no TensorRT engines built for this GPU"
     if props and tensorrt and manifest is not None and engines_dir is not None and components:
         from ..engines.store import find_pipeline_engines  # noqa: PLC0415
-        from ..engines.target import GpuTarget  # noqa: PLC0415
 
         target = GpuTarget(tensorrt, f"{props[1]}.{props[2]}", props[0])
         try:
@@ -73,5 +81,39 @@ def detect_facts(
             engines = str(engines_dir)
     return GpuFacts(
         gpu=gpu, gpu_reason=gpu_reason or "", tensorrt=tensorrt, cuda_python=_has("cuda.bindings"),
-        engines=engines, engines_reason=engines_reason, ort_providers=providers,
+        engines=engines, engines_reason=engines_reason, ort_providers=providers, ort_failed=failed,
     )
+
+
+NO_GPU = ("no NVIDIA GPU found: TensorRT engines are built on the GPU that will run them, so run sdrt build "
+          "there (sdrt build --dry-run shows the profiles without one)")
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA kernel driver sees a GPU, asked without any CUDA library (so a machine without a
+    GPU is told that first, not that TensorRT is missing)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        if gpus.is_dir() and any(gpus.iterdir()):
+            return True
+    except OSError:
+        pass
+    return any(Path("/dev").glob("nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
+
+
+def detect_target(device: int = 0) -> GpuTarget:
+    """This machine's target for GPU `device`, or UserError saying what is missing, in the order a user
+    fixes it: a GPU, TensorRT, cuda-python. Imports tensorrt and cuda-bindings lazily. Not run on a GPU yet."""
+    from ..engines.builder import import_tensorrt  # noqa: PLC0415
+    from . import cuda_rt  # noqa: PLC0415
+
+    if not nvidia_gpu_present():
+        raise UserError(NO_GPU)
+    trt = import_tensorrt()
+    try:
+        if cuda_rt.device_count() <= device:
+            raise UserError(f"no NVIDIA GPU {device} on this machine: TensorRT engines are built on the GPU that runs them")
+        name, major, minor = cuda_rt.device_properties(device)
+    except cuda_rt.CudaError as exc:
+        raise UserError(f"no usable NVIDIA GPU ({exc}): TensorRT engines are built on the GPU that runs them") from None
+    return GpuTarget(tensorrt_version=str(trt.__version__), compute_capability=f"{major}.{minor}", device_name=name)

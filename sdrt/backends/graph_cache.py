@@ -58,6 +58,12 @@ class LruCache(Generic[T]):
             self.evictions += 1
             self._release(evicted)
 
+    def pop(self, key: Hashable) -> None:
+        """Drop and release one value, if present (a graph whose execution context changed state)."""
+        value = self._items.pop(key, None)
+        if value is not None:
+            self._release(value)
+
     def clear(self) -> None:
         while self._items:
             _, value = self._items.popitem(last=False)

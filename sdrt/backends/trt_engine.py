@@ -1,8 +1,9 @@
 """TensorRT backend: deserialized engines run on persistent device buffers, replayed as CUDA graphs.
 
 Design (the points that make per-step latency low, each a known pitfall when missing):
-- One execution context per engine, created with USER_MANAGED activation memory, and ONE device
-  allocation of max(engine.device_memory_size_v2) shared by all contexts: a pipeline runs its engines one
+- One execution context per optimization profile (a profile serves one context at a time), each created
+  with USER_MANAGED activation memory, and ONE device allocation of max(engine.device_memory_size_v2)
+  shared by all contexts of all engines: a pipeline runs its engines one
   after another on one stream, so the text encoder, UNet and VAE never need their scratch memory at the
   same time (NVIDIA's Stable Diffusion demo does the same): activation memory is the largest engine's
   need, not the sum.
@@ -10,11 +11,16 @@ Design (the points that make per-step latency low, each a known pitfall when mis
   set_tensor_address. Fixed addresses are what makes a captured CUDA graph replayable.
 - execute_async_v3 on a non-blocking stream (the legacy default stream synchronizes with other work, and
   it cannot be captured).
-- One CUDA graph per distinct set of input shapes (a graph bakes in shapes), kept in a bounded LRU cache.
-  The first run of a shape set runs eagerly, then captures, as NVIDIA's demo and trtexec enqueue once
-  before capturing (the first enqueue after a shape change may do host-side work that must not be
-  captured); later runs of that shape set only launch the graph. A shape set whose capture fails runs
-  eagerly from then on.
+- One CUDA graph per distinct set of input shapes, kept in a bounded LRU cache. A graph bakes in the
+  shapes AND the execution context's state at capture (TensorRT's developer guide: changing that state
+  makes replay undefined), so a graph is launched only while its context is still set to its shapes;
+  giving a context new shapes drops the graphs captured on it. Shape sets of different profiles live on
+  different contexts, so alternating between them (512x512 and 768x768 profiles) replays both graphs.
+  The first run after a shape change runs eagerly, then captures, as NVIDIA's demo and trtexec enqueue
+  once before capturing (that enqueue may do host-side work that must not be captured); later runs only
+  launch the graph. A shape set whose capture fails runs eagerly from then on.
+- Host copies go through pinned (page-locked) staging buffers: from pageable memory cudaMemcpyAsync is
+  synchronous with the host.
 - Dynamic engines: the optimization profile is picked by sdrt.engines.chooser (closest opt, tightest max)
   and out-of-range shapes are refused with the supported ranges before TensorRT sees them.
 
@@ -46,14 +52,10 @@ DEFAULT_MAX_GRAPHS = 8
 
 
 def _trt() -> Any:
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError:
-        raise UserError(
-            "TensorRT is not installed (import tensorrt failed): "
-            "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com"
-        ) from None
-    return trt
+    """tensorrt, checked to be a version this backend supports (one-line error otherwise)."""
+    from ..engines.builder import import_tensorrt  # noqa: PLC0415
+
+    return import_tensorrt()
 
 
 @dataclass
@@ -64,8 +66,34 @@ class _Tensor:
     buffer: cuda_rt.DeviceBuffer | None = None
 
 
+@dataclass
+class _Slot:
+    """The execution context of one profile and the shape set it is currently set up for."""
+
+    context: Any
+    key: ShapeKey | None = None
+
+
+@dataclass
+class _Host:
+    """Pinned host staging arrays of one shape set (async copies need page-locked memory)."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    buffers: list
+
+
+def _numpy_dtype(trt: Any, engine_name: str, tensor: str, trt_dtype: Any) -> np.dtype:
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except TypeError:
+        raise UserError(f"{engine_name} engine tensor {tensor} has type {trt_dtype}, which numpy cannot hold: "
+                        "rebuild the engine from an fp16 or fp32 bundle") from None
+
+
 class TrtEngine:
-    """One engine: an execution context on shared activation memory, persistent buffers, graph cache."""
+    """One engine: an execution context per profile on shared activation memory, persistent device
+    buffers, pinned host staging, and a bounded cache of CUDA graphs keyed by shape set."""
 
     def __init__(
         self,
@@ -77,17 +105,13 @@ class TrtEngine:
         max_graphs: int = DEFAULT_MAX_GRAPHS,
     ) -> None:
         trt = _trt()
-        self.name, self.engine, self.stream = name, engine, stream
-        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        if self.context is None:
-            raise RuntimeError(f"TensorRT could not create an execution context for {name}")
-        self.context.set_device_memory(activation.ptr, activation.nbytes)
+        self._trt_module = trt
+        self.name, self.engine, self.stream, self.activation = name, engine, stream, activation
         self.tensors: dict[str, _Tensor] = {}
         for i in range(engine.num_io_tensors):
             n = engine.get_tensor_name(i)
-            self.tensors[n] = _Tensor(
-                n, engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT, np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
-            )
+            self.tensors[n] = _Tensor(n, engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
+                                      _numpy_dtype(trt, name, n, engine.get_tensor_dtype(n)))
         self.input_names = [t.name for t in self.tensors.values() if t.is_input]
         self.output_names = [t.name for t in self.tensors.values() if not t.is_input]
         self.inputs = {n: self._info(n) for n in self.input_names}
@@ -102,10 +126,32 @@ class TrtEngine:
         self._uncapturable: set[ShapeKey] = set()
         self._profile_of: dict[ShapeKey, int] = {}
         self._output_shapes: dict[ShapeKey, dict[str, tuple[int, ...]]] = {}
-        self._context_key: ShapeKey | None = None  # shape set the context's input shapes are set for
-        self._context_profile = 0  # profile the context is on (a fresh context starts on 0)
-        self._host_outputs: LruCache[dict[str, np.ndarray]] = LruCache(max(max_graphs, 8))
+        self._host: LruCache[_Host] = LruCache(max(max_graphs, 8), lambda h: [b.free() for b in h.buffers])
+        # One context per profile (a profile serves one context at a time): switching between shape sets of
+        # different profiles never changes the state a graph was captured with.
+        self.contexts = [self._new_context(p) for p in range(max(len(self.profiles), 1))]
+        self._slots = [_Slot(c) for c in self.contexts]
         self._allocate_buffers()
+
+    def _new_context(self, profile: int) -> Any:
+        trt = self._trt_module
+        context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {self.name}")
+        context.set_device_memory(self.activation.ptr, self.activation.nbytes)
+        if profile:
+            self._set_profile(context, profile)
+        return context
+
+    def _set_profile(self, context: Any, profile: int) -> None:
+        try:
+            ok = context.set_optimization_profile_async(profile, self.stream.handle)
+        except Exception as exc:  # noqa: BLE001  (TensorRT's binding raises on failure)
+            raise UserError(f"{self.name}: TensorRT refused optimization profile {profile} ({exc}): "
+                            "rebuild the engine with sdrt build") from None
+        if ok is False:
+            raise UserError(f"{self.name}: TensorRT refused optimization profile {profile}: "
+                            "rebuild the engine with sdrt build")
 
     def _info(self, name: str) -> IOSpec:
         dims = tuple(self.engine.get_tensor_shape(name))
@@ -118,22 +164,20 @@ class TrtEngine:
     # ---- setup -----------------------------------------------------------------------------------
     def _allocate_buffers(self) -> None:
         """Each tensor's buffer holds its largest shape over every profile; outputs are sized by asking
-        the context for output shapes at each profile's max input shapes."""
+        each profile's context for output shapes at that profile's max input shapes."""
         nbytes = {n: 0 for n in self.tensors}
-        for p, prof in enumerate(self.profiles):
-            self.context.set_optimization_profile_async(p, self.stream.handle)
-            self._context_profile = p
+        for prof, context in zip(self.profiles, self.contexts):
             for n in self.input_names:
-                self.context.set_input_shape(n, prof[n].max)
+                context.set_input_shape(n, prof[n].max)
                 nbytes[n] = max(nbytes[n], math.prod(prof[n].max) * self.tensors[n].dtype.itemsize)
             for n in self.output_names:
-                shape = tuple(self.context.get_tensor_shape(n))
+                shape = tuple(context.get_tensor_shape(n))
                 nbytes[n] = max(nbytes[n], math.prod(shape) * self.tensors[n].dtype.itemsize)
         self.stream.synchronize()
         for n, t in self.tensors.items():
             t.buffer = cuda_rt.DeviceBuffer(nbytes[n])
-            self.context.set_tensor_address(n, t.buffer.ptr)
-        self._context_key = None
+            for context in self.contexts:
+                context.set_tensor_address(n, t.buffer.ptr)
 
     # ---- running ---------------------------------------------------------------------------------
     def _prepare_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -145,7 +189,7 @@ class TrtEngine:
             value = np.asarray(value)
             if value.dtype != want and not np.can_cast(value.dtype, want, "same_kind"):
                 raise UserError(f"{self.name} input {n} must be {want}, got {value.dtype}")
-            arrays[n] = np.ascontiguousarray(value, dtype=want)
+            arrays[n] = value
         return arrays
 
     def _profile_for(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -157,33 +201,31 @@ class TrtEngine:
             self._profile_of[key] = profile
         return profile
 
-    def _set_context_shapes(self, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        if key == self._context_key:
-            return
-        profile = self._profile_for(key, shapes)
-        if profile != self._context_profile:
-            if not self.context.set_optimization_profile_async(profile, self.stream.handle):
-                raise RuntimeError(f"{self.name}: TensorRT refused optimization profile {profile}")
-            self._context_profile = profile
-            for n, t in self.tensors.items():  # cheap, and safe whatever a profile switch resets
-                self.context.set_tensor_address(n, t.buffer.ptr)  # type: ignore[union-attr]
+    def _set_shapes(self, slot: _Slot, profile: int, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Give the profile's context new input shapes. Graphs captured on it before are no longer valid
+        (a graph bakes in the context's state), so they are dropped."""
+        for k in [k for k in self.graphs.keys() if self._profile_of.get(k) == profile]:  # type: ignore[arg-type]
+            self.graphs.pop(k)
+        slot.key = None
         for n, shape in shapes.items():
-            if not self.context.set_input_shape(n, shape):
-                raise RuntimeError(f"{self.name}: TensorRT refused shape {shape} for {n}")
-        unresolved = self.context.infer_shapes()
+            if not slot.context.set_input_shape(n, shape):
+                raise UserError(f"{self.name}: TensorRT refused shape {shape} for {n} in profile {profile}: "
+                                "rebuild the engine with sdrt build --profile covering it")
+        unresolved = slot.context.infer_shapes()
         if unresolved:
             raise RuntimeError(f"{self.name}: TensorRT could not infer shapes of {unresolved}")
-        self._output_shapes[key] = {n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names}
-        self._context_key = key
+        self._output_shapes[key] = {n: tuple(slot.context.get_tensor_shape(n)) for n in self.output_names}
+        slot.key = key
 
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.handle):
+    def _enqueue(self, context: Any) -> None:
+        if not context.execute_async_v3(self.stream.handle):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT's log above)")
 
-    def _capture(self, key: ShapeKey) -> None:
+    def _capture(self, context: Any, key: ShapeKey) -> None:
+        """Capture one enqueue into a graph; called right after an eager enqueue in the same state."""
         try:
             cuda_rt.begin_capture(self.stream)
-            ok = self.context.execute_async_v3(self.stream.handle)
+            ok = context.execute_async_v3(self.stream.handle)
             if not ok:
                 raise RuntimeError("execute_async_v3 returned False during capture")
             graph = cuda_rt.end_capture(self.stream)
@@ -197,38 +239,53 @@ class TrtEngine:
             return
         self.graphs.put(key, graph)
 
+    def _host_for(self, key: ShapeKey) -> _Host:
+        host = self._host.get(key)
+        if host is None:
+            buffers, arrays = [], {}
+            shapes = {**dict(key), **self._output_shapes[key]}
+            for n, shape in shapes.items():
+                dtype = self.tensors[n].dtype
+                buf = cuda_rt.HostBuffer(math.prod(shape) * dtype.itemsize)
+                buffers.append(buf)
+                arrays[n] = buf.array(tuple(shape), dtype)
+            host = _Host({n: arrays[n] for n in self.input_names}, {n: arrays[n] for n in self.output_names},
+                         buffers)
+            self._host.put(key, host)
+        return host
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._prepare_inputs(feeds)
-        shapes = {n: a.shape for n, a in arrays.items()}
+        shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         key = shape_key(shapes)
-        self._profile_for(key, shapes)
+        profile = self._profile_for(key, shapes)
+        slot = self._slots[profile]
+        graph = self.graphs.get(key) if self.cuda_graphs and slot.key == key else None
+        if slot.key != key:
+            self._set_shapes(slot, profile, key, shapes)
+        host = self._host_for(key)
         for n, a in arrays.items():
-            cuda_rt.copy_to_device(self.tensors[n].buffer.ptr, a, self.stream)  # type: ignore[union-attr]
-        graph = self.graphs.get(key) if self.cuda_graphs else None
+            np.copyto(host.inputs[n], a, casting="same_kind")
+            cuda_rt.copy_to_device(self.tensors[n].buffer.ptr, host.inputs[n], self.stream)  # type: ignore[union-attr]
         if graph is not None:
             graph.launch(self.stream)
         else:
-            self._set_context_shapes(key, shapes)
-            self._enqueue()
+            self._enqueue(slot.context)  # the eager enqueue every capture must follow
             if self.cuda_graphs and key not in self._uncapturable:
-                self._capture(key)
-        results = self._host_outputs.get(key)
-        if results is None:
-            out_shapes = self._output_shapes[key]
-            results = {n: np.empty(out_shapes[n], dtype=self.tensors[n].dtype) for n in self.output_names}
-            self._host_outputs.put(key, results)
-        for n, a in results.items():
+                self._capture(slot.context, key)
+        for n, a in host.outputs.items():
             cuda_rt.copy_to_host(a, self.tensors[n].buffer.ptr, self.stream)  # type: ignore[union-attr]
         self.stream.synchronize()
-        return dict(results)
+        return dict(host.outputs)
 
     def close(self) -> None:
         self.graphs.clear()
-        self._host_outputs.clear()
+        self._host.clear()
         for t in self.tensors.values():
             if t.buffer is not None:
                 t.buffer.free()
-        self.context = None
+        self.contexts = []
+        self._slots = []
 
 
 class TrtSession:
