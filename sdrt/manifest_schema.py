@@ -191,9 +191,10 @@ def show_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if isinstance(value, dict):
-        return "an object"
-    text = json.dumps(value) if isinstance(value, list) else repr(value)
-    if isinstance(value, list) and len(text) > 60:
-        return f"a list of {len(value)} items"
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value)
+        if len(text) <= 60:
+            return text
+        return "an object" if isinstance(value, dict) else f"a list of {len(value)} item{'s' * (len(value) != 1)}"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
