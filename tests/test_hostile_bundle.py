@@ -90,21 +90,22 @@ BAD_MANIFESTS = {
                           "4, the latent channels this sdrt runs, got 8: " + FIX),
     "flag-as-number": (_set("model.force_zeros_for_empty_prompt", 1), "bundle manifest field "
                        "model.force_zeros_for_empty_prompt: must be true or false, got 1: " + FIX),
-    "sha256-short": (_set(("files", "scheduler.json"), "abc"), "bundle manifest field files['scheduler.json']: must be a "
-                     "sha256 digest (64 lowercase hex digits), got 'abc': " + FIX),
+    "sha256-short": (_set(("files", "scheduler.json"), "abc"), "bundle manifest field files['scheduler.json']: "
+                     "must be a sha256 digest (64 lowercase hex digits), got 'abc': " + FIX),
     "schema-version-text": (_set("schema_version", "1"),
                             "bundle manifest field schema_version: must be an integer, got '1': " + FIX),
     "schema-version-true": (_set("schema_version", True),
                             "bundle manifest field schema_version: must be an integer, got true: " + FIX),
     "schema-version-2": (_set("schema_version", 2), "bundle manifest has schema version 2, this sdrt reads 1: "
                          "re-export the model with this sdrt version (sdrt export)"),
-    "model-missing": (lambda d: {k: v for k, v in d.items() if k != "model"}, "bundle manifest field model: is missing: " + FIX),
+    "model-missing": (lambda d: {k: v for k, v in d.items() if k != "model"},
+                      "bundle manifest field model: is missing: " + FIX),
     "tensor-dim-float": (_set("components.fp32.unet.inputs", [{"name": "sample", "dtype": "float32",
                                                                "shape": ["batch", 4.5]}]),
                          "bundle manifest field components.fp32.unet.inputs[0].shape[1]: must be a size (an integer "
                          ">= 0) or a dynamic dimension's name (text), got 4.5: " + FIX),
-    "unknown-precision": (lambda d: {**d, "components": {**d["components"], "fp8": {}}}, "bundle manifest field components: key "
-                          "must be one of 'fp32' or 'fp16', got 'fp8': " + FIX),
+    "unknown-precision": (lambda d: {**d, "components": {**d["components"], "fp8": {}}},
+                          "bundle manifest field components: key must be one of 'fp32' or 'fp16', got 'fp8': " + FIX),
 }
 
 

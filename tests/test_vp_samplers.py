@@ -2,9 +2,9 @@
 
 Parity: same synthetic model, same initial latents, same injected noise (tests/parity.py), SD1.x config with
 clip_sample=False and set_alpha_to_one=False (SD's published configs; both sides read it, diffusers through
-`<Scheduler>.from_config`), unless a test says otherwise; final latents within relative 1e-5 (float32). Where we differ from
-diffusers by more than a few ulps it is diffusers' float32 rounding, not ours: our update folds its coefficients
-in float64 (PLMS at 1 trailing step with v_prediction: diffusers float32 is 6.7e-6 from a float64 run of its own
+`<Scheduler>.from_config`), unless a test says otherwise; final latents within relative 1e-5 (float32). Where
+we differ from diffusers by more than a few ulps it is diffusers' float32 rounding, not ours: our update folds
+its coefficients in float64 (PLMS at 1 trailing step with v_prediction: diffusers float32 is 6.7e-6 from a float64 run of its own
 code, we are 3e-7 from it).
 """
 
@@ -18,8 +18,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler, PNDMScheduler
 
 from sdrt.schedulers import NoiseSchedule, Sampler, drive, sample
-from tests.parity import (SD1_CONFIG as SD1_BETAS, NoiseStream, diffusers_noise, initial_noise, rel_error, run_diffusers,
-                          run_sdrt, synthetic_model)
+from tests.parity import (SD1_CONFIG as SD1_BETAS, NoiseStream, diffusers_noise, initial_noise, rel_error,
+                          run_diffusers, run_sdrt, synthetic_model)
 
 SD1_CONFIG = dict(SD1_BETAS, clip_sample=False, set_alpha_to_one=False)
 TOL = 1e-5
