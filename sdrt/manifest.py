@@ -1,7 +1,9 @@
 """The bundle contract between `sdrt export` and the runtime: manifest.json, read, written and checked.
 
-Standard library only, so both the torch-side exporter and the torch-free runtime can import it. The
-schema is documented in docs/manifest.md; bump SCHEMA_VERSION on any change a reader must know about.
+Torch-free (the standard library and pydantic), so both the torch-side exporter and the runtime can import
+it. The schema is documented in docs/manifest.md and checked by `sdrt.manifest_schema`; bump SCHEMA_VERSION on
+any change a reader must know about. Every path in a manifest is relative to the bundle and must stay inside
+it: `bundle_file` is the one way to turn one into a file to open.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+from . import manifest_schema
+from .manifest_schema import COMPONENTS, FAMILIES, PRECISIONS, SCHEMA_VERSION  # noqa: F401 (public names)
+
 MANIFEST_NAME = "manifest.json"
-FAMILIES = ("sd1", "sd2", "sdxl")
-PRECISIONS = ("fp32", "fp16")
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 
 class BundleError(Exception):
@@ -46,15 +47,29 @@ class ComponentSpec:
     compute_precision: str = ""  # precision the graph computes in: "fp32" or "fp16-mixed" (IO dtypes aside)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "ComponentSpec":
+    def from_dict(d: Any) -> "ComponentSpec":
+        """From a manifest's component entry, checked against the schema (BundleError otherwise)."""
+        try:
+            checked = manifest_schema.ComponentSchema.model_validate(d)
+        except manifest_schema.ValidationError as exc:
+            raise BundleError(manifest_schema.describe(exc)) from None
+        return ComponentSpec._from_schema(checked)
+
+    @staticmethod
+    def _from_schema(c: manifest_schema.ComponentSchema) -> "ComponentSpec":
         return ComponentSpec(
-            file=d["file"],
-            inputs=[TensorSpec(**t) for t in d["inputs"]],
-            outputs=[TensorSpec(**t) for t in d["outputs"]],
-            external_data=d.get("external_data"),
-            accuracy=d.get("accuracy", {}),
-            compute_precision=d.get("compute_precision", ""),
+            file=c.file,
+            inputs=[TensorSpec(t.name, t.dtype, list(t.shape)) for t in c.inputs],
+            outputs=[TensorSpec(t.name, t.dtype, list(t.shape)) for t in c.outputs],
+            external_data=c.external_data,
+            accuracy=dict(c.accuracy),
+            compute_precision=c.compute_precision,
         )
+
+    @property
+    def paths(self) -> list[str]:
+        """The bundle files this graph consists of (the graph, and its weights file if separate)."""
+        return [self.file] + ([self.external_data] if self.external_data else [])
 
 
 @dataclass(frozen=True)
@@ -89,37 +104,34 @@ class Manifest:
 
     # ---- reading -------------------------------------------------------------------------------------
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Manifest":
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(
-                f"bundle manifest has schema version {version}, this sdrt reads {SCHEMA_VERSION}: "
-                "re-export the model with this sdrt version (sdrt export)"
-            )
+    def from_dict(d: Any) -> "Manifest":
+        """Check `d` against the schema (one-line BundleError naming the field otherwise) and build it."""
         try:
-            return Manifest(
-                model=ModelInfo(**d["model"]),
-                components={
-                    prec: {name: ComponentSpec.from_dict(c) for name, c in comps.items()}
-                    for prec, comps in d["components"].items()
-                },
-                tokenizers=dict(d["tokenizers"]),
-                scheduler=d["scheduler"],
-                files=dict(d["files"]),
-                export=dict(d.get("export", {})),
-                schema_version=version,
-            )
-        except (KeyError, TypeError) as exc:
-            raise BundleError(f"bundle manifest is malformed ({exc}): re-export the model (sdrt export)") from None
+            m = manifest_schema.validate(d)
+        except manifest_schema.SchemaError as exc:
+            raise BundleError(str(exc)) from None
+        return Manifest(
+            model=ModelInfo(**m.model.model_dump()),
+            components={prec: {name: ComponentSpec._from_schema(c) for name, c in comps.items()}
+                        for prec, comps in m.components.items()},
+            tokenizers=dict(m.tokenizers),
+            scheduler=m.scheduler,
+            files=dict(m.files),
+            export=dict(m.export),
+            schema_version=m.schema_version,
+        )
 
     @staticmethod
     def load(bundle: str | os.PathLike) -> "Manifest":
-        path = Path(bundle) / MANIFEST_NAME
+        root = Path(bundle)
+        if not root.exists():
+            raise BundleError(f"bundle {bundle} does not exist: check the path, or create one with sdrt export")
+        path = root / MANIFEST_NAME
         if not path.is_file():
             raise BundleError(f"{bundle} is not an sdrt bundle (no {MANIFEST_NAME}): create one with sdrt export")
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"cannot read {path} ({exc}): re-export the model (sdrt export)") from None
         return Manifest.from_dict(data)
 
@@ -141,15 +153,43 @@ class Manifest:
                 f"re-export with --precision {precision}"
             ) from None
 
-    def verify_files(self, bundle: str | os.PathLike, full: bool = False) -> None:
-        """Check every listed file exists with the recorded size class; with full=True, its sha256 too."""
+    def needed_files(self, precision: str) -> list[str]:
+        """Every bundle file a run at `precision` opens: its graphs and their weights, tokenizers, scheduler."""
+        graphs = [rel for spec in self.components.get(precision, {}).values() for rel in spec.paths]
+        return list(dict.fromkeys(graphs + list(self.tokenizers.values()) + [self.scheduler]))
+
+    def verify_files(self, bundle: str | os.PathLike, full: bool = False, needed: Iterable[str] = ()) -> None:
+        """Check every listed file is inside the bundle and present; with full=True, its sha256 too.
+
+        `needed` (what the run will open) must be covered by the list: a file the list does not name would
+        run unchecked by --verify.
+        """
         root = Path(bundle)
+        for rel in needed:
+            if rel not in self.files:
+                raise BundleError(f"bundle file {rel} is not listed in the manifest's files, so it cannot be "
+                                  f"checked: {manifest_schema.FIX}")
         for rel, digest in self.files.items():
-            path = root / rel
+            path = bundle_file(root, rel)
             if not path.is_file():
                 raise BundleError(f"bundle file {rel} is missing from {root}: re-export the model (sdrt export)")
             if full and sha256_file(path) != digest:
                 raise BundleError(f"bundle file {rel} is corrupt (sha256 mismatch): re-export the model")
+
+
+def bundle_file(root: str | os.PathLike, rel: str) -> Path:
+    """root / rel, refused unless its real location (symlinks followed) is inside the bundle.
+
+    The schema already refuses absolute and `..` paths by their text; this also catches a symlink inside the
+    bundle pointing out of it, and manifests built in code.
+    """
+    root = Path(root)
+    path = root / rel
+    real_root, real = root.resolve(), path.resolve()
+    if not real.is_relative_to(real_root):
+        raise BundleError(f"bundle file {rel} leads outside the bundle (to {real}): a bundle must hold its "
+                          f"files itself, {manifest_schema.FIX}")
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 # sampler name -> (diffusers scheduler class, extra config, scheduler module whose randn_tensor is patched).
-# DDIM/DDPM: SD's published scheduler configs say clip_sample=False and set_alpha_to_one=False, but a config
-# saved from another scheduler class lacks those keys and diffusers would fill in the class defaults (True).
+# DDIM/DDPM take the bundle's config as diffusers reads it: a PNDM config without clip_sample gets the class
+# default clip_sample=True, which sdrt follows too (sdrt/schedulers/scheduler_config.py).
 SCHEDULERS: dict[str, tuple[str, dict, str | None]] = {
-    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, None),
-    "ddpm": ("DDPMScheduler", {"clip_sample": False}, "scheduling_ddpm"),
+    "ddim": ("DDIMScheduler", {}, None),
+    "ddpm": ("DDPMScheduler", {}, "scheduling_ddpm"),
     "plms": ("PNDMScheduler", {"skip_prk_steps": True}, None),
     "euler": ("EulerDiscreteScheduler", {}, None),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}, "scheduling_euler_ancestral_discrete"),

@@ -116,8 +116,8 @@ def test_chart_path_must_be_png(bundle: Path, tmp_path: Path, capsys) -> None:
 
 def test_missing_bundle(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli([str(tmp_path / "nowhere")], capsys)
-    assert (code, err) == (2, f"error: {tmp_path / 'nowhere'} is not an sdrt bundle (no manifest.json): "
-                              "create one with sdrt export\n")
+    assert (code, err) == (2, f"error: bundle {tmp_path / 'nowhere'} does not exist: check the path, or create "
+                              "one with sdrt export\n")
 
 
 def test_missing_matplotlib_names_the_install(bundle: Path, tmp_path: Path, capsys, monkeypatch) -> None:

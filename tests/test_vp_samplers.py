@@ -1,9 +1,10 @@
 """DDIM, DDPM, PLMS and LCM against diffusers' schedulers, and the VP-family behaviour diffusers has no twin for.
 
 Parity: same synthetic model, same initial latents, same injected noise (tests/parity.py), SD1.x config with
-clip_sample=False and set_alpha_to_one=False; final latents within relative 1e-5 (float32). Where we differ from
-diffusers by more than a few ulps it is diffusers' float32 rounding, not ours: our update folds its coefficients
-in float64 (PLMS at 1 trailing step with v_prediction: diffusers float32 is 6.7e-6 from a float64 run of its own
+clip_sample=False and set_alpha_to_one=False (SD's published configs; both sides read it, diffusers through
+`<Scheduler>.from_config`), unless a test says otherwise; final latents within relative 1e-5 (float32). Where
+we differ from diffusers by more than a few ulps it is diffusers' float32 rounding, not ours: our update folds
+its coefficients in float64 (PLMS at 1 trailing step with v_prediction: diffusers float32 is 6.7e-6 from a float64 run of its own
 code, we are 3e-7 from it).
 """
 
@@ -17,9 +18,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler, PNDMScheduler
 
 from sdrt.schedulers import NoiseSchedule, Sampler, drive, sample
-from tests.parity import (SD1_CONFIG, NoiseStream, diffusers_noise, initial_noise, rel_error, run_diffusers,
-                          run_sdrt, synthetic_model)
+from tests.parity import (SD1_CONFIG as SD1_BETAS, NoiseStream, diffusers_noise, initial_noise, rel_error,
+                          run_diffusers, run_sdrt, synthetic_model)
 
+SD1_CONFIG = dict(SD1_BETAS, clip_sample=False, set_alpha_to_one=False)
 TOL = 1e-5
 STEPS = (1, 2, 3, 10, 25, 50)
 SPACINGS = ("leading", "trailing", "linspace")
@@ -29,13 +31,13 @@ PREDICTIONS = ("epsilon", "v_prediction")
 def _diffusers_scheduler(name: str, config: dict):
     """(scheduler, module whose randn_tensor draws the injected noise, or None if it draws none)."""
     if name == "ddim":
-        return DDIMScheduler(**config, clip_sample=False, set_alpha_to_one=False), "scheduling_ddim"
+        return DDIMScheduler.from_config(config), "scheduling_ddim"
     if name == "ddpm":
-        return DDPMScheduler(**config, clip_sample=False), "scheduling_ddpm"
+        return DDPMScheduler.from_config(config), "scheduling_ddpm"
     if name == "plms":
-        return PNDMScheduler(**config, skip_prk_steps=True, set_alpha_to_one=False), None
+        return PNDMScheduler.from_config(config, skip_prk_steps=True), None
     if name == "lcm":
-        return LCMScheduler(**config, clip_sample=False), "scheduling_lcm"
+        return LCMScheduler.from_config(config), "scheduling_lcm"
     raise KeyError(name)
 
 
@@ -124,7 +126,7 @@ def test_plms_img2img_runs_the_warm_up_from_its_start_step() -> None:
     config = dict(SD1_CONFIG, prediction_type="epsilon")
     steps, strength = 10, 0.6
     x0, noise = initial_noise(seed=3), initial_noise(seed=4)
-    scheduler = PNDMScheduler(**config, skip_prk_steps=True, set_alpha_to_one=False)
+    scheduler = PNDMScheduler.from_config(config, skip_prk_steps=True)
     scheduler.set_timesteps(steps)
     start = steps - int(steps * strength)
     distinct = scheduler._timesteps[::-1][start:]  # _timesteps is ascending
@@ -155,7 +157,7 @@ def _calls(name: str, ns: NoiseSchedule, steps: int, **kwargs) -> list:
 
 def test_plms_asks_for_the_duplicated_timestep_like_pndm() -> None:
     ns = NoiseSchedule.from_config(SD1_CONFIG)
-    scheduler = PNDMScheduler(**SD1_CONFIG, skip_prk_steps=True)
+    scheduler = PNDMScheduler.from_config(SD1_CONFIG, skip_prk_steps=True)
     scheduler.set_timesteps(10)
     calls = _calls("plms", ns, 10, spacing="leading")
     assert [c.timestep for c in calls] == [float(t) for t in scheduler.timesteps]
@@ -195,8 +197,8 @@ def test_zero_terminal_snr_plms_stays_finite(steps: int) -> None:
     config = _zero_snr_config()
     latents = initial_noise()
     pndm_config = {k: v for k, v in config.items() if k != "rescale_betas_zero_snr"}  # PNDM lacks the flag
-    scheduler = PNDMScheduler(**pndm_config, skip_prk_steps=True, set_alpha_to_one=False,
-                              trained_betas=NoiseSchedule.from_config(config).betas.tolist())
+    scheduler = PNDMScheduler.from_config(pndm_config, skip_prk_steps=True,
+                                          trained_betas=NoiseSchedule.from_config(config).betas.tolist())
     assert np.isnan(run_diffusers(scheduler, steps, latents)).all()
     ours = run_sdrt("plms", steps, latents, config)
     assert np.isfinite(ours).all()
@@ -338,3 +340,58 @@ def test_lcm_txt2img_after_img2img_uses_the_full_schedule() -> None:
     assert sampler.timesteps.tolist() != full
     sampler.initial_latents(initial_noise())
     assert sampler.timesteps.tolist() == full == [999, 759, 499, 259]
+
+
+# clip_sample / clip_sample_range / set_alpha_to_one: followed as <Scheduler>.from_config(config) reads them,
+# class defaults included (DDIM, DDPM clip by default; LCM does not; DDIM ends on abar = 1 by default, PNDM not).
+PNDM_CONFIG = dict(SD1_BETAS, skip_prk_steps=True, set_alpha_to_one=False, _class_name="PNDMScheduler")
+CLIP_CONFIGS = {
+    "clip-range1": dict(SD1_CONFIG, clip_sample=True, clip_sample_range=1.0),
+    "clip-range0.5": dict(SD1_CONFIG, clip_sample=True, clip_sample_range=0.5),
+    "no-clip": dict(SD1_CONFIG, clip_sample=False, clip_sample_range=0.5),
+    "pndm-config": PNDM_CONFIG,  # SD1-style PNDM config without clip_sample: DDIM / DDPM clip to 1.0
+    "defaulted-keys": dict(SD1_CONFIG, _use_default_values=["clip_sample", "set_alpha_to_one"]),
+    "alpha-to-one": dict(SD1_CONFIG, set_alpha_to_one=True, clip_sample=True, clip_sample_range=0.5),
+}
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+@pytest.mark.parametrize("steps", [1, 3, 10])
+@pytest.mark.parametrize("config_id", list(CLIP_CONFIGS))
+@pytest.mark.parametrize("name, options", [("ddim", {}), ("ddim", {"eta": 0.7}), ("ddpm", {}), ("lcm", {}),
+                                           ("plms", {})],
+                         ids=["ddim", "ddim-eta0.7", "ddpm", "lcm", "plms"])
+def test_clip_sample_and_final_alpha_follow_the_config_like_diffusers(name: str, options: dict, config_id: str,
+                                                                     steps: int, prediction_type: str) -> None:
+    config = dict(CLIP_CONFIGS[config_id], prediction_type=prediction_type)
+    latents = initial_noise()
+    ref = _reference(name, config, steps, latents, **options)
+    ours = run_sdrt(name, steps, latents, config, NoiseStream(), **options)
+    assert rel_error(ours, ref) <= TOL
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "lcm"])
+def test_clipping_changes_the_result(name: str) -> None:
+    """The parity above is not vacuous: the synthetic model's x0 leaves [-0.5, 0.5], so clipping matters."""
+    latents = initial_noise()
+    clipped = run_sdrt(name, 10, latents, CLIP_CONFIGS["clip-range0.5"], NoiseStream())
+    plain = run_sdrt(name, 10, latents, CLIP_CONFIGS["no-clip"], NoiseStream())
+    wide = run_sdrt(name, 10, latents, CLIP_CONFIGS["clip-range1"], NoiseStream())
+    assert rel_error(clipped, plain) > 1e-2 and rel_error(clipped, wide) > 1e-2
+
+
+def test_pndm_config_without_clip_sample_clips_ddim_and_ddpm_but_not_plms() -> None:
+    """diffusers fills DDIM's and DDPM's class default clip_sample=True into a PNDM config that lacks the key."""
+    assert DDIMScheduler.from_config(PNDM_CONFIG).config.clip_sample is True  # the premise, from diffusers itself
+    ns = NoiseSchedule.from_config(PNDM_CONFIG)
+    assert ns.clip_sample is None and ns.set_alpha_to_one is False
+    latents = initial_noise()
+    for name in ("ddim", "ddpm"):
+        assert rel_error(run_sdrt(name, 10, latents, PNDM_CONFIG, NoiseStream()),
+                         run_sdrt(name, 10, latents, CLIP_CONFIGS["clip-range1"], NoiseStream())) == 0.0
+    assert rel_error(run_sdrt("plms", 10, latents, PNDM_CONFIG), run_sdrt("plms", 10, latents, SD1_CONFIG)) == 0.0
+
+
+def test_a_schedule_built_in_code_clips_nothing() -> None:
+    ns = NoiseSchedule()
+    assert (ns.clip_sample, ns.set_alpha_to_one) == (False, False)

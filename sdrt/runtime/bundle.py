@@ -1,8 +1,10 @@
 """Opening a bundle for inference: manifest checks, file checks, the scheduler config and the engines.
 
-The cheap check on open (every listed file present and non-empty) catches a half-copied bundle before any
-session is built; the full sha256 check reads every byte and is for `verify=True` (or `sdrt generate
---verify`), since hashing a multi-GB UNet on every start would cost seconds.
+The cheap check on open (every listed file inside the bundle, present and non-empty; every file the run will
+open listed) catches a half-copied or tampered bundle before any session is built; the full sha256 check reads
+every byte and is for `verify=True` (or `sdrt generate --verify`), since hashing a multi-GB UNet on every start
+would cost seconds. Files are only ever opened through `sdrt.manifest.bundle_file`, which refuses any path
+leading outside the bundle (symlinks included).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..manifest import BundleError, Manifest
+from ..manifest import BundleError, Manifest, bundle_file
+from ..manifest_schema import show_value
+from ..schedulers.scheduler_config import SchedulerConfigError, check_scheduler_config
 from ..backends.engine import Engine
 from ..backends.ort_engine import OrtEngine, SessionSettings
 
@@ -38,10 +42,6 @@ class Bundle:
         manifest = Manifest.load(root)
         if not manifest.files:
             raise BundleError(f"bundle {root} lists no files in its manifest: re-export the model (sdrt export)")
-        manifest.verify_files(root, full=verify)
-        for rel in manifest.files:
-            if (root / rel).stat().st_size == 0:
-                raise BundleError(f"bundle file {rel} is empty: re-export the model (sdrt export)")
         family = manifest.model.family
         if family not in REQUIRED:
             raise BundleError(f"bundle model family {family!r} is not one this sdrt runs "
@@ -52,7 +52,13 @@ class Bundle:
                 "fp16" if "fp16" in available else available[0])
         for name in REQUIRED[family]:
             manifest.component(name, precision)  # raises the one-line BundleError naming the fix
-        return cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin))
+        manifest.verify_files(root, full=verify, needed=manifest.needed_files(precision))
+        for rel in manifest.files:
+            if (root / rel).stat().st_size == 0:
+                raise BundleError(f"bundle file {rel} is empty: re-export the model (sdrt export)")
+        bundle = cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin))
+        bundle.scheduler_config()  # a scheduler config sdrt cannot follow is refused now, before any work
+        return bundle
 
     @property
     def family(self) -> str:
@@ -64,21 +70,31 @@ class Bundle:
     def engine(self, component: str) -> Engine:
         """A new engine for one component (the pipeline keeps the ones it uses)."""
         spec = self.manifest.component(component, self.precision)
-        path = self.root / spec.file
+        path = bundle_file(self.root, spec.file)
         if not path.is_file():
             raise BundleError(f"bundle file {spec.file} is missing from {self.root}: re-export the model")
         return OrtEngine(component, path, spec, self.settings)
 
     def scheduler_config(self) -> dict[str, Any]:
-        path = self.root / self.manifest.scheduler
+        """The diffusers scheduler config, refused unless sdrt's samplers follow every key in it that matters."""
+        path = bundle_file(self.root, self.manifest.scheduler)
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"cannot read the scheduler config {path} ({exc}): re-export the model") from None
+        if not isinstance(config, dict):
+            raise BundleError(f"bundle scheduler config {self.manifest.scheduler} must be a JSON object, got "
+                              f"{show_value(config)}: re-export the model (sdrt export)")
+        try:
+            check_scheduler_config(config)
+        except SchedulerConfigError as exc:
+            raise BundleError(f"bundle scheduler config {self.manifest.scheduler}: {exc}") from None
+        return config
 
     def tokenizer_path(self, key: str) -> Path:
         try:
-            return self.root / self.manifest.tokenizers[key]
+            rel = self.manifest.tokenizers[key]
         except KeyError:
             raise BundleError(f"bundle has no {key} (it has: {', '.join(self.manifest.tokenizers)}): "
                               "re-export the model (sdrt export)") from None
+        return bundle_file(self.root, rel)

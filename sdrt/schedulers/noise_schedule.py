@@ -74,6 +74,12 @@ class NoiseSchedule:
     steps_offset: int = 1
     timestep_spacing: str | None = None  # None: each sampler's diffusers default
     trained_betas: tuple[float, ...] | None = None
+    # How DDIM / DDPM / LCM treat x0 and where DDIM / PLMS end (see scheduler_config.py). None: the config did
+    # not say, so each sampler takes its diffusers class's default, as <Scheduler>.from_config(config) does.
+    # Built directly, a NoiseSchedule clips nothing and ends on alphas_cumprod[0] (SD's published configs).
+    clip_sample: bool | None = False
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool | None = False
     betas: np.ndarray = field(init=False, repr=False, compare=False)
     alphas_cumprod: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -104,12 +110,18 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "NoiseSchedule":
-        """Build from a diffusers scheduler config (any scheduler class); unknown keys are ignored."""
+        """Build from a diffusers scheduler config (any scheduler class). Keys listed in `_use_default_values`
+        count as absent, as in diffusers. Other keys are not read here: `scheduler_config.check_scheduler_config`
+        refuses those that would change results."""
         known = {
             "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
-            "rescale_betas_zero_snr", "steps_offset", "timestep_spacing", "trained_betas",
+            "rescale_betas_zero_snr", "steps_offset", "timestep_spacing", "trained_betas", "clip_sample",
+            "clip_sample_range", "set_alpha_to_one",
         }
-        kwargs = {k: v for k, v in config.items() if k in known and v is not None}
+        defaulted = config.get("_use_default_values") or []
+        kwargs = {k: v for k, v in config.items() if k in known and k not in defaulted and v is not None}
+        kwargs.setdefault("clip_sample", None)
+        kwargs.setdefault("set_alpha_to_one", None)
         if "trained_betas" in kwargs:
             kwargs["trained_betas"] = tuple(kwargs["trained_betas"])
         return cls(**kwargs)

@@ -12,8 +12,11 @@ cannot be evaluated there (x0 = (x - eps) / 0), which the schedule builder rejec
 
 Quirks kept for parity with diffusers (../shared/reference/samplers.md, section 3): DDIM and PLMS step to
 t - T//N whatever the spacing, and end on alphas_cumprod[0] (set_alpha_to_one=False); DDPM steps to the next
-scheduled timestep and ends on abar = 1; PLMS repeats its second timestep for a Heun-like warm-up; nothing is
-clipped (clip_sample=False).
+scheduled timestep and ends on abar = 1; PLMS repeats its second timestep for a Heun-like warm-up. The
+config's clip_sample / clip_sample_range (DDIM, DDPM, LCM: x0 clamped before it is used; eps is the model's,
+not re-derived) and set_alpha_to_one (DDIM, PLMS: end on abar = 1 instead of alphas_cumprod[0]) are followed,
+with each diffusers class's default where the config does not say (DDIM and DDPM clip, LCM does not; DDIM
+ends on 1, PLMS does not), as `<Scheduler>.from_config(config)` would.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ LCM_SIGMA_DATA = 0.5
 # Smallest abar we map a zero-terminal-SNR schedule's last timestep to when a *sigma* schedule needs a finite
 # sigma_max (diffusers' EulerDiscreteScheduler makes the same substitution).
 ZERO_SNR_ALPHA_BAR = 2.0**-24
+# diffusers' class defaults, for a config that does not set the key (NoiseSchedule field None).
+CLIP_SAMPLE_DEFAULT = {"ddim": True, "ddpm": True, "lcm": False}
+SET_ALPHA_TO_ONE_DEFAULT = {"ddim": True, "plms": False}
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,21 @@ def _diffusers_timesteps(ns: NoiseSchedule, steps: int, spacing: str) -> np.ndar
     return timesteps
 
 
-def _normal_schedule(ns: NoiseSchedule, steps: int, spacing: str, prev_rule: str) -> VPSchedule:
-    """diffusers' own timesteps. prev_rule "ddim": t - T//N, else alphas_cumprod[0]; "next": the next
+def _final_alpha_bar(ns: NoiseSchedule, sampler: str) -> float:
+    """Where DDIM / PLMS land after t - T//N < 0: 1 with set_alpha_to_one, else alphas_cumprod[0]."""
+    to_one = ns.set_alpha_to_one if ns.set_alpha_to_one is not None else SET_ALPHA_TO_ONE_DEFAULT[sampler]
+    return 1.0 if to_one else float(ns.alphas_cumprod[0])
+
+
+def _clip_range(ns: NoiseSchedule, sampler: str) -> float | None:
+    """The clip_sample_range x0 is clamped to, or None when this sampler does not clip for this config."""
+    clip = ns.clip_sample if ns.clip_sample is not None else CLIP_SAMPLE_DEFAULT[sampler]
+    return float(ns.clip_sample_range) if clip else None
+
+
+def _normal_schedule(ns: NoiseSchedule, steps: int, spacing: str, prev_rule: str,
+                     final_alpha_bar: float = 1.0) -> VPSchedule:
+    """diffusers' own timesteps. prev_rule "ddim": t - T//N, else `final_alpha_bar`; "next": the next
     scheduled timestep, and abar = 1 after the last one (DDPMScheduler)."""
     ac = ns.alphas_cumprod
     timesteps = _diffusers_timesteps(ns, steps, spacing)
@@ -81,7 +100,7 @@ def _normal_schedule(ns: NoiseSchedule, steps: int, spacing: str, prev_rule: str
     jump = ns.num_train_timesteps // steps
     if prev_rule == "ddim":
         prev = timesteps - jump
-        prev_alpha_bars = np.where(prev >= 0, ac[np.maximum(prev, 0)], ac[0]).astype(np.float64)
+        prev_alpha_bars = np.where(prev >= 0, ac[np.maximum(prev, 0)].astype(np.float64), final_alpha_bar)
     else:
         prev_alpha_bars = np.append(alpha_bars[1:], 1.0)
     # PNDM's warm-up redoes step i "from t_{i+1} + T//N to t_{i+1}" (equal to t_i unless the spacing is uneven).
@@ -125,10 +144,11 @@ def _check_evaluable(ns: NoiseSchedule, schedule: VPSchedule) -> VPSchedule:
     return schedule
 
 
-def _build(prev_rule: str):
+def _build(sampler: str, prev_rule: str):
     def build(ns: NoiseSchedule, steps: int, schedule: str, spacing: str, model_family: str) -> VPSchedule:
         if schedule == "normal":
-            built = _normal_schedule(ns, steps, spacing, prev_rule)
+            final = _final_alpha_bar(ns, sampler) if prev_rule == "ddim" else 1.0
+            built = _normal_schedule(ns, steps, spacing, prev_rule, final)
         else:
             built = _sigma_schedule(ns, steps, schedule, model_family)
         return _check_evaluable(ns, built)
@@ -197,6 +217,18 @@ def _combine(x: np.ndarray, output: np.ndarray, alpha_bar: float, prediction_typ
     return result
 
 
+def _combine_clipped(x: np.ndarray, output: np.ndarray, alpha_bar: float, prediction_type: str,
+                     clip: float | None, *, c_x: float = 0.0, c_x0: float = 0.0, c_eps: float = 0.0) -> np.ndarray:
+    """`_combine` with x0 clamped to [-clip, clip] first (diffusers' clip_sample); eps stays the model's."""
+    if clip is None:
+        return _combine(x, output, alpha_bar, prediction_type, c_x=c_x, c_x0=c_x0, c_eps=c_eps)
+    x0 = _combine(x, output, alpha_bar, prediction_type, c_x0=1.0)
+    np.clip(x0, -clip, clip, out=x0)
+    result = _combine(x, output, alpha_bar, prediction_type, c_x=c_x, c_eps=c_eps)
+    result += np.float32(c_x0) * x0
+    return result
+
+
 def _steps(schedule: VPSchedule, start_step: int):
     for i in range(start_step, schedule.num_steps):
         yield i, float(schedule.timesteps[i]), float(schedule.alpha_bars[i]), float(schedule.prev_alpha_bars[i])
@@ -212,11 +244,12 @@ def ddim(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noi
     x' = sqrt(abar') x0 + sqrt(1 - abar' - std^2) eps + std z,
     std = eta sqrt((1 - abar') / (1 - abar) (1 - abar / abar')). Noise is drawn every step when eta > 0."""
     eta = float(options.get("eta", 0.0))
-    ptype = noise_schedule.prediction_type
+    ptype, clip = noise_schedule.prediction_type, _clip_range(noise_schedule, "ddim")
     for i, t, abar, prev in _steps(schedule, start_step):
         output = yield ModelCall(x, t, abar, i)
         std = eta * math.sqrt((1.0 - prev) / (1.0 - abar) * (1.0 - abar / prev))
-        x = _combine(x, output, abar, ptype, c_x0=math.sqrt(prev), c_eps=math.sqrt(max(1.0 - prev - std * std, 0.0)))
+        x = _combine_clipped(x, output, abar, ptype, clip, c_x0=math.sqrt(prev),
+                             c_eps=math.sqrt(max(1.0 - prev - std * std, 0.0)))
         if eta > 0:
             x += np.float32(std) * noise(x.shape)
         x = end_step(i, x)
@@ -229,12 +262,12 @@ def ddpm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, noi
     x' = sqrt(abar') beta / (1 - abar) x0 + sqrt(alpha) (1 - abar') / (1 - abar) x + sqrt(var) z,
     alpha = abar / abar', beta = 1 - alpha, var = max((1 - abar') / (1 - abar) beta, 1e-20) ("fixed_small").
     Like diffusers, noise is drawn whenever the timestep is above 0 (also on the last step, with var ~ 0)."""
-    ptype = noise_schedule.prediction_type
+    ptype, clip = noise_schedule.prediction_type, _clip_range(noise_schedule, "ddpm")
     for i, t, abar, prev in _steps(schedule, start_step):
         output = yield ModelCall(x, t, abar, i)
         alpha = abar / prev
         beta = 1.0 - alpha
-        x = _combine(x, output, abar, ptype, c_x0=math.sqrt(prev) * beta / (1.0 - abar),
+        x = _combine_clipped(x, output, abar, ptype, clip, c_x0=math.sqrt(prev) * beta / (1.0 - abar),
                      c_x=math.sqrt(alpha) * (1.0 - prev) / (1.0 - abar))
         if t > 0:
             std = math.sqrt(max((1.0 - prev) / (1.0 - abar) * beta, 1e-20))
@@ -302,13 +335,13 @@ def lcm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, nois
         start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
     """LCM multistep sampling: denoise in one jump, D = c_skip x + c_out x0, then re-noise to the next
     timestep, x' = sqrt(abar') D + sqrt(1 - abar') z; the last step returns D itself."""
-    ptype = noise_schedule.prediction_type
+    ptype, clip = noise_schedule.prediction_type, _clip_range(noise_schedule, "lcm")
     last = schedule.num_steps - 1
     for i, t, abar, prev in _steps(schedule, start_step):
         output = yield ModelCall(x, t, abar, i)
         c_skip, c_out = _lcm_boundary_scalings(t)
         scale = 1.0 if i == last else math.sqrt(prev)
-        x = _combine(x, output, abar, ptype, c_x=scale * c_skip, c_x0=scale * c_out)
+        x = _combine_clipped(x, output, abar, ptype, clip, c_x=scale * c_skip, c_x0=scale * c_out)
         if i != last:
             x += np.float32(math.sqrt(1.0 - prev)) * noise(x.shape)
         x = end_step(i, x)
@@ -317,11 +350,11 @@ def lcm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, nois
 
 _COMMON = dict(init_noise_sigma=init_noise_sigma, add_noise=add_noise, default_spacing="leading")
 
-register(SamplerSpec(name="ddim", title="DDIM", stochastic=False, build_schedule=_build("ddim"), run=ddim,
+register(SamplerSpec(name="ddim", title="DDIM", stochastic=False, build_schedule=_build("ddim", "ddim"), run=ddim,
                      diffusers_counterpart="DDIMScheduler", options={"eta": 0.0}, **_COMMON))
-register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=_build("next"), run=ddpm,
+register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=_build("ddpm", "next"), run=ddpm,
                      diffusers_counterpart="DDPMScheduler", **_COMMON))
-register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("ddim"), run=plms,
+register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("plms", "ddim"), run=plms,
                      diffusers_counterpart="PNDMScheduler(skip_prk_steps=True)", **_COMMON))
 register(SamplerSpec(name="lcm", title="LCM", stochastic=True, build_schedule=_lcm_schedule, run=lcm,
                      diffusers_counterpart="LCMScheduler", schedules=("normal",),
