@@ -24,6 +24,7 @@ Arrays: a sampler never writes to an array it was sent or has yielded, and it ma
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Protocol
 
@@ -53,6 +54,50 @@ StepEnd = Callable[[int, np.ndarray], np.ndarray]
 SamplerLoop = Generator[ModelCall, np.ndarray, np.ndarray]
 
 
+@dataclass(frozen=True)
+class SamplerOption:
+    """A sampler's numeric option: its default and the closed range [minimum, maximum] a value must lie in.
+
+    Declared beside each sampler so that a value its formulas cannot use (NaN, eta > 1 in DDIM, whose noise
+    would then exceed the step's variance) is refused with one line before sampling instead of turning the
+    image black. Values must be finite unless `infinite` (s_tmax, whose default inf means "no upper limit").
+    """
+
+    default: float
+    minimum: float = 0.0
+    maximum: float = math.inf
+    help: str = ""
+    infinite: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The accepted range as users read it: "in [0, 1]", ">= 0"."""
+        if math.isinf(self.maximum):
+            return f">= {_number(self.minimum)}" + (" or inf" if self.infinite else "")
+        return f"in [{_number(self.minimum)}, {_number(self.maximum)}]"
+
+    def check(self, sampler: str, name: str, value: object) -> float:
+        """The value as a float, or a ValueError naming the accepted range."""
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        finite_ok = math.isfinite(number) or (self.infinite and number == math.inf)
+        if not finite_ok or not self.minimum <= number <= self.maximum:
+            raise ValueError(f"sampler option {name}={value} is out of range for {sampler!r}: {name} must be "
+                             f"{self.range_text} (default {_number(self.default)})")
+        return number
+
+
+def _number(value: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5", inf -> "inf": how option values read in messages and `sdrt samplers`."""
+    return f"{value:g}"
+
+
+OptionsCheck = Callable[[dict], None]
+"""A check across a sampler's options (s_tmin <= s_tmax) that raises ValueError with a one-line message."""
+
+
 class RunFn(Protocol):
     def __call__(self, x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, noise: NoiseSource,
                  *, start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop: ...
@@ -71,11 +116,30 @@ class SamplerSpec:
     init_noise_sigma: Callable[[Schedule, NoiseSchedule, str], float]  # (schedule, ns, spacing)
     add_noise: Callable[[np.ndarray, np.ndarray, Schedule, NoiseSchedule, int], np.ndarray]  # (x0, noise, sched, ns, step)
     diffusers_counterpart: str | None = None  # e.g. "DPMSolverMultistepScheduler(algorithm_type='dpmsolver++')"
-    options: dict = field(default_factory=dict)  # defaults of sampler-specific options (eta, s_noise, ...)
+    options: dict[str, SamplerOption] = field(default_factory=dict)  # sampler-specific options (eta, s_noise, ...)
     schedules: tuple[str, ...] = SIGMA_SCHEDULES  # sigma schedules this sampler supports
     # img2img that rebuilds the schedule for a strength and runs every step, instead of skipping the first
     # ones (diffusers' LCM img2img): (ns, steps, strength) -> Schedule. None: timesteps[start_step:].
     strength_schedule: Callable[[NoiseSchedule, int, float], Schedule] | None = None
+    check_options: OptionsCheck | None = None  # a check across options, after each is in its range
+
+    @property
+    def option_defaults(self) -> dict[str, float]:
+        return {name: option.default for name, option in self.options.items()}
+
+    def resolve_options(self, options: dict) -> dict[str, float]:
+        """The defaults overridden by the user's options, each checked; ValueError names an unknown option
+        (with the sampler's options) or the accepted range."""
+        unknown = set(options) - set(self.options)
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"sampler {self.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
+        merged = self.option_defaults
+        for name in sorted(options):
+            merged[name] = self.options[name].check(self.name, name, options[name])
+        if self.check_options is not None:
+            self.check_options(merged)
+        return merged
 
 
 REGISTRY: dict[str, SamplerSpec] = {}
@@ -133,12 +197,8 @@ class Sampler:
         spacing = spacing or noise_schedule.timestep_spacing or spec.default_spacing
         if spacing not in SPACINGS:
             raise ValueError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
-        unknown = set(options) - set(spec.options)
-        if unknown:
-            allowed = ", ".join(sorted(spec.options)) or "none"
-            raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
+        merged = spec.resolve_options(options)
         temperature = temperature or Temperature()
-        merged = {**spec.options, **options}
         stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0 or float(merged.get("s_churn", 0.0)) > 0
         if temperature.method == "cns" and not temperature.is_identity and not stochastic:
             raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
