@@ -353,8 +353,8 @@ _S_NOISE = SamplerOption(1.0, help="scale of the injected noise (1: as trained; 
 _ANCESTRAL = {"eta": SamplerOption(1.0, help="ancestral noise per step (0: deterministic, 1: full step)"),
               "s_noise": _S_NOISE}
 _CHURN = {
-    "s_churn": SamplerOption(0.0, help="churn: noise added before each step, gamma = min(s_churn / steps, "
-                                       "sqrt(2) - 1) (0: none)"),
+    "s_churn": SamplerOption(0.0, help="churn: noise re-added each step, gamma = min(s_churn / steps, 0.414) "
+                                       "(0: none)"),
     "s_tmin": SamplerOption(0.0, help="churn only at sigma >= s_tmin"),
     "s_tmax": SamplerOption(math.inf, help="churn only at sigma <= s_tmax", infinite=True),
     "s_noise": SamplerOption(1.0, help="scale of the churn noise"),

@@ -48,6 +48,18 @@ class ModelCall:
 NoiseSource = Callable[[tuple], np.ndarray]
 """Returns standard-normal float32 noise of the given shape; called in a fixed, documented order."""
 
+
+def as_noise_function(noise: NoiseSource | np.random.Generator) -> NoiseSource:
+    """A noise function for `noise`: a function as it is, or a numpy Generator, which is drawn from as
+    `generator.standard_normal(shape, dtype=numpy.float32)` once per noise the sampler asks for, in order."""
+    if isinstance(noise, np.random.Generator):
+        generator = noise
+        return lambda shape: generator.standard_normal(shape, dtype=np.float32)
+    if not callable(noise):
+        raise TypeError(f"noise must be a function noise(shape) -> array or a numpy.random.Generator, "
+                        f"got {type(noise).__name__}")
+    return noise
+
 StepEnd = Callable[[int, np.ndarray], np.ndarray]
 """Called by a sampler after step i with the new latents; returns the latents to continue from (inpainting)."""
 
@@ -189,6 +201,9 @@ class Sampler:
         spec = get_spec(name)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        if steps > noise_schedule.num_train_timesteps:  # more levels than the model was trained on
+            raise ValueError(f"steps must be at most num_train_timesteps ({noise_schedule.num_train_timesteps}), "
+                             f"got {steps}")
         if schedule not in SIGMA_SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SIGMA_SCHEDULES)}")
         if schedule not in spec.schedules:
@@ -250,9 +265,11 @@ class Sampler:
             start = self.start_step(strength)
         return self.add_noise(x0, noise * np.float32(self.temperature.noise_scale), start), start
 
-    def run(self, x: np.ndarray, noise: NoiseSource, start_step: int = 0,
+    def run(self, x: np.ndarray, noise: NoiseSource | np.random.Generator, start_step: int = 0,
             end_step: StepEnd | None = None) -> SamplerLoop:
-        """The sampling loop as a generator (see the module docstring); returns the final latents."""
+        """The sampling loop as a generator (see the module docstring); returns the final latents.
+        `noise` is a function or a numpy Generator (see `as_noise_function`)."""
+        noise = as_noise_function(noise)
         scale = self.temperature.noise_scale
         if scale != 1.0:
             raw_noise = noise
@@ -291,13 +308,15 @@ def drive(loop: SamplerLoop, model: ModelFn) -> np.ndarray:
         return done.value
 
 
-def sample(name: str, model: ModelFn, latents: np.ndarray, noise: NoiseSource, noise_schedule: NoiseSchedule,
-           steps: int, schedule: str = "normal", spacing: str | None = None,
+def sample(name: str, model: ModelFn, latents: np.ndarray, noise: NoiseSource | np.random.Generator,
+           noise_schedule: NoiseSchedule, steps: int, schedule: str = "normal", spacing: str | None = None,
            temperature: Temperature | None = None, model_family: str = "sd1", **options: float) -> np.ndarray:
     """Sample from standard-normal `latents` with any sampler and a plain numpy model function.
 
     `model(x, timestep)` returns the network's prediction (in the noise schedule's prediction_type) for the
-    latents x at that timestep; `noise(shape)` supplies every injected noise, in order. No engine needed.
+    latents x at that timestep; `noise` supplies every injected noise, in order: a function `noise(shape)`,
+    or a `numpy.random.Generator`, drawn from as `standard_normal(shape, dtype=float32)` per injected noise
+    (deterministic samplers draw nothing). No engine needed.
     """
     sampler = Sampler.create(name, noise_schedule, steps, schedule, spacing, temperature, model_family, **options)
     return drive(sampler.run(sampler.initial_latents(latents), noise), model)
