@@ -20,7 +20,7 @@ import cli_helpers
 from sdrt.errors import UserError
 from sdrt.manifest import Manifest
 from sdrt.runtime import GenerationRequest, Pipeline, open_image
-from sdrt.runtime.images import converted, image_to_array, mask_to_array
+from sdrt.runtime.images import image_to_array, mask_to_array
 from sdrt.schedulers import REGISTRY, NoiseSchedule, Sampler, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,6 +253,8 @@ def test_deep_images_without_a_scale_are_refused(pipe: Pipeline, values: np.ndar
 
 
 def test_a_mode_pillow_cannot_convert_is_refused_with_one_line() -> None:
+    from sdrt.runtime.images import converted
+
     class Unconvertible:
         mode = "BGR;15"  # what older Pillow versions opened and could not convert
 
