@@ -173,6 +173,7 @@ def test_16_bit_ramp_mask_repaints_its_upper_half(tmp_path: Path) -> None:
 def test_big_endian_16_bit_tiff_and_32_bit_integer_masks(tmp_path: Path) -> None:
     values = np.zeros((32, 32), dtype=np.uint16)
     values[:8] = 50000
+    values[8:16] = 20000  # below half: kept (Pillow's clipping to 255 made it white)
     big_endian = Image.frombytes("I;16B", (32, 32), values.astype(">u2").tobytes())
     mask = saved(big_endian, tmp_path / "mask.tif")
     assert mask.mode == "I;16B"
