@@ -5,7 +5,6 @@ anything else."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
