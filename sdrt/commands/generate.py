@@ -76,6 +76,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     try:
         paths = output_paths(output, request.seed, batch)
         pipe.check(request)  # every user error before anything is printed or computed
+        click.echo("".join(f"note: {note}\n" for note in pipe.notes(request)), err=True, nl=False)
         if backend == "auto":
             click.echo(pipe.backend_choice, err=True)
         result = run_with_progress(pipe, request, show=not quiet and sys.stderr.isatty())

@@ -28,7 +28,7 @@ from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
-from .request import GenerationRequest, check_latents, resolve_size, validate
+from .request import GenerationRequest, check_latents, nonfinite_error, resolve_size, validate
 from .text import PromptEncoder, TextBranch
 from .tokenizer import ClipTokenizer
 
@@ -62,6 +62,7 @@ class GenerationResult:
     seeds: list[int]
     parameters: list[str]  # A1111 `parameters` text per image
     timings: Timings = field(default_factory=Timings)
+    notes: list[str] = field(default_factory=list)  # what the user should know about the run (Pipeline.notes)
 
 
 class Pipeline:
@@ -165,17 +166,36 @@ class Pipeline:
         unet = GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
                           extra_channels)
         t0 = time.perf_counter()
-        latents = run_sampler(sampler, x, noise, start, end_step, unet, progress)
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf are caught below, with one clear line
+            latents = run_sampler(sampler, x, noise, start, end_step, unet, progress)
         timings.loop = time.perf_counter() - t0
         timings.unet, timings.unet_calls = unet.seconds, unet.calls
         timings.steps = sampler.num_steps - start
+        self._check_finite(latents, "sampled latents", request)
 
         t0 = time.perf_counter()
-        images = [array_to_uint8(self.decode(latents[i:i + 1]))[0] for i in range(request.batch)]
+        decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
+        for image in decoded:
+            self._check_finite(image, "decoded images", request)
+        images = [array_to_uint8(image)[0] for image in decoded]
         timings.vae_decode = time.perf_counter() - t0
         timings.total = time.perf_counter() - started
         parameters = [self._parameters(request, sampler, seed, (height, width)) for seed in seeds]
-        return GenerationResult(images, latents, seeds, parameters, timings)
+        return GenerationResult(images, latents, seeds, parameters, timings, self.notes(request))
+
+    def _check_finite(self, values: np.ndarray, what: str, request: GenerationRequest) -> None:
+        """NaN or Inf would be written as a black image (the uint8 conversion clips them): refuse instead."""
+        if not np.isfinite(values).all():
+            raise nonfinite_error(what, request, self.bundle.precision)
+
+    def notes(self, request: GenerationRequest) -> list[str]:
+        """One-line remarks about a valid request that the user should see (the CLI prints "note: ...")."""
+        notes = []
+        if request.schedule == "ays" and self.model.family not in ("sd1", "sdxl"):
+            family = {"sd2": "SD 2.x"}.get(self.model.family, self.model.family)
+            notes.append(f"--schedule ays uses SD 1.5's noise levels on this {family} bundle: Align Your Steps "
+                         "publishes levels for SD 1.5 and SDXL only")
+        return notes
 
     def check(self, request: GenerationRequest) -> tuple[Sampler, tuple[int, int]]:
         """Validate the request against the bundle and create the engines it needs, so every user error and
@@ -215,7 +235,7 @@ class Pipeline:
         height, width = size
         if request.task == "txt2img":
             return sampler.initial_latents(initial_noise), 0, None, None
-        image = image_to_array(request.init_image, width, height)
+        image = image_to_array(request.init_image, width, height, "init image")
         strength = request.effective_strength
         if request.task == "img2img":
             image_latents = self.encode(image, noise, request.batch)

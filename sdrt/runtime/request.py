@@ -6,6 +6,8 @@ exit 2 without having written anything.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import ModelInfo
+from .images import check_image_mode
 
 
 @dataclass
@@ -53,48 +56,95 @@ class GenerationRequest:
 
 
 def resolve_size(request: GenerationRequest, model: ModelInfo) -> tuple[int, int]:
-    """(height, width) for the request, validated against the bundle's supported range."""
-    height, width = request.height, request.width
-    if request.init_image is not None:
-        image_w, image_h = request.init_image.size
-        height = height or image_h
-        width = width or image_w
-    default_h, default_w = model.default_size
-    height, width = height or default_h, width or default_w
+    """(height, width) for the request, validated against the bundle's supported range.
+
+    A side not given comes from the init image, else from the bundle's default; only None means "not given"
+    (0 is refused, not read as the default).
+    """
     step = max(model.size_multiple, model.vae_scale_factor)
-    for name, value in (("width", width), ("height", height)):
-        if value % step:
-            lower, upper = value - value % step, value - value % step + step
-            raise UserError(f"{name} {value} is not a multiple of {step}: use {lower or upper} or {upper}"
-                            + (" (or resize the init image)" if request.init_image is not None else ""))
-        if not model.min_size <= value <= model.max_size:
-            raise UserError(f"{name} {value} is outside this bundle's range {model.min_size}..{model.max_size}: "
-                            f"choose a size in that range or re-export with a wider one")
-    return height, width
+    image_size = request.init_image.size if request.init_image is not None else None
+    sides = {}
+    for name, value, default, index in (("width", request.width, model.default_size[1], 0),
+                                        ("height", request.height, model.default_size[0], 1)):
+        if value is not None and (not _is_whole(value) or value < 1):
+            raise UserError(f"{name} {value!r} is not a size in pixels: choose a multiple of {step} in "
+                            f"{model.min_size}..{model.max_size}, or leave --{name} out for {default}")
+        from_image = value is None and image_size is not None
+        sides[name] = image_size[index] if from_image else (default if value is None else value)
+        _check_side(name, sides[name], model, step, from_image, image_size)
+    return sides["height"], sides["width"]
+
+
+def _check_side(name: str, value: int, model: ModelInfo, step: int, from_image: bool,
+                image_size: tuple[int, int] | None) -> None:
+    if value % step:
+        lower, upper = value - value % step, value - value % step + step
+        raise UserError(f"{name} {value} is not a multiple of {step}: use {lower or upper} or {upper}"
+                        + (" (or resize the init image)" if image_size is not None else ""))
+    if model.min_size <= value <= model.max_size:
+        return
+    if from_image:
+        bound = "--max-size" if value > model.max_size else "--min-size"
+        raise UserError(f"{name} {value} (the init image's, {image_size[0]}x{image_size[1]}) is outside this "
+                        f"bundle's range {model.min_size}..{model.max_size}: pass --width and --height to resize "
+                        f"the image, or re-export with `sdrt export {bound} {value}`")
+    raise UserError(f"{name} {value} is outside this bundle's range {model.min_size}..{model.max_size}: "
+                    f"choose a size in that range or re-export with a wider one")
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_text(name: str, text: str) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates): the tokenizer cannot encode it. Python turns
+    the invalid UTF-8 bytes of a command-line argument into such surrogates (U+DC80..U+DCFF, one per byte)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        raise UserError(f"{name} is not valid UTF-8 text (invalid {found} at character {exc.start + 1}): "
+                        "type it again, or re-save the text it came from as UTF-8") from None
 
 
 def validate(request: GenerationRequest) -> None:
     """Checks that need no bundle (the sampler and temperature are checked by the scheduler library)."""
     if not isinstance(request.prompt, str):
         raise UserError("prompt must be text")
-    if not isinstance(request.batch, int) or request.batch < 1:
+    if request.negative is not None and not isinstance(request.negative, str):
+        raise UserError("negative prompt must be text")
+    check_text("prompt", request.prompt)
+    if request.negative is not None:
+        check_text("negative prompt", request.negative)
+    if not _is_whole(request.batch) or request.batch < 1:
         raise UserError(f"batch must be a whole number >= 1, got {request.batch!r}")
-    if not isinstance(request.steps, int) or request.steps < 1:
+    if not _is_whole(request.steps) or request.steps < 1:
         raise UserError(f"steps must be a whole number >= 1, got {request.steps!r}")
-    if not np.isfinite(request.cfg) or request.cfg < 0:
+    if not _is_number(request.cfg) or not math.isfinite(request.cfg) or request.cfg < 0:
         raise UserError(f"cfg must be a number >= 0, got {request.cfg}: use e.g. 7")
-    if not 0.0 <= request.guidance_rescale <= 1.0:
+    if not _is_number(request.guidance_rescale) or not 0.0 <= request.guidance_rescale <= 1.0:
         raise UserError(f"guidance rescale must be in [0, 1], got {request.guidance_rescale}: use e.g. 0.7")
+    if not _is_number(request.temperature):
+        raise UserError(f"temperature must be a positive number, got {request.temperature!r}: use e.g. 0.8 or 1.2")
     if request.mask is not None and request.init_image is None:
         raise UserError("a mask needs the image it applies to: pass --init-image as well")
     if request.strength is not None and request.init_image is None:
         raise UserError("strength applies to img2img and inpainting: pass --init-image, or drop --strength")
-    if request.strength is not None and not 0.0 < request.strength <= 1.0:
+    if request.strength is not None and (not _is_number(request.strength) or not 0.0 < request.strength <= 1.0):
         raise UserError(f"strength must be in (0, 1], got {request.strength}: use e.g. 0.75")
     if request.mask is not None and request.mask.size != request.init_image.size:
         mw, mh = request.mask.size
         iw, ih = request.init_image.size
         raise UserError(f"the mask is {mw}x{mh} but the init image is {iw}x{ih}: give a mask of the image's size")
+    if request.init_image is not None:
+        check_image_mode(request.init_image, "init image")
+    if request.mask is not None:
+        check_image_mode(request.mask, "mask")
 
 
 def check_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -103,3 +153,23 @@ def check_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise UserError(f"initial latents have shape {latents.shape}, this request needs {shape}: "
                         "match the batch, the latent channels and size / 8")
     return latents
+
+
+# Beyond these a NaN or Inf result is most likely the setting's doing (usual: cfg 1..15, temperature 0.5..2).
+EXTREME_CFG = 50.0
+EXTREME_TEMPERATURE = (0.05, 20.0)
+
+
+def nonfinite_error(what: str, request: GenerationRequest, precision: str) -> UserError:
+    """The error for NaN/Inf in the sampled latents or the decoded images, naming the likely causes."""
+    causes = []
+    if request.cfg > EXTREME_CFG:
+        causes.append(f"lower --cfg ({request.cfg:g} is extreme; 4 to 12 is usual)")
+    if not EXTREME_TEMPERATURE[0] <= request.temperature <= EXTREME_TEMPERATURE[1]:
+        causes.append(f"use a --temperature nearer 1 ({request.temperature:g} is extreme)")
+    if precision == "fp16":
+        causes.append("try --precision fp32 (fp16 overflows more easily)")
+    if not causes:
+        causes.append("try another --sampler or fewer extreme --sampler-option values, and check the bundle "
+                      "with --verify")
+    return UserError(f"the {what} contain NaN or Inf values, so there is no image: {', or '.join(causes)}")

@@ -35,7 +35,17 @@ import numpy as np
 from numpy.polynomial import polynomial
 
 from .noise_schedule import NoiseSchedule
-from .sampling import ModelCall, NoiseSource, RunFn, SamplerLoop, SamplerSpec, StepEnd, register
+from .sampling import (
+    ModelCall,
+    NoiseSource,
+    OptionsCheck,
+    RunFn,
+    SamplerLoop,
+    SamplerOption,
+    SamplerSpec,
+    StepEnd,
+    register,
+)
 from .schedules import Schedule, ays_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,8 +172,6 @@ def euler(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, nois
     sigma, then x is churned up to sigma_hat = sigma * (1 + gamma) before the step."""
     sigmas, timesteps, ptype = schedule.sigmas, schedule.timesteps, noise_schedule.prediction_type
     s_churn, s_tmin, s_tmax, s_noise = (float(options[k]) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise"))
-    if s_churn < 0:
-        raise ValueError(f"s_churn must be >= 0, got {s_churn}")
     churn_gamma = min(s_churn / len(timesteps), math.sqrt(2) - 1)
     for i in range(start_step, len(timesteps)):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -328,21 +336,41 @@ def dpmpp_sde(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, 
 
 
 def _register(name: str, title: str, run: RunFn, counterpart: str, *, stochastic: bool = False,
-              options: dict | None = None, **schedule_quirks: Any) -> None:
+              options: dict[str, SamplerOption] | None = None, check_options: OptionsCheck | None = None,
+              **schedule_quirks: Any) -> None:
     def build(noise_schedule: NoiseSchedule, steps: int, schedule: str, spacing: str, family: str) -> Schedule:
         return build_sigma_schedule(noise_schedule, steps, schedule, spacing, family, **schedule_quirks)
 
     register(SamplerSpec(name=name, title=title, stochastic=stochastic, default_spacing="linspace",
                          build_schedule=build, run=run, init_noise_sigma=init_noise_sigma, add_noise=add_noise,
-                         diffusers_counterpart=counterpart, options=options or {}))
+                         diffusers_counterpart=counterpart, options=options or {}, check_options=check_options))
 
 
-_register("euler", "Euler", euler, "EulerDiscreteScheduler",
-          options={"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0})
-_register("euler_a", "Euler a", euler_a, "EulerAncestralDiscreteScheduler", stochastic=True,
-          options={"eta": 1.0, "s_noise": 1.0})
+# Ranges: what the formulas can use. k-diffusion and diffusers check none of these; a negative churn or noise
+# scale, or NaN anywhere, only shows up as a black image. eta above 1 is allowed for the ancestral samplers, as
+# in k-diffusion: sigma_up is capped at sigma_next, so it only moves towards a full ancestral step.
+_S_NOISE = SamplerOption(1.0, help="scale of the injected noise (1: as trained; 0: none)")
+_ANCESTRAL = {"eta": SamplerOption(1.0, help="ancestral noise per step (0: deterministic, 1: full step)"),
+              "s_noise": _S_NOISE}
+_CHURN = {
+    "s_churn": SamplerOption(0.0, help="churn: noise re-added each step, gamma = min(s_churn / steps, 0.414) "
+                                       "(0: none)"),
+    "s_tmin": SamplerOption(0.0, help="churn only at sigma >= s_tmin"),
+    "s_tmax": SamplerOption(math.inf, help="churn only at sigma <= s_tmax", infinite=True),
+    "s_noise": SamplerOption(1.0, help="scale of the churn noise"),
+}
+
+
+def _check_churn_window(options: dict) -> None:
+    if options["s_tmin"] > options["s_tmax"]:
+        raise ValueError(f"sampler option s_tmin={options['s_tmin']:g} is above s_tmax={options['s_tmax']:g}: "
+                         "churn applies to sigma in [s_tmin, s_tmax], so s_tmin must be <= s_tmax")
+
+
+_register("euler", "Euler", euler, "EulerDiscreteScheduler", options=_CHURN, check_options=_check_churn_window)
+_register("euler_a", "Euler a", euler_a, "EulerAncestralDiscreteScheduler", stochastic=True, options=_ANCESTRAL)
 _register("heun", "Heun", heun, "HeunDiscreteScheduler")
 _register("dpm2", "DPM2", dpm2, "KDPM2DiscreteScheduler", round_karras_timesteps=True)
 _register("lms", "LMS", lms, "LMSDiscreteScheduler")
 _register("dpmpp_sde", "DPM++ SDE", dpmpp_sde, "DPMSolverSDEScheduler (i.i.d. noise, not a Brownian tree)",
-          stochastic=True, options={"eta": 1.0, "s_noise": 1.0}, timestep_dtype=np.float64)
+          stochastic=True, options=_ANCESTRAL, timestep_dtype=np.float64)

@@ -24,6 +24,7 @@ Arrays: a sampler never writes to an array it was sent or has yielded, and it ma
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Protocol
 
@@ -47,10 +48,66 @@ class ModelCall:
 NoiseSource = Callable[[tuple], np.ndarray]
 """Returns standard-normal float32 noise of the given shape; called in a fixed, documented order."""
 
+
+def as_noise_function(noise: NoiseSource | np.random.Generator) -> NoiseSource:
+    """A noise function for `noise`: a function as it is, or a numpy Generator, which is drawn from as
+    `generator.standard_normal(shape, dtype=numpy.float32)` once per noise the sampler asks for, in order."""
+    if isinstance(noise, np.random.Generator):
+        generator = noise
+        return lambda shape: generator.standard_normal(shape, dtype=np.float32)
+    if not callable(noise):
+        raise TypeError(f"noise must be a function noise(shape) -> array or a numpy.random.Generator, "
+                        f"got {type(noise).__name__}")
+    return noise
+
 StepEnd = Callable[[int, np.ndarray], np.ndarray]
 """Called by a sampler after step i with the new latents; returns the latents to continue from (inpainting)."""
 
 SamplerLoop = Generator[ModelCall, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SamplerOption:
+    """A sampler's numeric option: its default and the closed range [minimum, maximum] a value must lie in.
+
+    Declared beside each sampler so that a value its formulas cannot use (NaN, eta > 1 in DDIM, whose noise
+    would then exceed the step's variance) is refused with one line before sampling instead of turning the
+    image black. Values must be finite unless `infinite` (s_tmax, whose default inf means "no upper limit").
+    """
+
+    default: float
+    minimum: float = 0.0
+    maximum: float = math.inf
+    help: str = ""
+    infinite: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The accepted range as users read it: "in [0, 1]", ">= 0"."""
+        if math.isinf(self.maximum):
+            return f">= {_number(self.minimum)}" + (" or inf" if self.infinite else "")
+        return f"in [{_number(self.minimum)}, {_number(self.maximum)}]"
+
+    def check(self, sampler: str, name: str, value: object) -> float:
+        """The value as a float, or a ValueError naming the accepted range."""
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        finite_ok = math.isfinite(number) or (self.infinite and number == math.inf)
+        if not finite_ok or not self.minimum <= number <= self.maximum:
+            raise ValueError(f"sampler option {name}={value} is out of range for {sampler!r}: {name} must be "
+                             f"{self.range_text} (default {_number(self.default)})")
+        return number
+
+
+def _number(value: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5", inf -> "inf": how option values read in messages and `sdrt samplers`."""
+    return f"{value:g}"
+
+
+OptionsCheck = Callable[[dict], None]
+"""A check across a sampler's options (s_tmin <= s_tmax) that raises ValueError with a one-line message."""
 
 
 class RunFn(Protocol):
@@ -71,11 +128,30 @@ class SamplerSpec:
     init_noise_sigma: Callable[[Schedule, NoiseSchedule, str], float]  # (schedule, ns, spacing)
     add_noise: Callable[[np.ndarray, np.ndarray, Schedule, NoiseSchedule, int], np.ndarray]  # (x0, noise, sched, ns, step)
     diffusers_counterpart: str | None = None  # e.g. "DPMSolverMultistepScheduler(algorithm_type='dpmsolver++')"
-    options: dict = field(default_factory=dict)  # defaults of sampler-specific options (eta, s_noise, ...)
+    options: dict[str, SamplerOption] = field(default_factory=dict)  # sampler-specific options (eta, s_noise, ...)
     schedules: tuple[str, ...] = SIGMA_SCHEDULES  # sigma schedules this sampler supports
     # img2img that rebuilds the schedule for a strength and runs every step, instead of skipping the first
     # ones (diffusers' LCM img2img): (ns, steps, strength) -> Schedule. None: timesteps[start_step:].
     strength_schedule: Callable[[NoiseSchedule, int, float], Schedule] | None = None
+    check_options: OptionsCheck | None = None  # a check across options, after each is in its range
+
+    @property
+    def option_defaults(self) -> dict[str, float]:
+        return {name: option.default for name, option in self.options.items()}
+
+    def resolve_options(self, options: dict) -> dict[str, float]:
+        """The defaults overridden by the user's options, each checked; ValueError names an unknown option
+        (with the sampler's options) or the accepted range."""
+        unknown = set(options) - set(self.options)
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"sampler {self.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
+        merged = self.option_defaults
+        for name in sorted(options):
+            merged[name] = self.options[name].check(self.name, name, options[name])
+        if self.check_options is not None:
+            self.check_options(merged)
+        return merged
 
 
 REGISTRY: dict[str, SamplerSpec] = {}
@@ -125,6 +201,9 @@ class Sampler:
         spec = get_spec(name)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        if steps > noise_schedule.num_train_timesteps:  # more levels than the model was trained on
+            raise ValueError(f"steps must be at most num_train_timesteps ({noise_schedule.num_train_timesteps}), "
+                             f"got {steps}")
         if schedule not in SIGMA_SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SIGMA_SCHEDULES)}")
         if schedule not in spec.schedules:
@@ -133,12 +212,8 @@ class Sampler:
         spacing = spacing or noise_schedule.timestep_spacing or spec.default_spacing
         if spacing not in SPACINGS:
             raise ValueError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
-        unknown = set(options) - set(spec.options)
-        if unknown:
-            allowed = ", ".join(sorted(spec.options)) or "none"
-            raise ValueError(f"sampler {spec.name!r} has no option {sorted(unknown)[0]!r} (options: {allowed})")
+        merged = spec.resolve_options(options)
         temperature = temperature or Temperature()
-        merged = {**spec.options, **options}
         stochastic = spec.stochastic or float(merged.get("eta", 0.0)) > 0 or float(merged.get("s_churn", 0.0)) > 0
         if temperature.method == "cns" and not temperature.is_identity and not stochastic:
             raise ValueError(f"Constant Noise Scaling needs a stochastic sampler and {spec.name!r} injects no "
@@ -190,9 +265,11 @@ class Sampler:
             start = self.start_step(strength)
         return self.add_noise(x0, noise * np.float32(self.temperature.noise_scale), start), start
 
-    def run(self, x: np.ndarray, noise: NoiseSource, start_step: int = 0,
+    def run(self, x: np.ndarray, noise: NoiseSource | np.random.Generator, start_step: int = 0,
             end_step: StepEnd | None = None) -> SamplerLoop:
-        """The sampling loop as a generator (see the module docstring); returns the final latents."""
+        """The sampling loop as a generator (see the module docstring); returns the final latents.
+        `noise` is a function or a numpy Generator (see `as_noise_function`)."""
+        noise = as_noise_function(noise)
         scale = self.temperature.noise_scale
         if scale != 1.0:
             raw_noise = noise
@@ -231,13 +308,15 @@ def drive(loop: SamplerLoop, model: ModelFn) -> np.ndarray:
         return done.value
 
 
-def sample(name: str, model: ModelFn, latents: np.ndarray, noise: NoiseSource, noise_schedule: NoiseSchedule,
-           steps: int, schedule: str = "normal", spacing: str | None = None,
+def sample(name: str, model: ModelFn, latents: np.ndarray, noise: NoiseSource | np.random.Generator,
+           noise_schedule: NoiseSchedule, steps: int, schedule: str = "normal", spacing: str | None = None,
            temperature: Temperature | None = None, model_family: str = "sd1", **options: float) -> np.ndarray:
     """Sample from standard-normal `latents` with any sampler and a plain numpy model function.
 
     `model(x, timestep)` returns the network's prediction (in the noise schedule's prediction_type) for the
-    latents x at that timestep; `noise(shape)` supplies every injected noise, in order. No engine needed.
+    latents x at that timestep; `noise` supplies every injected noise, in order: a function `noise(shape)`,
+    or a `numpy.random.Generator`, drawn from as `standard_normal(shape, dtype=float32)` per injected noise
+    (deterministic samplers draw nothing). No engine needed.
     """
     sampler = Sampler.create(name, noise_schedule, steps, schedule, spacing, temperature, model_family, **options)
     return drive(sampler.run(sampler.initial_latents(latents), noise), model)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .noise_schedule import NoiseSchedule
-from .sampling import ModelCall, NoiseSource, SamplerLoop, SamplerSpec, StepEnd, register
+from .sampling import ModelCall, NoiseSource, SamplerLoop, SamplerOption, SamplerSpec, StepEnd, register
 from .schedules import Schedule, ays_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, spaced_timesteps
 
 # LCMScheduler's defaults, shared by every published LCM / LCM-LoRA checkpoint.
@@ -348,10 +348,12 @@ def lcm(x: np.ndarray, schedule: VPSchedule, noise_schedule: NoiseSchedule, nois
     return x
 
 
+# eta > 1 makes the noise's variance exceed the step's (1 - abar' - std^2 < 0): diffusers returns NaN there.
+_DDIM_ETA = SamplerOption(0.0, maximum=1.0, help="noise per step (0: deterministic DDIM, 1: DDPM-like)")
 _COMMON = dict(init_noise_sigma=init_noise_sigma, add_noise=add_noise, default_spacing="leading")
 
 register(SamplerSpec(name="ddim", title="DDIM", stochastic=False, build_schedule=_build("ddim", "ddim"), run=ddim,
-                     diffusers_counterpart="DDIMScheduler", options={"eta": 0.0}, **_COMMON))
+                     diffusers_counterpart="DDIMScheduler", options={"eta": _DDIM_ETA}, **_COMMON))
 register(SamplerSpec(name="ddpm", title="DDPM", stochastic=True, build_schedule=_build("ddpm", "next"), run=ddpm,
                      diffusers_counterpart="DDPMScheduler", **_COMMON))
 register(SamplerSpec(name="plms", title="PLMS", stochastic=False, build_schedule=_build("plms", "ddim"), run=plms,
