@@ -58,10 +58,8 @@ def test_bundle_manifest_and_files(tiny_bundle, kind: str) -> None:
             onnx.checker.check_model(str(bundle / spec.file))
             assert [i.name for i in model.graph.input] == [t.name for t in spec.inputs]
             assert [o.name for o in model.graph.output] == [t.name for t in spec.outputs]
-            acc = spec.accuracy
-            assert acc["passed"] and len(acc["cases"]) >= 2
-            assert all(case["shape"] != manifest.export["trace_shape"] for case in acc["cases"])
-            assert acc["worst"]["rel"] <= acc["thresholds"]["rel"]
+    # Numerics are not taken from the exporter's own accuracy record: the tests below run every graph of every
+    # kind against the diffusers / transformers module on inputs made here.
 
 
 def test_sdxl_manifest_contract(tiny_bundle) -> None:
@@ -91,7 +89,7 @@ def test_sdxl_manifest_contract(tiny_bundle) -> None:
     assert json.loads((bundle / "scheduler.json").read_text())["_class_name"] == "EulerDiscreteScheduler"
 
 
-@pytest.mark.parametrize("kind", ["sd1", "sdxl", "sd1_inpaint"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_unet_matches_diffusers_at_new_shape(tiny_bundle, tiny_model, kind: str, precision: str) -> None:
     bundle = tiny_bundle(kind)
@@ -114,14 +112,18 @@ def test_unet_matches_diffusers_at_new_shape(tiny_bundle, tiny_model, kind: str,
     assert _rel(actual, expected) < (FP32_REL if precision == "fp32" else FP16_REL)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_text_encoders_match_transformers(tiny_bundle, tiny_model, precision: str) -> None:
+def test_text_encoders_match_transformers(tiny_bundle, tiny_model, kind: str, precision: str) -> None:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    bundle, folder = tiny_bundle("sdxl"), tiny_model("sdxl")
+    bundle, folder = tiny_bundle(kind), tiny_model(kind)
     manifest = Manifest.load(bundle)
     prompts = ["a photo of an astronaut riding a horse on mars", "", "café, 8k!!"]
-    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+    encoders = [("text_encoder", CLIPTextModel)]
+    if kind == "sdxl":
+        encoders.append(("text_encoder_2", CLIPTextModelWithProjection))
+    for name, cls in encoders:
         tokenizer = CLIPTokenizer.from_pretrained(folder / name.replace("text_encoder", "tokenizer"))
         ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         model = cls.from_pretrained(folder / name).eval()
@@ -138,11 +140,12 @@ def test_text_encoders_match_transformers(tiny_bundle, tiny_model, precision: st
             assert _rel(produced[key], value.numpy()) < (FP32_REL if precision == "fp32" else FP16_REL), (name, key)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_vae_matches_diffusers(tiny_bundle, tiny_model, precision: str) -> None:
-    bundle = tiny_bundle("sd1")
+def test_vae_matches_diffusers(tiny_bundle, tiny_model, kind: str, precision: str) -> None:
+    bundle = tiny_bundle(kind)
     manifest = Manifest.load(bundle)
-    vae = diffusers.AutoencoderKL.from_pretrained(tiny_model("sd1") / "vae").eval()
+    vae = diffusers.AutoencoderKL.from_pretrained(tiny_model(kind) / "vae").eval()
     gen = torch.Generator().manual_seed(3)
     latent = torch.randn(2, 4, 7, 10, generator=gen)
     image = torch.rand(1, 3, 72, 40, generator=gen) * 2 - 1

@@ -168,7 +168,7 @@ def test_cfg_matches_diffusers(rescale: float) -> None:
     np.testing.assert_allclose(apply_cfg(pred, 7.5, rescale), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg,batch_seen", [(1.0, 2), (0.0, 2), (3.0, 4)])
+@pytest.mark.parametrize("cfg,batch_seen", [(1.0, 2), (0.9999999, 2), (0.0, 2), (1.0000001, 4), (3.0, 4)])
 def test_unconditional_pass_only_with_cfg_above_one(tiny_bundle, cfg: float, batch_seen: int) -> None:
     pipe = Pipeline.load(str(tiny_bundle("sd1")))
     pipe.check(GenerationRequest("x", sampler="ddim"))

@@ -193,11 +193,42 @@ def test_cns_needs_a_stochastic_sampler(name: str, options: dict) -> None:
         Sampler.create(name, NoiseSchedule(), 10, temperature=Temperature(0.5, "cns"), **options)
 
 
-def test_cns_scales_initial_and_injected_noise_of_stochastic_samplers() -> None:
-    ns = NoiseSchedule()
-    Sampler.create("ddim", ns, 10, temperature=Temperature(0.5, "cns"), eta=1.0)  # eta > 0 injects noise
-    sampler = Sampler.create("ddpm", ns, 10, temperature=Temperature(0.25, "cns"))  # k = 4
-    np.testing.assert_allclose(sampler.initial_latents(np.ones((2,), np.float32)), 0.5)
+class RecordingNoise:
+    """A fixed standard-normal stream that records every draw it hands out, times `scale`."""
+
+    def __init__(self, seed: int, scale: float = 1.0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.scale = np.float32(scale)
+        self.drawn: list[np.ndarray] = []
+
+    def __call__(self, shape: tuple) -> np.ndarray:
+        self.drawn.append(self.rng.standard_normal(shape, dtype=np.float32) * self.scale)
+        return self.drawn[-1].copy()
+
+
+def _linear_model(x: np.ndarray, timestep: float) -> np.ndarray:
+    return x * np.float32(0.3) + np.float32(timestep / 2000.0)
+
+
+@pytest.mark.parametrize("name, options", [("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler_a", {})])
+def test_cns_scales_initial_and_injected_noise_of_stochastic_samplers(name: str, options: dict) -> None:
+    """CNS at T = 1/4 (k = 4) is the untempered sampler fed every noise (initial, img2img and injected) times
+    1/sqrt(k) = 0.5: same latents, bit for bit (multiplying by 0.5 is exact)."""
+    ns, steps, shape = NoiseSchedule(), 6, (2, 3)
+    cns = Sampler.create(name, ns, steps, temperature=Temperature(0.25, "cns"), **options)
+    plain = Sampler.create(name, ns, steps, **options)
+    z = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    assert np.array_equal(cns.initial_latents(z), plain.initial_latents(z * np.float32(0.5)))
+    x0 = np.full(shape, 0.7, np.float32)
+    assert np.array_equal(cns.noised_latents(x0, z, 0.5)[0], plain.noised_latents(x0, z * np.float32(0.5), 0.5)[0])
+
+    raw, halved = RecordingNoise(3), RecordingNoise(3, scale=0.5)
+    tempered = drive(cns.run(cns.initial_latents(z), raw), _linear_model)
+    expected = drive(plain.run(plain.initial_latents(z * np.float32(0.5)), halved), _linear_model)
+    assert len(raw.drawn) >= steps - 1  # noise was injected (every step; euler_a: all but the last)
+    assert np.array_equal(tempered, expected)
+    assert not np.array_equal(tempered, drive(plain.run(plain.initial_latents(z * np.float32(0.5)),
+                                                        RecordingNoise(3)), _linear_model))
 
 
 @pytest.mark.parametrize("value", [0.0, -0.5, float("nan"), float("inf")])
