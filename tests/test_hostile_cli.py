@@ -165,7 +165,8 @@ def test_output_on_a_read_only_file_system(bundle: Path, tmp_path: Path) -> None
         reason = os.strerror(errno.EROFS)
     else:
         reason = _creation_error(folder)
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert (proc.returncode, proc.stderr) == (2, f"error: output {folder / 'x.png'} cannot be written: {folder} does "
                                                  f"not accept new files ({reason}): choose another -o\n")
     assert proc.stdout == ""

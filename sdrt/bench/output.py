@@ -1,7 +1,8 @@
 """The benchmark's stdout table and JSON document.
 
 JSON keys (schema "sdrt-bench/1"): schema, settings {bundle, family, precision, backend, backend_choice, spin,
-spin_reason (why spin-waiting was on or off: "--no-spin", "load 3.2 on 2 cores", ...), providers, steps, sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed},
+spin_reason (why ORT's threads spun or not: "--no-spin", "load 3.2 on 2 cores", ...), providers, steps,
+sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed},
 machine {cpu_count, load_average, platform, python, onnxruntime}, stages {text_encoding, prepare_latents,
 denoising, unet_engine, host_overhead, vae_decode, other, end_to_end: {median_s, p90_s}}, per_step {engine,
 host_overhead: {median_s, p90_s}}, timeline [{step, engine_median_s, engine_p90_s, host_median_s,

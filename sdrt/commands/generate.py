@@ -47,7 +47,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
-              help="PNG path (batch > 1: NAME-SEED.png per image); missing folders are created. Default: sdrt-SEED.png.")
+              help="PNG path (batch > 1: NAME-SEED.png per image); missing folders are created. "
+                   "Default: sdrt-SEED.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str,
              spacing: str | None, sampler_options: tuple[str, ...], cfg: float,

@@ -112,6 +112,7 @@ def write_all(files: Sequence[tuple[Path, bytes]]) -> None:
         except OSError as exc:
             _undo(staged[len(written):], created if not written else [])
             verb = "was" if len(written) == 1 else "were"
-            done = f"only {', '.join(map(str, written))} of this batch {verb} written" if written else "nothing was written"
+            done = (f"only {', '.join(map(str, written))} of this batch {verb} written" if written
+                    else "nothing was written")
             raise UserError(f"cannot write {path} ({exc.strerror or exc}): {done}") from None
         written.append(path)
