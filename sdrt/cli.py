@@ -3,6 +3,8 @@ the command body, so `sdrt generate` never loads torch and `sdrt --help` is inst
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 
 import click
@@ -19,7 +21,18 @@ def cli() -> None:
     """Deploy Stable Diffusion models for low-latency inference."""
 
 
+def first_sentence(help_text: str) -> str:
+    """The first sentence of a command's help, on one line: `sdrt --help` lists it whole, where click's own
+    short help cuts it at a fixed width mid-sentence."""
+    paragraph = inspect.cleandoc(help_text.split("\f")[0]).split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    match = re.match(r"(.+?[.!?])(?:\s|$)", text)
+    return match.group(1) if match else text
+
+
 for command in COMMANDS:
+    if command.short_help is None and command.help:
+        command.short_help = first_sentence(command.help)
     cli.add_command(command)
 
 

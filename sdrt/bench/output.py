@@ -1,7 +1,8 @@
 """The benchmark's stdout table and JSON document.
 
 JSON keys (schema "sdrt-bench/1"): schema, settings {bundle, family, precision, backend, backend_choice, spin,
-providers, steps, sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed},
+spin_reason (why ORT's threads spun or not: "--no-spin", "load 3.2 on 2 cores", ...), providers, steps,
+sampler, schedule, cfg, batch, width, height, runs, warmup, threads, prompt, seed},
 machine {cpu_count, load_average, platform, python, onnxruntime}, stages {text_encoding, prepare_latents,
 denoising, unet_engine, host_overhead, vae_decode, other, end_to_end: {median_s, p90_s}}, per_step {engine,
 host_overhead: {median_s, p90_s}}, timeline [{step, engine_median_s, engine_p90_s, host_median_s,
@@ -18,6 +19,7 @@ import platform
 import sys
 from typing import Any
 
+from ..runtime.cpu_policy import SpinChoice
 from .stats import Report, Spread
 
 SCHEMA = "sdrt-bench/1"
@@ -68,6 +70,7 @@ def table(report: Report) -> str:
         f"[{', '.join(providers)}]",
         f"{s['steps']} steps {s['sampler']}, cfg {s['cfg']}, batch {s['batch']}, {s['width']}x{s['height']}; "
         f"{s['runs']} timed run(s) after {s['warmup']} warm-up",
+        f"threads {s['threads'] or 'auto (ORT)'}, {SpinChoice(s['spin'], s['spin_reason'])}",
         "",
         f"{'stage':<22}{'median':>12}{'p90':>12}",
     ]

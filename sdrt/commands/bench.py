@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import engine_options
+from .options import engine_options, resolve_seed
 
 _SIZE = re.compile(r"^(\d+)[xX](\d+)$")
 
@@ -37,14 +37,14 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 @click.option("--runs", default=5, show_default=True, type=int, help="Timed runs.")
 @click.option("--warmup", default=1, show_default=True, type=int, help="Untimed runs first.")
 @click.option("--prompt", default="a photograph of an astronaut riding a horse", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="0..2**64-1, or -1 for a random one.")
 @click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write the results here.")
 @click.option("--chart", "chart_path", default=None, type=click.Path(path_type=Path),
               help="Write a PNG chart here (needs matplotlib: pip install 'sdrt[bench]').")
 @click.option("--quiet", is_flag=True, help="No per-run lines on stderr.")
 def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str | None, steps: int, sampler: str,
-          cfg: float, batch: int, size: str | None, runs: int, warmup: int, threads: int, no_spin: bool, prompt: str,
-          seed: int, json_path: Path | None, chart_path: Path | None, quiet: bool) -> None:
+          cfg: float, batch: int, size: str | None, runs: int, warmup: int, threads: int, spin: bool | None,
+          prompt: str, seed: int, json_path: Path | None, chart_path: Path | None, quiet: bool) -> None:
     """Measure where the time of a generation with the model in BUNDLE goes."""
     from ..bench.chart import chart_png, require_matplotlib
     from ..bench.output import json_bytes, table
@@ -53,8 +53,12 @@ def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str |
     from ..errors import UserError
     from ..manifest import write_atomic
     from ..runtime import GenerationRequest
+    from ..runtime.cpu_policy import spin_for_this_machine
+    from .output_files import check_outputs
 
     width, height = parse_size(size)
+    spin_choice = spin_for_this_machine(spin, threads)
+    seed = resolve_seed(seed)
     if runs < 1:
         raise UserError(f"--runs {runs} must be at least 1: the median needs one timed run")
     if warmup < 0:
@@ -63,14 +67,16 @@ def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str |
         if chart_path.suffix.lower() != ".png":
             raise UserError(f"--chart {chart_path} must end in .png: the chart is a PNG image")
         require_matplotlib()
+    check_outputs([path for path in (json_path, chart_path) if path is not None])
 
     pipe = TimedPipeline.load(str(bundle), backend=backend, precision=precision, threads=threads,
-                              engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
+                              engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
     request = GenerationRequest(prompt=prompt, steps=steps, sampler=sampler, cfg=cfg, seed=seed, batch=batch,
                                 width=width, height=height)
     _, (height, width) = pipe.check(request)
     settings = {"bundle": str(bundle), "family": pipe.model.family, "precision": pipe.bundle.precision,
-                "backend": backend, "backend_choice": pipe.backend_choice, "spin": not no_spin, "steps": steps,
+                "backend": backend, "backend_choice": pipe.backend_choice, "spin": spin_choice.spin,
+                "spin_reason": spin_choice.reason, "steps": steps,
                 "sampler": sampler, "schedule": request.schedule, "cfg": cfg, "batch": batch, "width": width,
                 "height": height, "runs": runs, "warmup": warmup, "threads": threads, "prompt": prompt, "seed": seed}
 

@@ -1,19 +1,18 @@
 """`sdrt generate`: txt2img, img2img (--init-image) and inpainting (--init-image --mask) from a bundle.
 
-Everything the user typed is checked before the first engine runs; files are written only at the end, each
-atomically, so a failed run leaves nothing behind.
+Everything the user typed, and every output path, is checked before the first engine runs; the images are
+written only at the end, all or none (sdrt.commands.output_files), so a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from .options import engine_options
+from .options import engine_options, resolve_seed
 
 SCHEDULES = ("normal", "karras", "exponential", "ays")
 
@@ -36,7 +35,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
               help="Sampling temperature: < 1 sharper, > 1 more varied.")
 @click.option("--temperature-method", default="tsr", show_default=True, type=click.Choice(["tsr", "cns"]),
               help="Temporal Score Rescaling, or Constant Noise Scaling (stochastic samplers).")
-@click.option("--seed", default=None, type=int, help="Seed of the first image (image i uses seed + i); random if omitted.")
+@click.option("--seed", default=None, type=int,
+              help="Seed of the first image, 0..2**64-1 (image i uses seed + i); random if omitted or -1.")
 @click.option("--batch", default=1, show_default=True, type=int, help="Images per run.")
 @click.option("--width", default=None, type=int, help="Width in pixels (default: init image or bundle default).")
 @click.option("--height", default=None, type=int, help="Height in pixels (default: init image or bundle default).")
@@ -47,22 +47,28 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
-              help="PNG path (batch > 1: NAME-SEED.png per image). Default: sdrt-SEED.png.")
+              help="PNG path (batch > 1: NAME-SEED.png per image); missing folders are created. "
+                   "Default: sdrt-SEED.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str,
              spacing: str | None, sampler_options: tuple[str, ...], cfg: float,
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
              mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
-             no_spin: bool, verify: bool, output: Path | None, quiet: bool) -> None:
+             spin: bool | None, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE."""
     from ..errors import UserError
-    from ..runtime import GenerationRequest, Pipeline, open_image, save_png
+    from ..runtime import GenerationRequest, Pipeline, open_image
+    from ..runtime.cpu_policy import spin_for_this_machine
+    from ..runtime.images import png_bytes
+    from .output_files import check_outputs, output_paths, write_all
 
     if output is not None and output.suffix.lower() != ".png":
         raise UserError(f"output {output} must end in .png: sdrt writes PNG files with their settings inside")
-    if seed is None:
-        seed = secrets.randbelow(2**32)
+    spin_choice = spin_for_this_machine(spin, threads)
+    seed = resolve_seed(seed)
+    paths = output_paths(output, seed, max(batch, 1))
+    check_outputs(paths)
     request = GenerationRequest(
         prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, spacing=spacing,
         sampler_options=parse_options(sampler_options), cfg=cfg,
@@ -72,9 +78,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         mask=open_image(mask, "mask") if mask is not None else None,
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
-                         engines_dir=str(engines_dir) if engines_dir else None, spin=not no_spin)
+                         engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
     try:
-        paths = output_paths(output, request.seed, batch)
         pipe.check(request)  # every user error before anything is printed or computed
         click.echo("".join(f"note: {note}\n" for note in pipe.notes(request)), err=True, nl=False)
         if backend == "auto":
@@ -83,13 +88,13 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     finally:
         pipe.close()
 
-    for path, pixels, parameters in zip(paths, result.images, result.parameters):
-        save_png(path, pixels, parameters)
+    write_all([(path, png_bytes(pixels, parameters))
+               for path, pixels, parameters in zip(paths, result.images, result.parameters)])
     t = result.timings
     providers = sorted({p[0] for p in pipe.providers.values() if p}) or [pipe.backend_choice.split(":")[0]]
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
-               f"{t.host_overhead_per_step * 1e3:.2f} ms/step")
+               f"{t.host_overhead_per_step * 1e3:.2f} ms/step; {spin_choice}")
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, float]:
@@ -125,11 +130,3 @@ def run_with_progress(pipe, request, show: bool):
             done_before, last_draw = done, now
 
         return pipe.generate(request, progress=progress)
-
-
-def output_paths(output: Path | None, seed: int, batch: int) -> list[Path]:
-    if output is None:
-        return [Path(f"sdrt-{seed + i}.png") for i in range(batch)]
-    if batch == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{seed + i}{output.suffix}") for i in range(batch)]
