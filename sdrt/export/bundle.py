@@ -139,7 +139,8 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
             "opset": options.opset, "precisions": list(options.precisions), "cleanup": options.cleanup,
             "fp32_vae_in_fp16": fp32_vae, "io_dtypes": "float32 inputs and outputs at every precision "
             "(fp16 graphs cast at their edges); input_ids int32",
-            "size_range": sizes.source, "trace_shape": traced_at.describe(), "gate_shapes": [c.describe() for c in checked_at],
+            "size_range": sizes.source, "trace_shape": traced_at.describe(),
+            "gate_shapes": [c.describe() for c in checked_at],
             "thresholds": options.thresholds, "graphs": graph_stats, "tokenizers": tokenizer_info,
             "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 2),

@@ -42,8 +42,8 @@ def size_range(scale: int, latent: int, downsamplings: int, min_size: int | None
         if value is None:
             continue
         if value < smallest:
-            raise UserError(f"{flag} {value} is below this model's smallest size {smallest} (its UNet halves the "
-                            f"latents {downsamplings} times): use {smallest} or more")
+            raise UserError(f"{flag} {value} is below this model's smallest size {smallest} (its UNet downsamples "
+                            f"the latents by {up_factor}): use {smallest} or more")
         if value % scale:
             lower, upper = value // scale * scale, (value // scale + 1) * scale
             raise UserError(f"{flag} {value} is not a multiple of this model's VAE scale factor {scale}: "

@@ -33,9 +33,8 @@ def create_staging(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=partial_prefix(out), dir=out.parent))
     except OSError as exc:
-        why = "it is on a read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
-        raise UserError(f"cannot create the bundle {out}: {exc.filename or out.parent} is not writable ({why}): "
-                        "choose an OUT folder on a writable disk") from None
+        why = "read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        raise UserError(f"cannot write the bundle {out} ({why}): choose an OUT folder on a writable disk") from None
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "out": str(out),
              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (staging / OWNER_FILE).write_text(json.dumps(owner))
