@@ -32,8 +32,15 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
             for p in sorted(folder.rglob("*"))}
 
 
+# Switches that silence the libraries from outside; an in-process export sets some of them in os.environ
+# (sdrt/export/loading.py), which would hide the noise the subprocess tests look for.
+QUIETING_ENV = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS", "HF_HUB_VERBOSITY")
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env = {k: v for k, v in os.environ.items() if k not in QUIETING_ENV}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
 def sdrt(args: list[str], timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
