@@ -1,7 +1,8 @@
 """sdrt (ONNX Runtime CPU) vs diffusers' PyTorch pipeline vs optimum's ORTStableDiffusionPipeline on the same
 weights, settings and initial noise, run alternately in one session; prints latency ratios.
 
-    python bench/compare.py [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-optimum] [--no-spin]
+    python bench/compare.py --optimum-python VENV/bin/python | --no-optimum
+                            [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-spin]
                             [--workdir DIR] [--json bench/results/compare_DATE.json]
 
 Models (random weights, built with the real diffusers / transformers classes, saved as diffusers folders):
@@ -38,7 +39,6 @@ warnings.simplefilter("ignore")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's sdrt, not an installed one
 WORKER = Path(__file__).with_name("compare_worker.py")
-OPTIMUM_PYTHON = "/work/optimum-venv/bin/python"
 SIZES = {"tiny": (256, 256), "mid": (128, 128)}
 
 
@@ -184,7 +184,7 @@ def compare_model(name: str, workdir: Path, args) -> dict:
     if not args.no_optimum:
         try:
             legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
-            workers.append(Worker("optimum", args.optimum_python,
+            workers.append(Worker("optimum", str(args.optimum_python),
                                   [*legacy, "--optimum-dir", str(workdir / f"{name}-optimum")], passive))
         except (RuntimeError, OSError) as exc:
             failures["optimum"] = str(exc)
@@ -257,6 +257,19 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def optimum_python_problem(args: argparse.Namespace) -> str | None:
+    """One line naming what is wrong with --optimum-python, or None."""
+    if args.no_optimum:
+        return None
+    if args.optimum_python is None:
+        return ("optimum runs in its own venv: pass --optimum-python PATH/TO/venv/bin/python "
+                "(a Python with optimum-onnx installed), or --no-optimum to compare sdrt and diffusers only")
+    if not (args.optimum_python.is_file() and os.access(args.optimum_python, os.X_OK)):
+        return (f"--optimum-python {args.optimum_python} is not an executable file: pass the python of a venv "
+                "with optimum-onnx installed, or --no-optimum")
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,mid")
@@ -267,10 +280,15 @@ def main() -> None:
     parser.add_argument("--no-optimum", action="store_true")
     parser.add_argument("--no-spin", action="store_true",
                         help="idle threads sleep in every framework (for a shared, busy CPU)")
-    parser.add_argument("--optimum-python", default=OPTIMUM_PYTHON)
+    parser.add_argument("--optimum-python", type=Path, default=None, metavar="PYTHON",
+                        help="interpreter of a venv with optimum-onnx installed (required unless --no-optimum)")
     parser.add_argument("--workdir", type=Path, default=None, help="keeps models, bundles and exports for reruns")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    problem = optimum_python_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sdrt-compare-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -193,13 +193,9 @@ def test_tokenizer_json_matches_transformers(tiny_bundle, tiny_model, kind, toke
 
 
 def test_tiny_tokenizer_is_real_clip(tiny_model) -> None:
-    """With the CLIP merge list on disk, prompts tokenize as in Stable Diffusion (ids from CLIP's vocab)."""
+    """With the packaged CLIP merge list, prompts tokenize as in Stable Diffusion (ids from CLIP's vocab)."""
     from transformers import CLIPTokenizer
 
-    from sdrt.export.clip_vocab import locate_clip_bpe
-
-    if locate_clip_bpe(required=False) is None:
-        pytest.skip("CLIP merge list not available")
     tokenizer = CLIPTokenizer.from_pretrained(tiny_model("sd1") / "tokenizer")
     assert len(tokenizer) == 49408
     ids = tokenizer("a photo of an astronaut riding a horse on mars").input_ids

@@ -160,11 +160,9 @@ def test_tokenizer_uses_the_real_clip_merges(shipped):
     tokenizer = shipped["tokenizer"]
     for words in ("a red circle on a blue background", "a purple cross on a yellow background"):
         assert len(tokenizer(words).input_ids) == len(words.split()) + 2
-    shared = locate_clip_bpe(required=False)
-    if shared is not None:
-        other = build_clip_tokenizer(bpe_path=shared)
-        prompts = [caption_for(s, c, b) for s, c, b in all_prompts()[::17]]
-        assert tokenizer(prompts).input_ids == other(prompts).input_ids
+    other = build_clip_tokenizer(bpe_path=locate_clip_bpe(required=True))  # the packaged copy: always there
+    prompts = [caption_for(s, c, b) for s, c, b in all_prompts()[::17]]
+    assert tokenizer(prompts).input_ids == other(prompts).input_ids
 
 
 def test_materialized_folder_holds_the_shipped_weights(tmp_path, shipped):

@@ -21,6 +21,7 @@ import click
 def demo(out: Path, steps: int, sampler: str, images_per_prompt: int, seed: int, prompts: tuple[str, ...]) -> None:
     """Export the built-in tiny model (trained on coloured shapes) and draw a grid of prompts with it."""
     from ..errors import UserError
+    from ..export.quiet import quiet_third_party
     from ..tinymodel.demo import DEMO_PROMPTS, DemoSettings, run_demo
 
     if images_per_prompt < 1:
@@ -32,5 +33,11 @@ def demo(out: Path, steps: int, sampler: str, images_per_prompt: int, seed: int,
 
     settings = DemoSettings(prompts=prompts or DEMO_PROMPTS, images_per_prompt=images_per_prompt, steps=steps,
                             sampler=sampler, seed=seed)
-    grid = run_demo(out, settings, say=say)
-    click.echo(f"wrote {grid}")
+    with quiet_third_party():
+        files = run_demo(out, settings, say=say)
+    click.echo(f"wrote {len(files.images) + 1} files to {out.absolute()}:")
+    for path, prompt, seed in files.images:
+        click.echo(f"  {path.absolute()}  ({prompt!r}, seed {seed})")
+    click.echo(f"  {files.grid.absolute()}  (the labelled grid of all of them)")
+    click.echo(f"cached for the next run (delete to free the space): the exported bundle {files.bundle.absolute()} "
+               f"and the model folder it came from {files.model.absolute()}")

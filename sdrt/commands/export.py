@@ -46,19 +46,29 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
               show_default=True, help="Graph simplification after tracing.")
 @click.option("--config", type=click.Path(path_type=str), default=None,
               help="Diffusers config folder for a single-file .safetensors checkpoint (nothing is downloaded).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new bundle passed).")
+@click.option("--min-size", type=int, default=None, metavar="PIXELS",
+              help="Smallest image side the bundle accepts (a multiple of the VAE scale factor, 8 for SD; "
+                   "default: derived from the UNet's sample size, e.g. 128 for SD 1.5).")
+@click.option("--max-size", type=int, default=None, metavar="PIXELS",
+              help="Largest image side the bundle accepts (default: twice the UNet's native size, e.g. 1024 "
+                   "for SD 1.5). The graphs are dynamic; the range bounds requests and TensorRT profiles.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT if it is an sdrt bundle (only once the new bundle passed; never another folder).")
 def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
-           cleanup: str, config: str | None, overwrite: bool) -> None:
+           cleanup: str, config: str | None, min_size: int | None, max_size: int | None, overwrite: bool) -> None:
     """Export MODEL (a diffusers folder or a .safetensors file) to the ONNX bundle folder OUT, checking
     every graph against torch on ONNX Runtime CPU."""
     from pathlib import Path
 
     from ..export.bundle import ExportOptions, export_bundle
+    from ..export.quiet import quiet_third_party
 
     options = ExportOptions(precisions=PRECISION_CHOICES[precision], opset=opset,
                             components=_parse_components(components), fp32_vae=fp32_vae, cleanup=cleanup,
-                            config=Path(config) if config else None, overwrite=overwrite)
-    manifest = export_bundle(model, out, options, progress=_progress())
+                            config=Path(config) if config else None, overwrite=overwrite, min_size=min_size,
+                            max_size=max_size)
+    with quiet_third_party():
+        manifest = export_bundle(model, out, options, progress=_progress())
     for prec, comps in manifest.components.items():
         for name, spec in comps.items():
             worst = spec.accuracy.get("worst", {})
@@ -76,9 +86,11 @@ def tiny_model(out: str, kind: str, seed: int) -> None:
     `sdrt export` and the runtime without a real model. Its images are noise."""
     from pathlib import Path
 
+    from ..export.quiet import quiet_third_party
     from ..export.tiny_models import build_tiny_model
 
-    if Path(out).exists() and any(Path(out).iterdir()):
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise UserError(f"output {out} exists and is not empty: choose a new folder")
-    path = build_tiny_model(kind, out, seed=seed)
+    with quiet_third_party():
+        path = build_tiny_model(kind, out, seed=seed)
     click.echo(f"tiny {kind} model written to {path}")

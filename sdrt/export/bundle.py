@@ -1,6 +1,8 @@
 """`sdrt export` end to end: checkpoint -> traced, cleaned, (fp16-converted), gated graphs + tokenizers +
 scheduler config + manifest, built in a hidden temporary folder beside OUT and renamed into place only when
-everything passed. Any failure removes the temporary folder: OUT is either complete or absent.
+everything passed. Any failure, Ctrl-C or SIGTERM removes the temporary folder: OUT is either complete or
+absent (or the previous bundle, with --overwrite). What OUT may be is checked before anything loads
+(output_folder.py).
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
 from .gate import THRESHOLDS, check_graph, torch_references
 from .loading import SourceModel, load_source_model
 from .onnx_files import load_model, save_model
+from .output_folder import check_output_folder, check_replaceable
 from .precision import to_mixed_fp16
 from .shapes import default_latent_size, gate_cases, trace_case
+from .size_range import SizeRange, check_size_options, size_range
+from .staging import OWNER_FILE, create_staging, release_staging, remove_stale_partials
+from .termination import Terminated, sigterm_raises
 from .tokenizer_export import save_tokenizer
 from .tracing import MIN_OPSET, trace_to_onnx
 
@@ -38,7 +44,9 @@ class ExportOptions:
     fp32_vae: bool | None = None  # keep the VAE fp32 in the fp16 set; None: when the VAE asks (force_upcast)
     cleanup: str = "onnxslim"
     config: Path | None = None  # diffusers config folder for single-file checkpoints
-    overwrite: bool = False
+    overwrite: bool = False  # replace OUT when it is an sdrt bundle (never any other folder)
+    min_size: int | None = None  # image side range in pixels; None: derived from the UNet's sample size
+    max_size: int | None = None
     thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in THRESHOLDS.items()})
 
 
@@ -47,23 +55,29 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
     """Export `model` to the bundle directory `out`; return its manifest."""
     options = options or ExportOptions()
     say = progress or (lambda message: None)
+    _check_options(options)
+    check_output_folder(out, options.overwrite, {"the model": model, "the --config folder": options.config})
     out = Path(out).absolute()
-    _check_options(options, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        say(f"loading {model}")
-        source = load_source_model(model, options.config)
-        manifest = _build(source, staging, options, say)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    remove_stale_partials(out, say)
+    with sigterm_raises() as guard:
+        staging = create_staging(out)
+        try:
+            say(f"loading {model}")
+            source = load_source_model(model, options.config)
+            manifest = _build(source, staging, options, say)
+            release_staging(staging)
+            with guard.deferred():
+                _move_into_place(staging, out)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, Terminated):
+                say(f"stopped by SIGTERM: removed the unfinished {staging}")
+            raise
     say(f"bundle written to {out}")
     return manifest
 
 
-def _check_options(options: ExportOptions, out: Path) -> None:
+def _check_options(options: ExportOptions) -> None:
     bad = [p for p in options.precisions if p not in ("fp32", "fp16")]
     if bad or not options.precisions:
         raise UserError(f"unknown precision {', '.join(bad) or '(none)'}: choose fp32, fp16 or both")
@@ -71,24 +85,30 @@ def _check_options(options: ExportOptions, out: Path) -> None:
         raise UserError(f"opset {options.opset} is too old: use --opset {MIN_OPSET} or newer")
     if options.cleanup not in CLEANUP_METHODS:
         raise UserError(f"unknown cleanup {options.cleanup!r}: choose one of {', '.join(CLEANUP_METHODS)}")
-    if out.exists() and not options.overwrite:
-        raise UserError(f"output {out} already exists: choose a new folder or pass --overwrite")
+    check_size_options(options.min_size, options.max_size)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "bundle")
+    if not (out.exists() or out.is_symlink()):
         os.replace(staging, out)
+        return
+    check_replaceable(out)  # again: OUT may have changed during the export
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / "bundle")
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old / "bundle", out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progress) -> Manifest:
     started = time.time()
     graphs = build_component_graphs(source, options.components)
     fp32_vae = bool(getattr(source.vae.config, "force_upcast", False)) if options.fp32_vae is None else options.fp32_vae
+    sizes = _size_range(source, options, say)
     traced_at = trace_case(source)
     checked_at = gate_cases(source)
     components: dict[str, dict[str, ComponentSpec]] = {p: {} for p in options.precisions}
@@ -110,7 +130,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
     write_atomic(root / "scheduler.json", json.dumps(source.scheduler_config, indent=2).encode())
 
     manifest = Manifest(
-        model=_model_info(source),
+        model=_model_info(source, sizes),
         components=components,
         tokenizers=tokenizers,
         scheduler="scheduler.json",
@@ -119,14 +139,15 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
             "opset": options.opset, "precisions": list(options.precisions), "cleanup": options.cleanup,
             "fp32_vae_in_fp16": fp32_vae, "io_dtypes": "float32 inputs and outputs at every precision "
             "(fp16 graphs cast at their edges); input_ids int32",
-            "trace_shape": traced_at.describe(), "gate_shapes": [c.describe() for c in checked_at],
+            "size_range": sizes.source, "trace_shape": traced_at.describe(),
+            "gate_shapes": [c.describe() for c in checked_at],
             "thresholds": options.thresholds, "graphs": graph_stats, "tokenizers": tokenizer_info,
             "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 2),
         },
     )
     manifest.files = {p.relative_to(root).as_posix(): sha256_file(p)
-                      for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME}
+                      for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_FILE)}
     manifest.save(root)
     _readable_by_all(root)
     return manifest
@@ -204,11 +225,19 @@ def _spec(graph: ComponentGraph, path: Path, root: Path, external: str | None, a
     )
 
 
-def _model_info(source: SourceModel) -> ModelInfo:
+def _vae_scale(source: SourceModel) -> int:
+    return 2 ** (len(source.vae.config.block_out_channels) - 1)
+
+
+def _size_range(source: SourceModel, options: ExportOptions, say: Progress) -> SizeRange:
+    downsamplings = len(source.unet.config.block_out_channels) - 1
+    return size_range(_vae_scale(source), default_latent_size(source), downsamplings, options.min_size,
+                      options.max_size, say)
+
+
+def _model_info(source: SourceModel, sizes: SizeRange) -> ModelInfo:
     vae_cfg = source.vae.config
-    scale = 2 ** (len(vae_cfg.block_out_channels) - 1)
-    latent = default_latent_size(source)
-    up_factor = 2 ** (len(source.unet.config.block_out_channels) - 1)
+    scale = _vae_scale(source)
     shift = getattr(vae_cfg, "shift_factor", None)
     return ModelInfo(
         family=source.family,
@@ -218,9 +247,9 @@ def _model_info(source: SourceModel) -> ModelInfo:
         vae_scale_factor=scale,
         vae_scaling_factor=float(vae_cfg.scaling_factor),
         vae_shift_factor=float(shift) if shift is not None else None,
-        default_size=[scale * latent, scale * latent],
-        min_size=scale * max(up_factor, latent // 4),
-        max_size=scale * latent * 2,
+        default_size=[sizes.default_size, sizes.default_size],
+        min_size=sizes.min_size,
+        max_size=sizes.max_size,
         text_max_length=TEXT_LENGTH,
         text_embed_dims=[int(e.config.hidden_size) for e in source.text_encoders.values()],
         force_zeros_for_empty_prompt=bool(source.pipeline_config.get("force_zeros_for_empty_prompt", False)),

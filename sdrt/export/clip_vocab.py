@@ -1,7 +1,8 @@
 """The real CLIP byte-pair vocabulary, turned into a transformers CLIPTokenizer without any download.
 
-Tiny test models tokenize prompts exactly like Stable Diffusion when OpenAI's merge list is on disk
-(see /work/shared/data/README.md for its provenance and how the vocabulary is derived from it).
+Tiny test models tokenize prompts exactly like Stable Diffusion: OpenAI's merge list ships in the package
+(sdrt/data/tinyshapes/, the file CLIP's own repository and the open-clip-torch wheel carry), so every
+install, a fresh clone included, has it; $SDRT_CLIP_VOCAB may point at another copy.
 """
 
 from __future__ import annotations
@@ -17,41 +18,29 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
-BPE_ENV_VAR = "SDRT_CLIP_BPE"
+BPE_ENV_VAR = "SDRT_CLIP_VOCAB"
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408
 _MERGE_COUNT = 49152 - 256 - 2  # merges used by CLIP: lines 1 .. 48894 of the file
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def bpe_search_paths() -> list[Path]:
-    """Where the merge list is looked for, in this order:
-
-    1. the file named by $SDRT_CLIP_BPE;
-    2. <repo>/../shared/data/clip/ (a worktree beside the shared folder);
-    3. <repo>/../../shared/data/clip/ (a worktree one level deeper, e.g. /work/wt/<name>);
-    4. /work/shared/data/clip/.
-    """
-    paths = []
-    if os.environ.get(BPE_ENV_VAR):
-        paths.append(Path(os.environ[BPE_ENV_VAR]))
-    for base in (_REPO_ROOT.parent, _REPO_ROOT.parent.parent, Path("/work")):
-        paths.append(base / "shared" / "data" / "clip" / BPE_FILE_NAME)
-    return paths
+PACKAGED_BPE = Path(__file__).resolve().parents[1] / "data" / "tinyshapes" / BPE_FILE_NAME
 
 
 def locate_clip_bpe(required: bool = True) -> Path | None:
-    """The first existing merge-list file of `bpe_search_paths()`; None (or a UserError) when there is none."""
-    for path in bpe_search_paths():
-        if path.is_file():
-            return path
+    """$SDRT_CLIP_VOCAB when set (it must name an existing file), else the packaged copy. None (or a
+    UserError when `required`) only when the package lost its copy."""
+    override = os.environ.get(BPE_ENV_VAR)
+    if override:
+        if not Path(override).is_file():
+            raise UserError(f"{BPE_ENV_VAR}={override} is not a file: point it at {BPE_FILE_NAME} or unset it "
+                            "to use the copy sdrt ships")
+        return Path(override)
+    if PACKAGED_BPE.is_file():
+        return PACKAGED_BPE
     if required:
-        searched = ", ".join(str(p) for p in bpe_search_paths())
-        raise UserError(
-            f"CLIP merge list {BPE_FILE_NAME} not found (searched {searched}): set {BPE_ENV_VAR} to its path "
-            "(it ships in the open-clip-torch wheel as open_clip/" + BPE_FILE_NAME + ")"
-        )
+        raise UserError(f"CLIP merge list {PACKAGED_BPE} is missing from this sdrt install: reinstall sdrt, or set "
+                        f"{BPE_ENV_VAR} to a copy of {BPE_FILE_NAME} (open-clip-torch ships it as open_clip/"
+                        f"{BPE_FILE_NAME})")
     return None
 
 
@@ -72,8 +61,8 @@ def byte_to_unicode() -> dict[int, str]:
 def clip_vocab_and_merges(bpe_path: Path | None) -> tuple[dict[str, int], list[str]]:
     """CLIP's vocabulary and merges from the merge-list file; without a file, the byte-level base only.
 
-    The byte-level fallback (514 tokens, no merges) keeps the tiny models buildable on a clone without the
-    shared data: prompts then split into single characters, but stay valid CLIP-style token sequences.
+    The byte-level fallback (514 tokens, no merges) keeps the tiny models buildable when an install lost the
+    packaged file: prompts then split into single characters, but stay valid CLIP-style token sequences.
     """
     bytes_chars = list(byte_to_unicode().values())
     merges: list[str] = []

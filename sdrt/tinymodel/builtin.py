@@ -69,7 +69,9 @@ def pack(model_dir: Path, data_dir: Path = DATA_DIR, bpe_path: Path | None = Non
     configs["scheduler"] = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     save_file(tensors, str(data_dir / WEIGHTS_FILE))
     (data_dir / CONFIGS_FILE).write_text(json.dumps(configs, indent=1, sort_keys=True))
-    shutil.copyfile(bpe_path or locate_clip_bpe(required=True), data_dir / BPE_FILE_NAME)
+    bpe_source = bpe_path or locate_clip_bpe(required=True)
+    if not (data_dir / BPE_FILE_NAME).exists() or not (data_dir / BPE_FILE_NAME).samefile(bpe_source):
+        shutil.copyfile(bpe_source, data_dir / BPE_FILE_NAME)  # the packaged copy may be the source itself
     return {p.name: p.stat().st_size for p in sorted(data_dir.iterdir())}
 
 

@@ -29,6 +29,16 @@ GAP = 4
 
 
 @dataclass
+class DemoFiles:
+    """Everything the demo wrote or reused, so the command can say where each file went."""
+
+    grid: Path
+    images: list[tuple[Path, str, int]]  # (file, prompt, seed)
+    bundle: Path  # cached, reused by the next run
+    model: Path  # the diffusers folder the bundle was exported from (cached beside it)
+
+
+@dataclass
 class DemoSettings:
     prompts: tuple[str, ...] = DEMO_PROMPTS
     images_per_prompt: int = 4
@@ -74,13 +84,14 @@ def labelled_grid(rows: list[tuple[str, list[np.ndarray]]]) -> np.ndarray:
 
 
 def run_demo(out: Path, settings: DemoSettings, cache: Path | None = None,
-             say: Callable[[str], None] = lambda m: None) -> Path:
-    """Generate the demo grid into OUT/demo-grid.png (and each image as OUT/NN-SEED.png); returns the grid."""
+             say: Callable[[str], None] = lambda m: None) -> DemoFiles:
+    """Generate the demo grid into OUT/demo-grid.png (and each image as OUT/NN-SEED.png)."""
     from ..runtime import GenerationRequest, Pipeline, save_png
 
     bundle = bundle_for_builtin(cache, say)
     pipe = Pipeline.load(str(bundle), backend="ort-cpu")
     rows = []
+    images: list[tuple[Path, str, int]] = []
     out.mkdir(parents=True, exist_ok=True)
     for n, prompt in enumerate(settings.prompts):
         request = GenerationRequest(prompt=prompt, steps=settings.steps, sampler=settings.sampler, cfg=settings.cfg,
@@ -88,9 +99,10 @@ def run_demo(out: Path, settings: DemoSettings, cache: Path | None = None,
         result = pipe.generate(request)
         for pixels, seed, parameters in zip(result.images, result.seeds, result.parameters):
             save_png(out / f"{n:02d}-{seed}.png", pixels, parameters)
+            images.append((out / f"{n:02d}-{seed}.png", prompt, seed))
         rows.append((prompt, result.images))
         say(f"{prompt}: {len(result.images)} images in {result.timings.total:.2f}s")
     grid = out / "demo-grid.png"
     title = f"sdrt demo: built-in tinyshapes model, {settings.sampler}, {settings.steps} steps, cfg {settings.cfg}"
     save_png(grid, labelled_grid(rows), title)
-    return grid
+    return DemoFiles(grid=grid, images=images, bundle=bundle, model=bundle.parent / "model")
