@@ -83,3 +83,21 @@ def test_plan_hash_is_checked_with_verify(tmp_path, opened) -> None:
     with pytest.raises(UserError, match="is corrupt \\(sha256 differs from its metadata\\): rebuild with sdrt build$"):
         _open(tmp_path / "engines", verify=True)
     assert len(opened) == 1
+
+
+def test_generate_verify_reaches_the_plans(tiny_bundle, monkeypatch) -> None:
+    """`Pipeline.load(verify=True)` (sdrt generate --verify) hashes the TensorRT plans too, not only the bundle."""
+    from sdrt.runtime import Pipeline
+
+    seen: dict[str, bool] = {}
+
+    def open_recorded(*args, verify_plans: bool = False, **kwargs):
+        seen["verify_plans"] = verify_plans
+        raise UserError("stopped after the engines were asked for")
+
+    monkeypatch.setattr(gpu_engines, "resolve_backend", lambda *args, **kwargs: BackendChoice("trt", (), "test"))
+    monkeypatch.setattr(gpu_engines, "open_gpu_engines", open_recorded)
+    for verify in (True, False):
+        with pytest.raises(UserError, match="stopped after the engines were asked for"):
+            Pipeline.load(str(tiny_bundle("sd1")), backend="trt", verify=verify)
+        assert seen == {"verify_plans": verify}

@@ -78,7 +78,8 @@ def error_cases(tmp_path: Path, bundle: Path) -> list[tuple[list[str], str]]:
     return [
         (["--width", "60"], "width 60 is not a multiple of 8: use 56 or 64"),
         (["--height", str(too_tall)], f"height {too_tall} is outside this bundle's range {model.min_size}.."
-                                      f"{model.max_size}: choose a size in that range or re-export with a wider one"),
+                                      f"{model.max_size}: choose a size in that range, or re-export with "
+                                      f"`sdrt export --max-size {too_tall}`"),
         (["--sampler", "dpmpp2m"], f"unknown sampler 'dpmpp2m': did you mean 'dpmpp_2m'? choose one of {names}"),
         (["--temperature", "0"], "temperature must be a positive number, got 0.0: use e.g. 0.8 or 1.2"),
         (["--temperature", "-1.5"], "temperature must be a positive number, got -1.5: use e.g. 0.8 or 1.2"),

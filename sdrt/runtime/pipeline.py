@@ -101,7 +101,7 @@ class Pipeline:
         else:
             pipe = cls(probe)
             pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
-                                         engines_dir)
+                                         engines_dir, verify_plans=verify)
             pipe._engines.update(pipe._gpu.engines)
         pipe.backend_choice = str(choice)
         return pipe

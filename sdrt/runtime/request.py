@@ -88,8 +88,9 @@ def _check_side(name: str, value: int, model: ModelInfo, step: int, from_image: 
         raise UserError(f"{name} {value} (the init image's, {image_size[0]}x{image_size[1]}) is outside this "
                         f"bundle's range {model.min_size}..{model.max_size}: pass --width and --height to resize "
                         f"the image, or re-export with `sdrt export {bound} {value}`")
+    bound = "--max-size" if value > model.max_size else "--min-size"
     raise UserError(f"{name} {value} is outside this bundle's range {model.min_size}..{model.max_size}: "
-                    f"choose a size in that range or re-export with a wider one")
+                    f"choose a size in that range, or re-export with `sdrt export {bound} {value}`")
 
 
 def _is_whole(value: object) -> bool:

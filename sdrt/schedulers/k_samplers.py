@@ -207,18 +207,29 @@ def euler_a(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, no
 
 def heun(x: np.ndarray, schedule: Schedule, noise_schedule: NoiseSchedule, noise: NoiseSource, *,
          start_step: int, end_step: StepEnd, options: dict) -> SamplerLoop:
-    """Heun's method (Karras et al. 2022, Algorithm 1): Euler to sigma_next, then average the two slopes."""
+    """Heun's method (Karras et al. 2022, Algorithm 1): Euler to sigma_next, then average the two slopes.
+
+    A config with `clip_sample: true` clamps each x0 estimate to +-clip_sample_range before its slope is
+    taken, as HeunDiscreteScheduler does (its default, and ours, is no clipping)."""
     sigmas, timesteps, ptype = schedule.sigmas, schedule.timesteps, noise_schedule.prediction_type
+    clip = float(noise_schedule.clip_sample_range) if noise_schedule.clip_sample else None
+
+    def slope(output: np.ndarray, x: np.ndarray, sigma: float) -> np.ndarray:
+        if clip is None:
+            return _derivative(output, x, sigma, ptype)
+        d = np.subtract(x, np.clip(_denoised(output, x, sigma, ptype), -clip, clip))
+        d *= np.float32(1.0 / sigma)
+        return d
+
     for i in range(start_step, len(timesteps)):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = _derivative((yield _model_call(x, sigma, timesteps[i], i)), x, sigma, ptype)
+        d = slope((yield _model_call(x, sigma, timesteps[i], i)), x, sigma)
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = _euler_step(x, d, dt)
         else:
             x_next = _euler_step(x, d, dt)
-            d_next = _derivative((yield _model_call(x_next, sigma_next, timesteps[i + 1], i)), x_next, sigma_next,
-                                 ptype)
+            d_next = slope((yield _model_call(x_next, sigma_next, timesteps[i + 1], i)), x_next, sigma_next)
             x = _euler_step(x, np.add(d, d_next), 0.5 * dt)
         x = end_step(i, x)
     return x
