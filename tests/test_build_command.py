@@ -23,6 +23,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 
 @pytest.fixture()
+def driver_sees_a_gpu(monkeypatch) -> None:
+    """The NVIDIA driver reports a GPU (TensorRT itself is still absent): what the bundle checks are for."""
+    from sdrt.backends import gpu_detect
+
+    monkeypatch.setattr(gpu_detect, "nvidia_gpu_present", lambda: True)
+
+
+@pytest.fixture()
 def bundle(tmp_path: Path) -> Path:
     write_bundle(tmp_path / "bundle", "sd1")
     return tmp_path / "bundle"
@@ -34,7 +42,7 @@ def test_missing_bundle_exits_2_with_one_line(capsys, tmp_path) -> None:
     assert err == f"error: bundle {tmp_path / 'nope'} does not exist: pass the folder sdrt export wrote\n"
 
 
-def test_folder_without_manifest_exits_2(capsys, tmp_path) -> None:
+def test_folder_without_manifest_exits_2(capsys, tmp_path, driver_sees_a_gpu) -> None:
     code, _, err = run_cli(capsys, "build", str(tmp_path))
     assert code == 2
     assert err == f"error: {tmp_path} is not an sdrt bundle (no manifest.json): create one with sdrt export\n"
@@ -73,20 +81,32 @@ def test_build_with_a_gpu_but_no_tensorrt_names_the_install(capsys, bundle, monk
                               "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
 
 
-def test_bad_profile_exits_2_before_touching_the_gpu(capsys, bundle) -> None:
+def test_no_gpu_comes_before_what_the_bundle_lacks(capsys, tmp_path, monkeypatch) -> None:
+    """Issue 12 item 14: an fp32-only bundle on a machine without a GPU hears about the GPU, not a re-export."""
+    from sdrt.backends import gpu_detect
+
+    monkeypatch.setattr(gpu_detect, "nvidia_gpu_present", lambda: False)
+    fp32_only = tmp_path / "bundle"
+    fp32_only.mkdir()
+    code, out, err = run_cli(capsys, "build", str(fp32_only))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: no NVIDIA GPU found: ") and err.count("\n") == 1
+
+
+def test_bad_profile_exits_2_before_touching_the_gpu(capsys, bundle, driver_sees_a_gpu) -> None:
     code, _, err = run_cli(capsys, "build", str(bundle), "--profile", "500x512")
     assert (code, err) == (2, "error: profile '500x512': width 500 is not a multiple of 8: use 496 or 504\n")
     code, _, err = run_cli(capsys, "build", str(bundle), "--opt-level", "9")
     assert (code, err) == (2, "error: --opt-level 9 is outside TensorRT's 0-5: pick 0 (fast build) to 5\n")
 
 
-def test_unknown_component_names_what_the_bundle_has(capsys, bundle) -> None:
+def test_unknown_component_names_what_the_bundle_has(capsys, bundle, driver_sees_a_gpu) -> None:
     code, _, err = run_cli(capsys, "build", str(bundle), "--components", "unet,text_encoder_2")
     assert code == 2
     assert err.startswith("error: bundle has no text_encoder_2 at fp16 (it has: text_encoder@fp16, unet@fp16, ")
 
 
-def test_missing_bundle_file_exits_2(capsys, bundle) -> None:
+def test_missing_bundle_file_exits_2(capsys, bundle, driver_sees_a_gpu) -> None:
     (bundle / "fp16" / "unet.onnx").unlink()
     code, _, err = run_cli(capsys, "build", str(bundle))
     assert (code, err) == (2, f"error: bundle file fp16/unet.onnx is missing from {bundle}: re-export the model (sdrt export)\n")
@@ -101,7 +121,7 @@ def test_dry_run_prints_every_component_profile_without_a_gpu(capsys, bundle) ->
     assert "vae_decoder profile 0" in out and "vae_encoder profile 1" in out and "text_encoder profile 0" in out
 
 
-def test_bundle_without_the_precision_exits_2(capsys, bundle) -> None:
+def test_bundle_without_the_precision_exits_2(capsys, bundle, driver_sees_a_gpu) -> None:
     code, _, err = run_cli(capsys, "build", str(bundle), "--precision", "fp32")
     assert (code, err) == (2, f"error: bundle {bundle} has no fp32 graphs (it has: fp16): "
                               "re-export with sdrt export --precision fp32 (or both)\n")

@@ -38,12 +38,14 @@ def build(
     from ..engines.build_plan import plan_builds, run_builds
     from ..engines.builder import BuildOptions, build_engine
     from ..engines.profiles import AXIS_ROLES, format_shapes, parse_profile, pipeline_shapes
-    from ..backends.gpu_detect import detect_target
+    from ..backends.gpu_detect import NO_GPU, detect_target, nvidia_gpu_present
     from ..errors import UserError
     from ..manifest import Manifest
 
     if not bundle.exists():
         raise UserError(f"bundle {bundle} does not exist: pass the folder sdrt export wrote")
+    if not dry_run and not nvidia_gpu_present():
+        raise UserError(NO_GPU)  # first: no re-export or other fix below helps on a machine without a GPU
     manifest = Manifest.load(bundle)
     available = manifest.components.get(precision, {})
     names = [c.strip() for c in components.split(",") if c.strip()] if components else [
