@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -219,7 +220,7 @@ def sh(*args: str, timeout: float) -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         code, out = -1, str(exc)
     log(f"  [{'ok' if code == 0 else 'FAIL'}] {' '.join(args[2:] if args[0] == sys.executable else args)}")
-    return {"cmd": " ".join(args), "rc": code, "seconds": round(time.perf_counter() - started, 2),
+    return {"cmd": shlex.join(args), "rc": code, "seconds": round(time.perf_counter() - started, 2),
             "output_tail": out[-1500:]}
 
 
