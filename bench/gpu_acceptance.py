@@ -585,6 +585,7 @@ def step_sd1_trt(ctx: Context) -> dict[str, Any]:
     cpu_png, trt_png = ort_cpu_png(ctx.work, deadline - time.monotonic()), ctx.work / "sd1-trt.png"
     out["generate_trt"] = must(generate(bundle, "trt", trt_png, deadline - time.monotonic()))
     out["max_pixel_difference_vs_ort_cpu"] = max_pixel_difference(cpu_png, trt_png)
+    out["images"] = {"ort_cpu": str(cpu_png), "trt": str(trt_png)}
     out["engine_latency"] = engine_latency(bundle)
     return out
 
@@ -643,6 +644,7 @@ def step_ort_trt_fresh(ctx: Context) -> dict[str, Any]:
     out["generate_ort_trt"] = must(generate(fresh, "ort-trt", png, deadline - time.monotonic()))
     out["engine_cache_created"] = (fresh / "engines" / "ort-trt").is_dir()
     out["max_pixel_difference_vs_ort_cpu"] = max_pixel_difference(cpu_png, png)
+    out["passed"] = out["engine_cache_created"] and not out["engines_folder_before"]
     return out
 
 
