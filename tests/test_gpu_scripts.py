@@ -251,7 +251,19 @@ def test_two_profile_comparison_alternates_profiles_replays_graphs_and_matches_o
     assert [c["replayed_graph"] for c in graphs] == [False, False, True, True]
     assert [c["replayed_graph"] for c in eager] == [False] * 4
     assert [c["max_abs_diff"] for c in graphs + eager] == [0.0] * 8
-    assert out["passed"] is True and fake_gpu.launches == 2
+    assert out["replay_as_designed"] is True and out["passed"] is True and fake_gpu.launches == 2
+
+
+def test_two_profile_comparison_fails_when_graphs_are_never_replayed(fake_gpu, tmp_path, monkeypatch) -> None:
+    """Correct outputs are not enough: a capture that fails every time (eager runs only) is a finding."""
+    from sdrt.backends import trt_engine
+
+    monkeypatch.setattr(trt_engine.TrtEngine, "_capture", lambda self, context, key: self._uncapturable.add(key))
+    plan = tmp_path / "affine.plan"
+    plan.write_bytes(fake_trt.plan_bytes([[list(s) for s in p] for p in acc.AFFINE_PROFILES], dtype="HALF"))
+    out = acc.compare_trt_with_ort_cpu(plan, write_affine_fp16(tmp_path / "affine.onnx"))
+    assert out["with_graphs"]["max_abs_diff"] == 0.0
+    assert (out["replay_as_designed"], out["passed"], fake_gpu.launches) == (False, False, 0)
 
 
 def test_weakly_typed_builds_create_the_network_without_flags_and_restore_sdrt_s(monkeypatch) -> None:
