@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..schedulers import Sampler
-from ..backends.engine import Engine
+from ..backends.engine import Engine, run_engine
 from .guidance import apply_cfg, uses_cfg
 from .text import Conditioning
 
@@ -46,6 +46,7 @@ class GuidedUNet:
     """model(x, t) for the sampler: fills fixed input buffers, runs the UNet, applies CFG.
 
     The returned array is always new (never the engine's buffer), since multistep samplers keep past outputs.
+    One per generation: its input buffers are its own, so generations on many threads do not share them.
     """
 
     def __init__(self, engine: Engine, cond: Conditioning, batch: int, scale: float, rescale: float,
@@ -78,12 +79,12 @@ class GuidedUNet:
             sample[k * b:(k + 1) * b, :latent_channels] = x
         self.timestep.fill(timestep)
         t0 = time.perf_counter()
-        out = self.engine.run({"sample": sample, "timestep": self.timestep, **self.cond})["out_sample"]
+        out = run_engine(self.engine, {"sample": sample, "timestep": self.timestep, **self.cond})["out_sample"]
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         if self.cfg:
             return apply_cfg(np.asarray(out, dtype=np.float32), self.scale, self.rescale)
-        return np.array(out, dtype=np.float32, copy=True)
+        return np.asarray(out, dtype=np.float32)  # run_engine's copy: the caller's own array
 
 
 class LatentBlend:

@@ -12,6 +12,7 @@ pipelines, so the same weights, latents and noise give the same image:
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
-from ..backends.engine import Engine
+from ..backends.engine import Engine, run_engine
 from .denoise import GuidedUNet, LatentBlend, Progress, run_sampler
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
@@ -66,7 +67,12 @@ class GenerationResult:
 
 
 class Pipeline:
-    """A loaded bundle: tokenizers and engines, ready to generate. Engines are created on first use."""
+    """A loaded bundle: tokenizers and engines, ready to generate. Engines are created on first use.
+
+    Thread-safe: any number of threads may call `generate` on one Pipeline. Each call has its own sampler,
+    noise and UNet input buffers; engines are created once under a lock and run through `run_engine`
+    (each engine's lock held across its run and the copy of its outputs), so calls interleave per engine
+    run and give exactly the images they give alone."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
@@ -76,6 +82,7 @@ class Pipeline:
         self._prompt_encoder: PromptEncoder | None = None
         self._gpu = None  # GpuEngines holding device memory, for GPU backends
         self.backend_choice = f"backend {bundle.settings.backend}"
+        self._create_lock = threading.RLock()  # engines and the prompt encoder are created once, on first use
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
@@ -114,9 +121,10 @@ class Pipeline:
 
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
-        if name not in self._engines:
-            self._engines[name] = self.bundle.engine(name)
-        return self._engines[name]
+        with self._create_lock:
+            if name not in self._engines:
+                self._engines[name] = self.bundle.engine(name)
+            return self._engines[name]
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -125,6 +133,10 @@ class Pipeline:
 
     @property
     def prompt_encoder(self) -> PromptEncoder:
+        with self._create_lock:
+            return self._prompt_encoder or self._make_prompt_encoder()
+
+    def _make_prompt_encoder(self) -> PromptEncoder:
         if self._prompt_encoder is None:
             length = self.model.text_max_length
             if self.model.family == "sdxl":
@@ -262,7 +274,7 @@ class Pipeline:
     # ---- VAE -----------------------------------------------------------------------------------------
     def encode(self, image: np.ndarray, noise: NoiseSource, batch: int) -> np.ndarray:
         """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row."""
-        out = self.engine("vae_encoder").run({"image": image})
+        out = run_engine(self.engine("vae_encoder"), {"image": image})
         mean = np.asarray(out["latent_mean"], dtype=np.float32)
         std = np.asarray(out["latent_std"], dtype=np.float32)
         sample = mean + std * noise((batch, *mean.shape[1:]))
@@ -274,7 +286,7 @@ class Pipeline:
         unscaled = latents / np.float32(self.model.vae_scaling_factor)
         if self.model.vae_shift_factor:
             unscaled = unscaled + np.float32(self.model.vae_shift_factor)
-        return np.array(self.engine("vae_decoder").run({"latent": unscaled})["image"], dtype=np.float32)
+        return np.asarray(run_engine(self.engine("vae_decoder"), {"latent": unscaled})["image"], dtype=np.float32)
 
     def _parameters(self, request: GenerationRequest, sampler: Sampler, seed: int, size: tuple[int, int]) -> str:
         settings: dict[str, object] = {

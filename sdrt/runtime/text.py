@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.engine import Engine
+from ..backends.engine import Engine, run_engine
 from .tokenizer import ClipTokenizer
 
 
@@ -80,10 +80,10 @@ class PromptEncoder:
         per_branch, pooled = [], None
         for branch in self.branches:
             ids = np.concatenate([branch.tokenizer.windows(t, windows) for t in texts])  # [texts*windows, 77]
-            out = branch.encoder.run({"input_ids": ids})
+            out = run_engine(branch.encoder, {"input_ids": ids})
             states = np.asarray(out[branch.hidden_output], dtype=np.float32)
             per_branch.append(states.reshape(len(texts), windows * states.shape[1], states.shape[2]))
             if branch.pooled_output:
                 # first window of each text: rows 0, windows, 2*windows, ...
-                pooled = np.asarray(out[branch.pooled_output], dtype=np.float32)[::windows].copy()
+                pooled = np.asarray(out[branch.pooled_output], dtype=np.float32)[::windows]
         return np.concatenate(per_branch, axis=-1), pooled
