@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,36 +24,18 @@ from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
 from ..backends.engine import Engine, run_engine
-from .denoise import GuidedUNet, LatentBlend, Progress, run_sampler
+from .denoise import LatentBlend, Progress
+from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
 from .request import GenerationRequest, check_latents, nonfinite_error, resolve_size, validate
-from .text import PromptEncoder, TextBranch
+from .text import Conditioning, PromptEncoder, PromptSpec, TextBranch
 from .tokenizer import ClipTokenizer
 
 ALL_BACKENDS = ("ort-cpu", "auto", "trt", "ort-cuda", "ort-trt")
 NoiseSource = Callable[[tuple], np.ndarray]
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage of one `generate` call; `host_overhead_per_step` is what sdrt adds per step
-    on top of the UNet (sampler arithmetic, guidance, copies)."""
-
-    text: float = 0.0
-    vae_encode: float = 0.0
-    loop: float = 0.0
-    unet: float = 0.0
-    unet_calls: int = 0
-    steps: int = 0
-    vae_decode: float = 0.0
-    total: float = 0.0
-
-    @property
-    def host_overhead_per_step(self) -> float:
-        return (self.loop - self.unet) / max(self.steps, 1)
 
 
 @dataclass
@@ -152,10 +134,22 @@ class Pipeline:
             self._prompt_encoder = PromptEncoder(branches, self.model.force_zeros_for_empty_prompt)
         return self._prompt_encoder
 
-    # ---- generation ----------------------------------------------------------------------------------
+    # ---- generation: prepare -> step (UNetBatch) -> finish ---------------------------------------------
     def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
                  progress: Progress | None = None) -> GenerationResult:
-        """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise)."""
+        """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise).
+
+        The same three stages the serving loop runs for many requests at once (sdrt.serving.batcher)."""
+        generation = self.prepare(request, noise, progress)
+        unet = UNetBatch(self.engine("unet"))
+        while not generation.done:
+            unet.run([generation])
+        return self.finish(generation)
+
+    def prepare(self, request: GenerationRequest, noise: NoiseSource | None = None,
+                progress: Progress | None = None, cond: Conditioning | None = None) -> Generation:
+        """Everything before the first UNet call: checks, text conditioning (unless `cond`, from
+        `conditioning`, is given), initial latents, the img2img / inpaint start and extra channels."""
         started = time.perf_counter()
         sampler, (height, width) = self.check(request)
         seeds = batch_seeds(request.seed, request.batch)
@@ -163,37 +157,41 @@ class Pipeline:
         timings = Timings()
         f = self.model.vae_scale_factor
         shape = (request.batch, self.model.latent_channels, height // f, width // f)
-
-        cfg = uses_cfg(request.cfg)
-        t0 = time.perf_counter()
-        cond = self.prompt_encoder.encode(request.prompt, request.negative, request.batch, cfg, (height, width))
-        timings.text = time.perf_counter() - t0
-
+        if cond is None:
+            t0 = time.perf_counter()
+            cond = self.conditioning([request], [(height, width)])[0]
+            timings.text = time.perf_counter() - t0
         initial_noise = check_latents(request.latents, shape) if request.latents is not None else noise(shape)
         t0 = time.perf_counter()
         x, start, end_step, extra_channels = self._prepare_task(request, sampler, initial_noise, noise,
                                                                 (height, width))
         timings.vae_encode = time.perf_counter() - t0
+        return Generation(request, sampler, (height, width), seeds, noise, cond, x, start, end_step,
+                          extra_channels, timings, started, progress)
 
-        unet = GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
-                          extra_channels)
-        t0 = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf are caught below, with one clear line
-            latents = run_sampler(sampler, x, noise, start, end_step, unet, progress)
-        timings.loop = time.perf_counter() - t0
-        timings.unet, timings.unet_calls = unet.seconds, unet.calls
-        timings.steps = sampler.num_steps - start
+    def conditioning(self, requests: Sequence[GenerationRequest],
+                     sizes: Sequence[tuple[int, int]]) -> list[Conditioning]:
+        """The text conditioning of several (checked) requests, from one run of each text encoder."""
+        return self.prompt_encoder.encode_many([PromptSpec(r.prompt, r.negative, r.batch, uses_cfg(r.cfg), size)
+                                                for r, size in zip(requests, sizes)])
+
+    def finish(self, generation: Generation, decoded: Sequence[np.ndarray] | None = None) -> GenerationResult:
+        """Everything after sampling: NaN check, VAE decode (unless `decoded` images [1, 3, H, W] per image
+        are given, from a decode batched with other requests), pixels and PNG parameters."""
+        request, latents, timings = generation.request, generation.latents, generation.timings
+        assert latents is not None, "finish() before sampling ended"
         self._check_finite(latents, "sampled latents", request)
-
         t0 = time.perf_counter()
-        decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
+        if decoded is None:
+            decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
         for image in decoded:
             self._check_finite(image, "decoded images", request)
         images = [array_to_uint8(image)[0] for image in decoded]
-        timings.vae_decode = time.perf_counter() - t0
-        timings.total = time.perf_counter() - started
-        parameters = [self._parameters(request, sampler, seed, (height, width)) for seed in seeds]
-        return GenerationResult(images, latents, seeds, parameters, timings, self.notes(request))
+        timings.vae_decode += time.perf_counter() - t0
+        timings.total = time.perf_counter() - generation.started
+        parameters = [self._parameters(request, generation.sampler, seed, generation.size)
+                      for seed in generation.seeds]
+        return GenerationResult(images, latents, generation.seeds, parameters, timings, self.notes(request))
 
     def _check_finite(self, values: np.ndarray, what: str, request: GenerationRequest) -> None:
         """NaN or Inf would be written as a black image (the uint8 conversion clips them): refuse instead."""
