@@ -109,6 +109,11 @@ class Pipeline:
             return self._engines[name]
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the engines run on a GPU backend (the batching loop pads its UNet runs there)."""
+        return self._gpu is not None
+
+    @property
     def providers(self) -> dict[str, list[str]]:
         """Execution providers in use per loaded engine (what really runs, after any fallback)."""
         return {name: engine.providers for name, engine in self._engines.items()}
