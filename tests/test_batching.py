@@ -308,3 +308,32 @@ def test_scheduling_rules() -> None:
     assert pick(["a"], rows.get, 2) == ["a"]  # a job's rows are never split: it runs alone
     ring = RoundRobin()
     assert [ring.next(keys) for keys in ("xy", "xy", "xyz", "xyz", "xyz", "z")] == ["x", "y", "x", "y", "z", "z"]
+
+
+def test_sdxl_jobs_batch_with_their_own_pooled_embeddings_and_time_ids(tiny_bundle) -> None:
+    pipe = Pipeline.load(str(tiny_bundle("sdxl")))
+    requests = [GenerationRequest("a red cube", negative="blurry", steps=3, seed=1, cfg=5.0, width=64, height=64),
+                GenerationRequest("a blue ball", steps=3, sampler="dpmpp_2m", seed=2, cfg=1.0, width=64, height=64),
+                GenerationRequest("a green cone", steps=3, seed=3, cfg=7.0, width=64, height=64),
+                GenerationRequest("a small cube", steps=3, seed=4, cfg=7.0, width=32, height=48)]
+    alone = [pipe.generate(r) for r in requests]
+    recorder = Recorder()
+    with BatchingEngine(pipe, observer=recorder, warmup=False) as engine:
+        batched = engine.generate_many(requests)
+    for b, s in zip(batched, alone):
+        _same_image(b, s)
+    assert max(recorder.batches) == 5  # the three 64x64 jobs in one run: 2 + 1 + 2 rows
+
+
+def test_a_long_prompt_forms_its_own_group(pipe) -> None:
+    """More than 75 tokens: two text windows, a longer text input, so it cannot share a UNet run."""
+    long_prompt = " ".join(["a very detailed red cube on a table"] * 12)
+    requests = [GenerationRequest(long_prompt, steps=3, seed=1, width=32, height=32),
+                GenerationRequest("short", steps=3, seed=2, width=32, height=32)]
+    alone = [pipe.generate(r) for r in requests]
+    recorder = Recorder()
+    with BatchingEngine(pipe, observer=recorder, warmup=False) as engine:
+        batched = engine.generate_many(requests)
+    for b, s in zip(batched, alone):
+        _same_image(b, s)
+    assert recorder.batches == [2] * 6  # two groups taking turns, 3 runs each

@@ -93,7 +93,7 @@ class BatchingEngine:
         self._stopping = False  # no new jobs (drain or close)
         self._abort = False  # fail whatever is left and stop (close, or drain past its timeout)
         self._thread: threading.Thread | None = None
-        self._unet: UNetBatch | None = None
+        self._unets: dict[tuple, UNetBatch] = {}  # per group: each keeps its stacked conditioning
         self._groups = RoundRobin()
         self._iteration = 0
         self._admitted = 0
@@ -213,7 +213,7 @@ class BatchingEngine:
     def _warm_up(self) -> None:
         """Create every engine and run one 1-step generation (binds buffers; captures graphs on a GPU)."""
         try:
-            self._unet = UNetBatch(self.pipeline.engine("unet"))
+            self.pipeline.engine("unet")
             if self.warmup:
                 self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
             self.ready = True
@@ -311,7 +311,9 @@ class BatchingEngine:
         if key is None:
             return
         members = sorted((r for r in live if r.generation.group == key), key=lambda r: (r.served, r.order))
-        unet = self._unet or UNetBatch(self.pipeline.engine("unet"))
+        engine = self.pipeline.engine("unet")
+        self._unets = {k: u for k, u in self._unets.items() if u.engine is engine and k in self._groups}
+        unet = self._unets.setdefault(key, UNetBatch(engine))
         same_run = None if unet.per_row_timestep else (
             lambda a, b: a.generation.call.timestep == b.generation.call.timestep)
         cap = self.row_cap

@@ -45,6 +45,9 @@ class RoundRobin:
     def __init__(self) -> None:
         self._order: list[Hashable] = []
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._order
+
     def next(self, keys: Iterable[Hashable]) -> Hashable | None:
         present = list(dict.fromkeys(keys))
         for key in present:
