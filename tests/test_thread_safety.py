@@ -71,3 +71,31 @@ def test_first_use_from_many_threads_creates_each_engine_once(tiny_bundle) -> No
         t.join()
     assert len({id(unet) for unet, _ in seen}) == 1
     assert len({id(encoder) for _, encoder in seen}) == 1
+
+
+def test_tensorrt_engines_of_a_session_share_one_lock_and_report_their_profile_cap(monkeypatch, tmp_path) -> None:
+    """TensorRT engines of one session share the stream and activation memory: one lock for all of them.
+    `max_batch` (the batching loop's cap) is the largest batch any profile accepts. Checked on the CPU
+    stand-ins for TensorRT and CUDA (tests/fake_trt.py)."""
+    import fake_trt
+    from sdrt.backends import trt_engine
+
+    cuda = fake_trt.FakeCuda()
+    monkeypatch.setattr(trt_engine, "cuda_rt", cuda)
+    monkeypatch.setattr(trt_engine, "_trt", lambda: fake_trt.fake_tensorrt(cuda))
+    paths = {}
+    for name, profiles in (("unet", [[[1, 4], [2, 4], [4, 4]], [[4, 4], [8, 4], [16, 4]]]),
+                           ("vae_decoder", [[[1, 4], [1, 4], [1, 4]]])):
+        paths[name] = tmp_path / f"{name}.plan"
+        paths[name].write_bytes(fake_trt.plan_bytes(profiles))
+    with trt_engine.TrtSession(paths) as session:
+        unet, vae = session["unet"], session["vae_decoder"]
+        assert unet.lock is vae.lock is session.lock
+        assert (unet.max_batch, vae.max_batch) == (16, 1)
+        from sdrt.backends.engine import run_engine
+
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        with unet.lock:  # run_engine re-enters the lock it holds; another thread would wait here
+            out = run_engine(unet, {"x": x})
+        np.testing.assert_allclose(out["y"], 2 * x + 1)
+        assert out["y"] is not unet.run({"x": x})["y"]  # the caller's own copy, not the engine's buffer
