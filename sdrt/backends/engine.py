@@ -8,12 +8,19 @@ GPU backend can bind device memory once and replay it) and returns its own outpu
 valid until the next `run` with the same input shapes; a caller that keeps an output longer copies it.
 A read-only feed that is the very array given last time for that input is not copied again (the prompt
 embeddings of a sampling loop): callers mark such constant arrays read-only.
+
+Threads: every engine has a `lock` (engines that share device state, as TensorRT engines of one session
+sharing activation memory and a stream, share one lock). `run` holds it, so the engine's buffers are never
+filled by two threads at once; `run_engine` holds it across the run AND the copy of the outputs, so a
+caller gets arrays no other thread can overwrite. Many threads may share one engine through `run_engine`.
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import ContextManager, Mapping, Protocol
 
 import numpy as np
 
@@ -34,6 +41,7 @@ class Engine(Protocol):
     name: str  # component name, e.g. "unet"
     inputs: Mapping[str, IOSpec]
     outputs: Mapping[str, IOSpec]
+    lock: threading.RLock  # held by run; see the module doc
 
     @property
     def providers(self) -> list[str]:
@@ -43,6 +51,14 @@ class Engine(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evaluate on `feeds` (every input, by name); returns engine-owned output buffers (see module doc)."""
         ...
+
+
+def run_engine(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`engine.run` with outputs the caller owns: the run and the copy happen under the engine's lock, so
+    any number of threads may call this on one engine. (Stand-ins without a lock run unguarded.)"""
+    lock: ContextManager = getattr(engine, "lock", None) or nullcontext()
+    with lock:
+        return {name: np.array(value, copy=True) for name, value in engine.run(feeds).items()}
 
 
 def check_feeds(engine_name: str, inputs: Mapping[str, IOSpec], feeds: Mapping[str, np.ndarray]) -> None:

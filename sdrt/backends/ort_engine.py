@@ -13,12 +13,18 @@ CUDA EP), it is recreated without graphs and says so.
 Why the provider check: onnxruntime-gpu silently runs on CPU when CUDA or cuDNN cannot be loaded (it only
 logs a warning). We compare the providers the session really uses with the ones asked for and fail when a
 GPU provider was demanded and did not come up. The GPU device path is NOT RUN ON A GPU YET.
+
+Threads: `run` holds the engine's lock (one per engine: ONNX Runtime sessions run concurrently, but the
+bound buffers are shared). A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
+on CPU the concurrent runs only split the same cores, and on a GPU per-thread buffers would need a captured
+graph per thread; the lock keeps one set of buffers and one graph per shape.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +94,7 @@ class OrtEngine:
             _check_against_manifest(name, spec, self.inputs, self.outputs)
         self._bindings: OrderedDict[tuple, _Binding] = OrderedDict()
         self._graph_ids: dict[tuple, int] = {}
+        self.lock = threading.RLock()
 
     def _open(self, settings: SessionSettings, cache_dir: str | Path | None,
               profiles: Sequence[Mapping[str, ShapeRange]]) -> Any:
@@ -118,6 +125,10 @@ class OrtEngine:
         return list(self._providers)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self._run_locked(feeds)
+
+    def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.inputs)
         binding = self._bindings.get(key)
         if binding is None or len(feeds) != len(self.inputs):

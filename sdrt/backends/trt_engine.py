@@ -26,7 +26,8 @@ Design (the points that make per-step latency low, each a known pitfall when mis
 
 Interface: the runtime's Engine protocol (name, inputs, outputs, providers, run(feeds) -> outputs): host
 arrays in, engine-owned host arrays out (one set per input-shape set, valid until the next run with the
-same shapes); the copies are outside the graph. Written to TensorRT 11's documented
+same shapes); the copies are outside the graph. `run` holds the session's lock (see backends/engine.py).
+Written to TensorRT 11's documented
 Python API (see docs/gpu.md); NOT RUN ON A GPU YET.
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -103,10 +105,12 @@ class TrtEngine:
         activation: cuda_rt.DeviceBuffer,
         cuda_graphs: bool = True,
         max_graphs: int = DEFAULT_MAX_GRAPHS,
+        lock: threading.RLock | None = None,
     ) -> None:
         trt = _trt()
         self._trt_module = trt
         self.name, self.engine, self.stream, self.activation = name, engine, stream, activation
+        self.lock = lock or threading.RLock()  # shared by a session's engines: one stream, one activation memory
         self.tensors: dict[str, _Tensor] = {}
         for i in range(engine.num_io_tensors):
             n = engine.get_tensor_name(i)
@@ -254,7 +258,16 @@ class TrtEngine:
             self._host.put(key, host)
         return host
 
+    @property
+    def max_batch(self) -> int:
+        """The largest batch any optimization profile accepts (the batching loop caps its UNet calls here)."""
+        return max((min(r.max[0] for r in prof.values() if r.max) for prof in self.profiles if prof), default=1)
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self._run_locked(feeds)
+
+    def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._prepare_inputs(feeds)
         shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         key = shape_key(shapes)
@@ -315,8 +328,10 @@ class TrtSession:
         self.stream = cuda_rt.Stream()
         size = max((e.device_memory_size_v2 for e in engines.values()), default=0)
         self.activation = cuda_rt.DeviceBuffer(size)
+        self.lock = threading.RLock()  # the engines share the stream and the activation memory
         self.engines = {
-            n: TrtEngine(n, e, self.stream, self.activation, cuda_graphs, max_graphs) for n, e in engines.items()
+            n: TrtEngine(n, e, self.stream, self.activation, cuda_graphs, max_graphs, self.lock)
+            for n, e in engines.items()
         }
 
     def __getitem__(self, name: str) -> TrtEngine:

@@ -1,7 +1,9 @@
-"""The denoising loop: the sampler generator driven with a guided UNet, and inpainting's latent blend.
+"""What one generation puts into a UNet call and takes out of it: its CFG rows, and guidance on its output
+rows; plus inpainting's latent blend.
 
-Kept apart from the pipeline so the loop that runs once per step is short and can be timed and benchmarked
-on its own (bench/host_overhead.py drives it with a UNet stub).
+Kept apart from the pipeline so the work done once per step is short and can be timed and benchmarked on
+its own (bench/host_overhead.py drives `GuidedUNet` with a UNet stub). `Generation` (generation.py) uses
+the same `fill_rows` and `guide`, alone or stacked with other generations' rows.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..schedulers import Sampler
-from ..backends.engine import Engine
+from ..backends.engine import Engine, run_engine
 from .guidance import apply_cfg, uses_cfg
 from .text import Conditioning
 
@@ -21,69 +23,53 @@ NoiseSource = Callable[[tuple], np.ndarray]
 StepEnd = Callable[[int, np.ndarray], np.ndarray]
 
 
-def run_sampler(sampler: Sampler, x: np.ndarray, noise: NoiseSource, start: int, end_step: StepEnd | None,
-                model: Callable[[np.ndarray, float], np.ndarray], progress: Progress | None = None) -> np.ndarray:
-    """Drive the sampler generator from step `start` with `model(x, t)`, reporting finished steps."""
-    total = sampler.num_steps - start
-    loop = sampler.run(x, noise, start_step=start, end_step=end_step)
-    reported = 0
-    try:
-        call = next(loop)
-        while True:
-            done = call.step - start
-            if progress is not None and done > reported:
-                progress(done, total)
-                reported = done
-            call = loop.send(model(call.x, call.timestep))
-    except StopIteration as finished:
-        latents = finished.value
-    if progress is not None:
-        progress(total, total)
-    return np.asarray(latents, dtype=np.float32)
+def fill_rows(sample: np.ndarray, x: np.ndarray, copies: int, extra_rows: np.ndarray | None) -> None:
+    """Write one generation's UNet rows into `sample` [copies * batch, C, h, w]: the latents once per CFG
+    copy (negative rows first), then the extra channels (9-channel inpainting), already repeated per copy."""
+    latent_channels, b = x.shape[1], x.shape[0]
+    for k in range(copies):
+        sample[k * b:(k + 1) * b, :latent_channels] = x
+    if extra_rows is not None:
+        sample[:, latent_channels:] = extra_rows
+
+
+def guide(out: np.ndarray, scale: float, rescale: float) -> np.ndarray:
+    """The model output the sampler gets for one generation's rows (the caller's own array: samplers keep it)."""
+    out = np.asarray(out, dtype=np.float32)
+    return apply_cfg(out, scale, rescale) if uses_cfg(scale) else out
 
 
 class GuidedUNet:
-    """model(x, t) for the sampler: fills fixed input buffers, runs the UNet, applies CFG.
+    """model(x, t) for a sampler loop driven by hand: fills its own input buffer, runs the UNet, applies CFG.
 
     The returned array is always new (never the engine's buffer), since multistep samplers keep past outputs.
+    One per generation: its input buffers are its own, so generations on many threads do not share them.
     """
 
     def __init__(self, engine: Engine, cond: Conditioning, batch: int, scale: float, rescale: float,
                  extra_channels: np.ndarray | None) -> None:
         self.engine = engine
-        self.batch = batch
         self.scale = scale
         self.rescale = rescale
-        self.cfg = uses_cfg(scale)
-        self.copies = 2 if self.cfg else 1
-        self.extra = extra_channels
+        self.copies = 2 if uses_cfg(scale) else 1
+        self.extra = None if extra_channels is None else np.concatenate([extra_channels] * self.copies)
         self.sample: np.ndarray | None = None
         self.timestep = np.zeros(batch * self.copies, dtype=np.float32)
         self.cond = cond.feeds()
         self.seconds = 0.0
         self.calls = 0
 
-    def _buffer(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, timestep: float) -> np.ndarray:
         if self.sample is None:
             channels = x.shape[1] + (0 if self.extra is None else self.extra.shape[1])
             self.sample = np.empty((x.shape[0] * self.copies, channels, *x.shape[2:]), dtype=np.float32)
-            if self.extra is not None:
-                self.sample[:, x.shape[1]:] = np.concatenate([self.extra] * self.copies)
-        return self.sample
-
-    def __call__(self, x: np.ndarray, timestep: float) -> np.ndarray:
-        sample = self._buffer(x)
-        latent_channels, b = x.shape[1], self.batch
-        for k in range(self.copies):
-            sample[k * b:(k + 1) * b, :latent_channels] = x
+        fill_rows(self.sample, x, self.copies, self.extra)
         self.timestep.fill(timestep)
         t0 = time.perf_counter()
-        out = self.engine.run({"sample": sample, "timestep": self.timestep, **self.cond})["out_sample"]
+        out = run_engine(self.engine, {"sample": self.sample, "timestep": self.timestep, **self.cond})["out_sample"]
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        if self.cfg:
-            return apply_cfg(np.asarray(out, dtype=np.float32), self.scale, self.rescale)
-        return np.array(out, dtype=np.float32, copy=True)
+        return guide(out, self.scale, self.rescale)
 
 
 class LatentBlend:

@@ -12,47 +12,30 @@ pipelines, so the same weights, latents and noise give the same image:
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
-from ..backends.engine import Engine
-from .denoise import GuidedUNet, LatentBlend, Progress, run_sampler
+from ..backends.engine import Engine, run_engine
+from .denoise import LatentBlend, Progress
+from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
 from .request import GenerationRequest, check_latents, nonfinite_error, resolve_size, validate
-from .text import PromptEncoder, TextBranch
+from .text import Conditioning, PromptEncoder, PromptSpec, TextBranch
 from .tokenizer import ClipTokenizer
 
 ALL_BACKENDS = ("ort-cpu", "auto", "trt", "ort-cuda", "ort-trt")
 NoiseSource = Callable[[tuple], np.ndarray]
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage of one `generate` call; `host_overhead_per_step` is what sdrt adds per step
-    on top of the UNet (sampler arithmetic, guidance, copies)."""
-
-    text: float = 0.0
-    vae_encode: float = 0.0
-    loop: float = 0.0
-    unet: float = 0.0
-    unet_calls: int = 0
-    steps: int = 0
-    vae_decode: float = 0.0
-    total: float = 0.0
-
-    @property
-    def host_overhead_per_step(self) -> float:
-        return (self.loop - self.unet) / max(self.steps, 1)
 
 
 @dataclass
@@ -66,7 +49,12 @@ class GenerationResult:
 
 
 class Pipeline:
-    """A loaded bundle: tokenizers and engines, ready to generate. Engines are created on first use."""
+    """A loaded bundle: tokenizers and engines, ready to generate. Engines are created on first use.
+
+    Thread-safe: any number of threads may call `generate` on one Pipeline. Each call has its own sampler,
+    noise and UNet input buffers; engines are created once under a lock and run through `run_engine`
+    (each engine's lock held across its run and the copy of its outputs), so calls interleave per engine
+    run and give exactly the images they give alone."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
@@ -76,6 +64,7 @@ class Pipeline:
         self._prompt_encoder: PromptEncoder | None = None
         self._gpu = None  # GpuEngines holding device memory, for GPU backends
         self.backend_choice = f"backend {bundle.settings.backend}"
+        self._create_lock = threading.RLock()  # engines and the prompt encoder are created once, on first use
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
@@ -114,9 +103,15 @@ class Pipeline:
 
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
-        if name not in self._engines:
-            self._engines[name] = self.bundle.engine(name)
-        return self._engines[name]
+        with self._create_lock:
+            if name not in self._engines:
+                self._engines[name] = self.bundle.engine(name)
+            return self._engines[name]
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the engines run on a GPU backend (the batching loop pads its UNet runs there)."""
+        return self._gpu is not None
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -125,6 +120,10 @@ class Pipeline:
 
     @property
     def prompt_encoder(self) -> PromptEncoder:
+        with self._create_lock:
+            return self._prompt_encoder or self._make_prompt_encoder()
+
+    def _make_prompt_encoder(self) -> PromptEncoder:
         if self._prompt_encoder is None:
             length = self.model.text_max_length
             if self.model.family == "sdxl":
@@ -140,10 +139,22 @@ class Pipeline:
             self._prompt_encoder = PromptEncoder(branches, self.model.force_zeros_for_empty_prompt)
         return self._prompt_encoder
 
-    # ---- generation ----------------------------------------------------------------------------------
+    # ---- generation: prepare -> step (UNetBatch) -> finish ---------------------------------------------
     def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
                  progress: Progress | None = None) -> GenerationResult:
-        """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise)."""
+        """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise).
+
+        The same three stages the serving loop runs for many requests at once (sdrt.serving.batcher)."""
+        generation = self.prepare(request, noise, progress)
+        unet = UNetBatch(self.engine("unet"))
+        while not generation.done:
+            unet.run([generation])
+        return self.finish(generation)
+
+    def prepare(self, request: GenerationRequest, noise: NoiseSource | None = None,
+                progress: Progress | None = None, cond: Conditioning | None = None) -> Generation:
+        """Everything before the first UNet call: checks, text conditioning (unless `cond`, from
+        `conditioning`, is given), initial latents, the img2img / inpaint start and extra channels."""
         started = time.perf_counter()
         sampler, (height, width) = self.check(request)
         seeds = batch_seeds(request.seed, request.batch)
@@ -151,37 +162,41 @@ class Pipeline:
         timings = Timings()
         f = self.model.vae_scale_factor
         shape = (request.batch, self.model.latent_channels, height // f, width // f)
-
-        cfg = uses_cfg(request.cfg)
-        t0 = time.perf_counter()
-        cond = self.prompt_encoder.encode(request.prompt, request.negative, request.batch, cfg, (height, width))
-        timings.text = time.perf_counter() - t0
-
+        if cond is None:
+            t0 = time.perf_counter()
+            cond = self.conditioning([request], [(height, width)])[0]
+            timings.text = time.perf_counter() - t0
         initial_noise = check_latents(request.latents, shape) if request.latents is not None else noise(shape)
         t0 = time.perf_counter()
         x, start, end_step, extra_channels = self._prepare_task(request, sampler, initial_noise, noise,
                                                                 (height, width))
         timings.vae_encode = time.perf_counter() - t0
+        return Generation(request, sampler, (height, width), seeds, noise, cond, x, start, end_step,
+                          extra_channels, timings, started, progress)
 
-        unet = GuidedUNet(self.engine("unet"), cond, request.batch, request.cfg, request.guidance_rescale,
-                          extra_channels)
-        t0 = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf are caught below, with one clear line
-            latents = run_sampler(sampler, x, noise, start, end_step, unet, progress)
-        timings.loop = time.perf_counter() - t0
-        timings.unet, timings.unet_calls = unet.seconds, unet.calls
-        timings.steps = sampler.num_steps - start
+    def conditioning(self, requests: Sequence[GenerationRequest],
+                     sizes: Sequence[tuple[int, int]]) -> list[Conditioning]:
+        """The text conditioning of several (checked) requests, from one run of each text encoder."""
+        return self.prompt_encoder.encode_many([PromptSpec(r.prompt, r.negative, r.batch, uses_cfg(r.cfg), size)
+                                                for r, size in zip(requests, sizes)])
+
+    def finish(self, generation: Generation, decoded: Sequence[np.ndarray] | None = None) -> GenerationResult:
+        """Everything after sampling: NaN check, VAE decode (unless `decoded` images [1, 3, H, W] per image
+        are given, from a decode batched with other requests), pixels and PNG parameters."""
+        request, latents, timings = generation.request, generation.latents, generation.timings
+        assert latents is not None, "finish() before sampling ended"
         self._check_finite(latents, "sampled latents", request)
-
         t0 = time.perf_counter()
-        decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
+        if decoded is None:
+            decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
         for image in decoded:
             self._check_finite(image, "decoded images", request)
         images = [array_to_uint8(image)[0] for image in decoded]
-        timings.vae_decode = time.perf_counter() - t0
-        timings.total = time.perf_counter() - started
-        parameters = [self._parameters(request, sampler, seed, (height, width)) for seed in seeds]
-        return GenerationResult(images, latents, seeds, parameters, timings, self.notes(request))
+        timings.vae_decode += time.perf_counter() - t0
+        timings.total = time.perf_counter() - generation.started
+        parameters = [self._parameters(request, generation.sampler, seed, generation.size)
+                      for seed in generation.seeds]
+        return GenerationResult(images, latents, generation.seeds, parameters, timings, self.notes(request))
 
     def _check_finite(self, values: np.ndarray, what: str, request: GenerationRequest) -> None:
         """NaN or Inf would be written as a black image (the uint8 conversion clips them): refuse instead."""
@@ -262,7 +277,7 @@ class Pipeline:
     # ---- VAE -----------------------------------------------------------------------------------------
     def encode(self, image: np.ndarray, noise: NoiseSource, batch: int) -> np.ndarray:
         """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row."""
-        out = self.engine("vae_encoder").run({"image": image})
+        out = run_engine(self.engine("vae_encoder"), {"image": image})
         mean = np.asarray(out["latent_mean"], dtype=np.float32)
         std = np.asarray(out["latent_std"], dtype=np.float32)
         sample = mean + std * noise((batch, *mean.shape[1:]))
@@ -274,7 +289,7 @@ class Pipeline:
         unscaled = latents / np.float32(self.model.vae_scaling_factor)
         if self.model.vae_shift_factor:
             unscaled = unscaled + np.float32(self.model.vae_shift_factor)
-        return np.array(self.engine("vae_decoder").run({"latent": unscaled})["image"], dtype=np.float32)
+        return np.asarray(run_engine(self.engine("vae_decoder"), {"latent": unscaled})["image"], dtype=np.float32)
 
     def _parameters(self, request: GenerationRequest, sampler: Sampler, seed: int, size: tuple[int, int]) -> str:
         settings: dict[str, object] = {

@@ -10,10 +10,11 @@ With CFG the batch is [negative x B, positive x B], the order diffusers' `noise_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from ..backends.engine import Engine
+from ..backends.engine import Engine, run_engine
 from .tokenizer import ClipTokenizer
 
 
@@ -39,6 +40,17 @@ class Conditioning:
 
 
 @dataclass(frozen=True)
+class PromptSpec:
+    """What one request's conditioning depends on."""
+
+    prompt: str
+    negative: str | None
+    batch: int
+    cfg: bool  # with the unconditional branch (uses_cfg)
+    size: tuple[int, int]  # (height, width) in pixels, for SDXL's time ids
+
+
+@dataclass(frozen=True)
 class TextBranch:
     """One tokenizer + text encoder pair and which of its outputs the UNet reads."""
 
@@ -59,31 +71,49 @@ class PromptEncoder:
     def encode(self, prompt: str, negative: str | None, batch: int, cfg: bool,
                size: tuple[int, int]) -> Conditioning:
         """`size` is (height, width) in pixels, for SDXL's time ids."""
-        zero_negative = cfg and negative is None and self.force_zeros_for_empty_prompt
-        texts = [prompt] if not cfg or zero_negative else [negative or "", prompt]
-        windows = max(b.tokenizer.num_chunks(t) for b in self.branches for t in texts)
-        hidden, pooled = self._encode_texts(texts, windows)
+        return self.encode_many([PromptSpec(prompt, negative, batch, cfg, size)])[0]
+
+    def encode_many(self, specs: Sequence[PromptSpec]) -> list[Conditioning]:
+        """The conditioning of several requests from ONE run of each text encoder: every 77-token window is
+        an independent row, so the windows of all texts are stacked and split back per text."""
+        plans = []
+        for spec in specs:
+            zero_negative = spec.cfg and spec.negative is None and self.force_zeros_for_empty_prompt
+            texts = [spec.prompt] if not spec.cfg or zero_negative else [spec.negative or "", spec.prompt]
+            windows = max(b.tokenizer.num_chunks(t) for b in self.branches for t in texts)
+            plans.append((texts, windows, zero_negative))
+        encoded = iter(self._encode_texts([(t, windows) for texts, windows, _ in plans for t in texts]))
+        return [self._conditioning(spec, [next(encoded) for _ in texts], zero_negative)
+                for spec, (texts, _, zero_negative) in zip(specs, plans)]
+
+    def _conditioning(self, spec: PromptSpec, encoded: list[tuple[np.ndarray, np.ndarray | None]],
+                      zero_negative: bool) -> Conditioning:
+        hidden = np.stack([h for h, _ in encoded])
+        pooled = np.stack([p for _, p in encoded]) if self.is_sdxl else None
         if zero_negative:
             hidden = np.concatenate([np.zeros_like(hidden), hidden])
             pooled = None if pooled is None else np.concatenate([np.zeros_like(pooled), pooled])
         # rows are [negative, positive] (or [positive]); repeat each row `batch` times, keeping that order
-        hidden = np.repeat(hidden, batch, axis=0)
+        hidden = np.repeat(hidden, spec.batch, axis=0)
         if not self.is_sdxl:
             return Conditioning(hidden)
-        pooled = np.repeat(pooled, batch, axis=0)
-        height, width = size
+        pooled = np.repeat(pooled, spec.batch, axis=0)
+        height, width = spec.size
         time_ids = np.tile(np.array([height, width, 0, 0, height, width], dtype=np.float32), (len(pooled), 1))
         return Conditioning(hidden, pooled, time_ids)
 
-    def _encode_texts(self, texts: list[str], windows: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """[len(texts), 77 * windows, dim] hidden states (all encoders concatenated) and pooled embeddings."""
-        per_branch, pooled = [], None
+    def _encode_texts(self, texts: list[tuple[str, int]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per (text, windows): hidden states [77 * windows, dim] (all encoders concatenated on the feature
+        axis) and the pooled embedding of its first window (SDXL), from one run per encoder."""
+        starts = np.cumsum([0] + [w for _, w in texts])
+        hidden: list[list[np.ndarray]] = [[] for _ in texts]
+        pooled: list[np.ndarray | None] = [None] * len(texts)
         for branch in self.branches:
-            ids = np.concatenate([branch.tokenizer.windows(t, windows) for t in texts])  # [texts*windows, 77]
-            out = branch.encoder.run({"input_ids": ids})
+            ids = np.concatenate([branch.tokenizer.windows(t, w) for t, w in texts])  # [sum(windows), 77]
+            out = run_engine(branch.encoder, {"input_ids": ids})
             states = np.asarray(out[branch.hidden_output], dtype=np.float32)
-            per_branch.append(states.reshape(len(texts), windows * states.shape[1], states.shape[2]))
-            if branch.pooled_output:
-                # first window of each text: rows 0, windows, 2*windows, ...
-                pooled = np.asarray(out[branch.pooled_output], dtype=np.float32)[::windows].copy()
-        return np.concatenate(per_branch, axis=-1), pooled
+            for i, (_, w) in enumerate(texts):
+                hidden[i].append(states[starts[i]:starts[i] + w].reshape(w * states.shape[1], states.shape[2]))
+                if branch.pooled_output:
+                    pooled[i] = np.asarray(out[branch.pooled_output], dtype=np.float32)[starts[i]]
+        return [(np.concatenate(h, axis=-1), p) for h, p in zip(hidden, pooled)]

@@ -1,0 +1,196 @@
+"""A request between `Pipeline.prepare` and `Pipeline.finish`: its sampler generator, stepped from outside.
+
+`Pipeline.generate` steps one Generation alone; the serving loop (sdrt.serving.batcher) steps many at once,
+stacking their pending UNet calls into one engine run. Both go through `UNetBatch`, so a request batched
+with others runs exactly the code it runs alone: its rows in (`fill_rows`), its rows out, its own guidance
+(`guide`: cfg and rescale), its own sampler (temperature, noise) and progress.
+
+UNet rows of a Generation: [negative x batch, positive x batch] with CFG, [positive x batch] without; every
+row has the generation's own timestep (the exported UNet's timestep input is per sample, shape [batch]).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..backends.engine import Engine, run_engine
+from ..schedulers import ModelCall, Sampler
+from .denoise import NoiseSource, Progress, StepEnd, fill_rows, guide
+from .guidance import uses_cfg
+from .request import GenerationRequest
+from .text import Conditioning
+
+_serials = itertools.count()
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of one generation; `host_overhead_per_step` is what sdrt adds per step on top
+    of the UNet (sampler arithmetic, guidance, copies). In a batch, `unet` is the wall time of the UNet runs
+    the generation took part in."""
+
+    text: float = 0.0
+    vae_encode: float = 0.0
+    loop: float = 0.0
+    unet: float = 0.0
+    unet_calls: int = 0
+    steps: int = 0
+    vae_decode: float = 0.0
+    total: float = 0.0
+
+    @property
+    def host_overhead_per_step(self) -> float:
+        return (self.loop - self.unet) / max(self.steps, 1)
+
+
+class Generation:
+    """One prepared request. `call` is its pending UNet evaluation (None once sampling is over, when
+    `latents` holds the result). Belongs to one thread at a time."""
+
+    def __init__(self, request: GenerationRequest, sampler: Sampler, size: tuple[int, int], seeds: list[int],
+                 noise: NoiseSource, cond: Conditioning, x: np.ndarray, start: int, end_step: StepEnd | None,
+                 extra_channels: np.ndarray | None, timings: Timings, started: float,
+                 progress: Progress | None = None) -> None:
+        self.serial = next(_serials)  # identifies the generation in stacked-conditioning caches
+        self.request, self.sampler, self.size, self.seeds = request, sampler, size, seeds
+        self.cond = cond
+        self.feeds = cond.feeds()
+        self.copies = 2 if uses_cfg(request.cfg) else 1
+        self.rows = request.batch * self.copies
+        self.extra_rows = None if extra_channels is None else np.concatenate([extra_channels] * self.copies)
+        self.timings = timings
+        self.started = started  # perf_counter() when the request was taken up, for timings.total
+        self.progress = progress
+        self.start, self.total = start, sampler.num_steps - start
+        timings.steps = self.total
+        self.latents: np.ndarray | None = None
+        self._reported = 0
+        self._loop = sampler.run(x, noise, start_step=start, end_step=end_step)
+        self._loop_started = time.perf_counter()
+        self.call: ModelCall | None = None
+        self._advance(lambda: next(self._loop))
+
+    @property
+    def done(self) -> bool:
+        return self.call is None
+
+    @property
+    def channels(self) -> int:
+        """The UNet's input channels for this generation (latents plus any inpainting channels)."""
+        assert self.call is not None
+        return self.call.x.shape[1] + (0 if self.extra_rows is None else self.extra_rows.shape[1])
+
+    @property
+    def group(self) -> tuple:
+        """What must agree for generations to share a UNet run: input channels, latent size, text length."""
+        assert self.call is not None
+        return (self.channels, *self.call.x.shape[2:], self.cond.hidden_states.shape[1:],
+                self.cond.text_embeds is not None)
+
+    def fill(self, sample: np.ndarray, timesteps: np.ndarray) -> None:
+        """Write this generation's rows of a UNet call (`sample` and `timesteps` are its slices)."""
+        assert self.call is not None
+        fill_rows(sample, self.call.x, self.copies, self.extra_rows)
+        timesteps.fill(self.call.timestep)
+
+    def answer(self, out: np.ndarray, unet_seconds: float = 0.0) -> None:
+        """Give the generation its rows of the UNet output: guidance, then the sampler's next step."""
+        self.timings.unet += unet_seconds
+        self.timings.unet_calls += 1
+        request = self.request
+        self._advance(lambda: self._loop.send(guide(out, request.cfg, request.guidance_rescale)))
+
+    def _advance(self, step) -> None:
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf are refused in Pipeline.finish
+                self.call = step()
+        except StopIteration as finished:
+            self.call = None
+            self.latents = np.asarray(finished.value, dtype=np.float32)
+            self.timings.loop = time.perf_counter() - self._loop_started
+        done = self.total if self.call is None else self.call.step - self.start
+        if self.progress is not None and (done > self._reported or self.call is None):
+            self.progress(done, self.total)
+            self._reported = done
+
+    def close(self) -> None:
+        """Stop the sampler generator early (a cancelled job)."""
+        self._loop.close()
+        self.call = None
+
+
+class UNetBatch:
+    """Runs the pending UNet calls of generations of one group as ONE engine run, then gives each its rows.
+
+    Stacked conditioning is cached per set of generations (it changes only when one joins or leaves) and
+    kept read-only, so the engine copies it into its buffers only when the set changes. A single generation
+    feeds its own conditioning arrays, exactly as before batching existed.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        shape = engine.inputs["timestep"].shape if "timestep" in engine.inputs else ("batch",)
+        self.timestep_shape = tuple(shape)
+        # An older export may have a scalar (or single) timestep: then every row of a run needs the same one.
+        self.per_row_timestep = len(shape) == 1 and shape[0] != 1
+        self._cond_key: tuple | None = None
+        self._cond: dict[str, np.ndarray] = {}
+        self._sample: np.ndarray | None = None
+
+    def run(self, gens: Sequence[Generation], rows: int | None = None) -> float:
+        """One UNet evaluation for all `gens` (padded to `rows` rows when given); returns its seconds."""
+        out, seconds = self.evaluate(gens, rows)
+        offset = 0
+        for gen in gens:
+            gen.answer(out[offset:offset + gen.rows], seconds)
+            offset += gen.rows
+        return seconds
+
+    def evaluate(self, gens: Sequence[Generation], rows: int | None = None) -> tuple[np.ndarray, float]:
+        """The stacked UNet output (the caller's own array; rows in the order of `gens`) and its seconds."""
+        used = sum(g.rows for g in gens)
+        total = max(rows or used, used)
+        channels, spatial = gens[0].channels, gens[0].call.x.shape[2:]
+        shape = (total, channels, *spatial)
+        if self._sample is None or self._sample.shape != shape:
+            self._sample = np.empty(shape, dtype=np.float32)
+        sample, timesteps = self._sample, np.empty(total, dtype=np.float32)
+        offset = 0
+        for gen in gens:
+            gen.fill(sample[offset:offset + gen.rows], timesteps[offset:offset + gen.rows])
+            offset += gen.rows
+        if total > used:  # padding rows (GPU batch sizes): a copy of the first row, output discarded
+            sample[used:] = sample[:1]
+            timesteps[used:] = timesteps[0]
+        feeds = {"sample": sample, "timestep": self._timestep_feed(timesteps), **self._conditioning(gens, total)}
+        t0 = time.perf_counter()
+        out = run_engine(self.engine, feeds)["out_sample"]
+        return out, time.perf_counter() - t0
+
+    def _timestep_feed(self, timesteps: np.ndarray) -> np.ndarray:
+        if self.per_row_timestep:
+            return timesteps
+        if np.any(timesteps != timesteps[0]):
+            raise ValueError("this UNet takes one timestep per run: group generations by timestep")
+        return timesteps[:1].reshape(self.timestep_shape)
+
+    def _conditioning(self, gens: Sequence[Generation], total: int) -> dict[str, np.ndarray]:
+        if len(gens) == 1 and gens[0].rows == total:
+            return gens[0].feeds
+        key = (tuple(g.serial for g in gens), total)
+        if key != self._cond_key:
+            stacked = {}
+            for name in gens[0].feeds:
+                parts = [g.feeds[name] for g in gens]
+                used = sum(len(p) for p in parts)
+                if total > used:
+                    parts.append(np.repeat(parts[0][:1], total - used, axis=0))
+                stacked[name] = np.concatenate(parts)
+                stacked[name].setflags(write=False)  # the same array each step: engines copy it once
+            self._cond_key, self._cond = key, stacked
+        return self._cond
