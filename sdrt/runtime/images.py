@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import warnings
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,9 @@ def deep_gray_levels(image, what: str = "image") -> np.ndarray | None:
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
-            low, high = np.nanmin(values), np.nanmax(values)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN image has no min: reported as nan
+                low, high = np.nanmin(values), np.nanmax(values)
             raise UserError(f"the {what} is a float image with values from {low:g} to {high:g}, not levels in "
                             "0..1: save it as an 8- or 16-bit PNG, or as float levels in 0..1")
         return values
