@@ -5,11 +5,12 @@ FastAPI, uvicorn and prometheus-client come with the `serve` extra and are impor
 
 from __future__ import annotations
 
+import socket  # noqa: F401  (a type hint)
 from pathlib import Path
 
 import click
 
-from ..serving.settings import Limits
+from ..serving.settings import Limits, ServeSettings
 from .options import engine_options
 
 DEFAULT_LIMITS = Limits()
@@ -50,10 +51,7 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     SIGTERM drains: new requests get 503, requests in flight finish, then the process exits 0.
     """
     from ..errors import UserError
-    from ..runtime import Pipeline
-    from ..runtime.cpu_policy import spin_for_this_machine
     from ..serving.auth import read_api_keys
-    from ..serving.settings import ServeSettings
 
     keys = read_api_keys(api_key_file) if api_key_file is not None else ()
     settings = ServeSettings(
@@ -61,15 +59,32 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
                       max_prompt_tokens=max_prompt_tokens),
         request_timeout=request_timeout, api_keys=keys)
     try:
-        from ..serving.app import create_app
-        from ..serving.batcher import BatchingEngine
-        from ..serving.metrics import ServeMetrics
-        from ..serving.model_info import ServedModel
-        from ..serving.server import bind, make_server
+        import fastapi, prometheus_client, uvicorn  # noqa: F401  (the serve extra)
+        from ..serving.server import bind
     except ImportError as exc:
         raise UserError(f"sdrt serve needs the serve extra ({exc.name} is missing): pip install 'sdrt[serve]'") from None
 
     sock = bind(host, port)  # a taken port fails before the bundle loads
+    try:
+        run_server(sock, bundle, settings, backend, engines_dir, precision, threads, spin, max_batch, max_queue,
+                   log_level)
+    finally:
+        sock.close()
+    click.echo("sdrt serve: stopped", err=True)
+
+
+def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, backend: str,
+               engines_dir: Path | None, precision: str | None, threads: int, spin: bool | None, max_batch: int,
+               max_queue: int, log_level: str) -> None:
+    """Load the bundle, start the batching engine, serve until SIGTERM, then drain and close the engine."""
+    from ..runtime import Pipeline
+    from ..runtime.cpu_policy import spin_for_this_machine
+    from ..serving.app import create_app
+    from ..serving.batcher import BatchingEngine
+    from ..serving.metrics import ServeMetrics
+    from ..serving.model_info import ServedModel
+    from ..serving.server import make_server
+
     spin_choice = spin_for_this_machine(spin, threads)
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads,
                          engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
@@ -77,14 +92,13 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     engine = BatchingEngine(pipe, max_batch=max_batch, max_queue=max_queue, observer=metrics).start()
     try:
         app = create_app(engine, settings, ServedModel.from_pipeline(pipe), metrics)
-        server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=request_timeout + 5,
+        server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=settings.request_timeout + 5,
                              log_level=log_level)
-        bound_host, bound_port = sock.getsockname()[:2]
-        click.echo(f"sdrt serve: {bundle} on http://{bound_host}:{bound_port} ({pipe.backend_choice}; "
-                   f"{spin_choice}){' with API keys' if keys else ''}", err=True)
+        host, port = sock.getsockname()[:2]
+        click.echo(f"sdrt serve: {bundle} on http://{host}:{port} ({pipe.backend_choice}; {spin_choice})"
+                   f"{' with API keys' if settings.api_keys else ''}", err=True)
         server.run(sockets=[sock])
-        engine.drain(timeout=request_timeout)
+        engine.drain(timeout=settings.request_timeout)
     finally:
         engine.close()
         pipe.close()
-    click.echo("sdrt serve: stopped", err=True)
