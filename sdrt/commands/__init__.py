@@ -6,5 +6,6 @@ from .demo import demo
 from .export import export, tiny_model
 from .generate import generate
 from .samplers import samplers
+from .serve import serve
 
-COMMANDS = [samplers, build, export, tiny_model, generate, bench, demo]
+COMMANDS = [samplers, build, export, tiny_model, generate, bench, demo, serve]

@@ -1,0 +1,104 @@
+"""`sdrt serve`: an HTTP server for one bundle, AUTOMATIC1111's and OpenAI's API shapes, on FastAPI + uvicorn.
+
+FastAPI, uvicorn and prometheus-client come with the `serve` extra and are imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import socket  # noqa: F401  (a type hint)
+from pathlib import Path
+
+import click
+
+from ..serving.settings import Limits, ServeSettings
+from .options import engine_options
+
+DEFAULT_LIMITS = Limits()
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network (see docs/serving.md).")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port, printed at start).")
+@engine_options
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Most UNet rows the batching loop stacks into one call.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Most jobs waiting; past it requests get 429 with Retry-After.")
+@click.option("--api-key-file", default=None, type=click.Path(path_type=Path),
+              help="File with one API key per line; every route but /healthz then needs 'Authorization: Bearer KEY'.")
+@click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request may take; then its job is cancelled and it gets 504.")
+@click.option("--max-steps", default=DEFAULT_LIMITS.max_steps, show_default=True, type=click.IntRange(min=1),
+              help="Most sampling steps per request.")
+@click.option("--max-images", default=DEFAULT_LIMITS.max_images, show_default=True, type=click.IntRange(min=1),
+              help="Most images per request (A1111 batch_size * n_iter, OpenAI n).")
+@click.option("--max-pixels", default=DEFAULT_LIMITS.max_pixels, show_default=True, type=click.IntRange(min=1),
+              help="Most pixels (width * height) per image.")
+@click.option("--max-prompt-tokens", default=DEFAULT_LIMITS.max_prompt_tokens, show_default=True,
+              type=click.IntRange(min=1), help="Most CLIP tokens in a prompt or negative prompt.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
+def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
+          threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
+          request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,
+          log_level: str) -> None:
+    """Serve BUNDLE over HTTP: A1111's /sdapi/v1/txt2img and img2img, OpenAI's /v1/images/generations (with
+    Server-Sent-Events progress), /v1/models, /healthz, /readyz and /metrics.
+
+    SIGTERM drains: new requests get 503, requests in flight finish, then the process exits 0.
+    """
+    from ..errors import UserError
+    from ..serving.auth import read_api_keys
+
+    keys = read_api_keys(api_key_file) if api_key_file is not None else ()
+    settings = ServeSettings(
+        limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels,
+                      max_prompt_tokens=max_prompt_tokens),
+        request_timeout=request_timeout, api_keys=keys)
+    try:
+        import fastapi, prometheus_client, uvicorn  # noqa: F401  (the serve extra)
+        from ..serving.server import bind
+    except ImportError as exc:
+        raise UserError(f"sdrt serve needs the serve extra ({exc.name} is missing): pip install 'sdrt[serve]'") from None
+
+    sock = bind(host, port)  # a taken port fails before the bundle loads
+    try:
+        run_server(sock, bundle, settings, backend, engines_dir, precision, threads, spin, max_batch, max_queue,
+                   log_level)
+    finally:
+        sock.close()
+    click.echo("sdrt serve: stopped", err=True)
+
+
+def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, backend: str,
+               engines_dir: Path | None, precision: str | None, threads: int, spin: bool | None, max_batch: int,
+               max_queue: int, log_level: str) -> None:
+    """Load the bundle, start the batching engine, serve until SIGTERM, then drain and close the engine."""
+    from ..runtime import Pipeline
+    from ..runtime.cpu_policy import spin_for_this_machine
+    from ..serving.app import create_app
+    from ..serving.batcher import BatchingEngine
+    from ..serving.metrics import ServeMetrics
+    from ..serving.model_info import ServedModel
+    from ..serving.server import make_server
+
+    spin_choice = spin_for_this_machine(spin, threads)
+    pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads,
+                         engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
+    metrics = ServeMetrics()
+    engine = BatchingEngine(pipe, max_batch=max_batch, max_queue=max_queue, observer=metrics).start()
+    try:
+        app = create_app(engine, settings, ServedModel.from_pipeline(pipe), metrics)
+        server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=settings.request_timeout + 5,
+                             log_level=log_level)
+        host, port = sock.getsockname()[:2]
+        click.echo(f"sdrt serve: {bundle} on http://{host}:{port} ({pipe.backend_choice}; {spin_choice})"
+                   f"{' with API keys' if settings.api_keys else ''}", err=True)
+        server.run(sockets=[sock])
+        engine.drain(timeout=settings.request_timeout)
+    finally:
+        engine.close()
+        pipe.close()

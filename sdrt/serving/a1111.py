@@ -1,0 +1,204 @@
+"""AUTOMATIC1111's web API shapes: /sdapi/v1/txt2img, /sdapi/v1/img2img, /sdapi/v1/samplers, /sdapi/v1/schedulers.
+
+Requests follow A1111's StableDiffusionProcessing fields and defaults (steps 50, cfg_scale 7, sampler_index
+"Euler", seed -1 = random, denoising_strength 0.75); width and height default to the bundle's size instead of
+512, since a bundle may not take 512. Each of the n_iter iterations is its own job of batch_size images with
+seeds seed + k * batch_size + i, as A1111 numbers them, so the batching loop can interleave them with others.
+
+A1111 clients send many fields sdrt has no use for (enable_hr, restore_faces, styles, override_settings, ...).
+They are accepted and ignored, and named in the `X-Sdrt-Ignored-Fields` response header and in `info`'s
+"ignored_fields", so nothing is dropped unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..commands.options import MAX_SEED, resolve_seed
+from ..runtime.pipeline import GenerationResult
+from ..runtime.request import GenerationRequest
+from ..schedulers import REGISTRY
+from .api_errors import ErrorBody, invalid
+from .image_codec import decode_image, png_base64
+from .limits import check_images, check_pixels, check_steps, check_tokens
+from .model_info import json_number
+from .runner import ServerState, Submission
+from .sampler_names import SCHEDULER_LABELS, aliases, sampler_and_schedule
+
+IGNORED_HEADER = "X-Sdrt-Ignored-Fields"
+SAMPLER_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
+class Txt2ImgRequest(BaseModel):
+    """A1111's txt2img request; fields sdrt does not use are accepted and reported as ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = Field(50, ge=1)
+    sampler_name: str | None = Field(None, description='A1111 name such as "DPM++ 2M Karras" or "Euler a"; '
+                                                       "a schedule suffix wins over `scheduler`.")
+    sampler_index: str = Field("Euler", description="A1111's older name for sampler_name, used when "
+                                                    "sampler_name is empty.")
+    scheduler: str | None = Field(None, description="Automatic, Uniform, Karras, Exponential or Align Your Steps.")
+    cfg_scale: float = Field(7.0, ge=0)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1: a random seed.")
+    width: int | None = Field(None, ge=1, description="Default: the bundle's default width.")
+    height: int | None = Field(None, ge=1, description="Default: the bundle's default height.")
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's img2img request: one init image; with `mask`, inpainting (white = repaint)."""
+
+    init_images: list[str] = Field(min_length=1, description="Base64 images (a data-URL prefix is accepted); "
+                                                             "sdrt uses one.")
+    mask: str | None = Field(None, description="Base64 mask of the init image's size; white = repaint.")
+    denoising_strength: float = Field(0.75, gt=0, le=1)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: black = repaint.")
+    include_init_images: bool = False
+
+
+class A1111Response(BaseModel):
+    images: list[str] = Field(description="Base64 PNGs, each with its `parameters` text chunk.")
+    parameters: dict[str, Any] = Field(description="The request as received.")
+    info: str = Field(description="JSON text: seeds, all_seeds, infotexts and the settings used.")
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+def ignored_fields(body: Txt2ImgRequest, sampler: str) -> list[str]:
+    """Fields sent that this request does not use: unknown ones, and sampler options the sampler lacks."""
+    names = set(body.model_extra or ())
+    names |= {k for k in SAMPLER_OPTIONS if getattr(body, k) is not None and k not in REGISTRY[sampler].options}
+    return sorted(names)
+
+
+def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[GenerationRequest], str, str]:
+    """One GenerationRequest per iteration; (requests, sdrt sampler, schedule). Limits checked first."""
+    limits, model = state.settings.limits, state.model
+    check_steps(limits, "steps", body.steps)
+    check_images(limits, "batch_size" if body.n_iter == 1 else "n_iter", body.batch_size * body.n_iter)
+    check_tokens(limits, model.count_tokens, "prompt", body.prompt)
+    check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    sampler, schedule = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler,
+                                             "sampler_name" if body.sampler_name else "sampler_index", "scheduler")
+    options = {k: getattr(body, k) for k in SAMPLER_OPTIONS
+               if getattr(body, k) is not None and k in REGISTRY[sampler].options}
+    init_image = mask = None
+    strength = None
+    if isinstance(body, Img2ImgRequest):
+        if len(body.init_images) > 1:
+            raise invalid(f"init_images holds {len(body.init_images)} images; sdrt uses one per request: send "
+                          "one request per image", "init_images")
+        init_image = decode_image(body.init_images[0], "init_images.0", limits)
+        if body.mask is not None and body.mask != "":
+            mask = decode_image(body.mask, "mask", limits)
+            if body.inpainting_mask_invert:
+                from PIL import ImageOps
+
+                mask = ImageOps.invert(mask.convert("L"))
+        strength = body.denoising_strength
+    default_h, default_w = model.default_size
+    width = body.width or (init_image.size[0] if init_image is not None else default_w)
+    height = body.height or (init_image.size[1] if init_image is not None else default_h)
+    check_pixels(limits, "width", width, height)
+    seed = resolve_seed(body.seed)
+    requests = [GenerationRequest(
+        prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
+        cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
+        height=body.height, init_image=init_image, strength=strength, mask=mask, sampler_options=options)
+        for k in range(body.n_iter)]
+    return requests, sampler, schedule
+
+
+def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str, schedule: str,
+             ignored: list[str]) -> dict[str, Any]:
+    images = [(pixels, text) for r in results for pixels, text in zip(r.images, r.parameters)]
+    seeds = [seed for r in results for seed in r.seeds]
+    height, width = images[0][0].shape[:2]
+    info = {
+        "prompt": body.prompt, "all_prompts": [body.prompt] * len(seeds),
+        "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(seeds),
+        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),
+        "width": width, "height": height, "sampler_name": REGISTRY[sampler].title,
+        "scheduler": next(label for label, s in SCHEDULER_LABELS.items() if s == schedule),
+        "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size, "n_iter": body.n_iter,
+        "denoising_strength": getattr(body, "denoising_strength", None), "index_of_first_image": 0,
+        "infotexts": [text for _, text in images], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "version": f"sdrt {__version__}", "notes": sorted({n for r in results for n in r.notes}),
+        "ignored_fields": ignored,
+    }
+    parameters = body.model_dump()
+    if isinstance(body, Img2ImgRequest) and not body.include_init_images:
+        parameters["init_images"] = None
+        parameters["mask"] = None
+    encoded = [png_base64(pixels, text) for pixels, text in images] if body.send_images else []
+    return {"images": encoded, "parameters": parameters, "info": json.dumps(info)}
+
+
+ERRORS = {code: {"model": ErrorBody} for code in (401, 422, 429, 500, 503, 504)}
+
+
+def router(state: ServerState) -> APIRouter:
+    api = APIRouter(tags=["AUTOMATIC1111"])
+
+    async def generate(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
+        requests, sampler, schedule = to_requests(body, state)
+        ignored = ignored_fields(body, sampler)
+        if ignored:
+            out.headers[IGNORED_HEADER] = ", ".join(ignored)
+        submission = Submission(state, requests)
+        await submission.submit()
+        return response(body, await submission.results(http), sampler, schedule, ignored)
+
+    @api.post("/sdapi/v1/txt2img", response_model=A1111Response, responses=ERRORS)
+    async def txt2img(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
+        """Text to image, as AUTOMATIC1111's API."""
+        return await generate(body, http, out)
+
+    @api.post("/sdapi/v1/img2img", response_model=A1111Response, responses=ERRORS)
+    async def img2img(body: Img2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
+        """Image to image, and inpainting with `mask`, as AUTOMATIC1111's API."""
+        return await generate(body, http, out)
+
+    @api.get("/sdapi/v1/samplers", response_model=list[SamplerItem])
+    def samplers() -> list[dict[str, Any]]:
+        """The samplers, by A1111 title; `aliases` holds sdrt's name; `options` the sampler options' defaults."""
+        return [{"name": spec.title, "aliases": aliases(name),
+                 "options": {k: json_number(o.default) for k, o in spec.options.items()}}
+                for name, spec in sorted(REGISTRY.items(), key=lambda item: item[1].title)]
+
+    @api.get("/sdapi/v1/schedulers", response_model=list[SchedulerItem])
+    def schedulers() -> list[dict[str, Any]]:
+        """The schedulers `scheduler` accepts, A1111's shape; each maps to an sdrt schedule (its alias)."""
+        return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": [ours]}
+                for label, ours in SCHEDULER_LABELS.items()]
+
+    return api

@@ -1,0 +1,50 @@
+"""Per-request limits, checked before a job is queued: each refusal is a 422 naming the field and the range.
+
+The runtime refuses what a bundle cannot do (sizes outside its range, unknown samplers); these limits bound
+what one request may cost the server, whatever the bundle could do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .api_errors import ApiError
+from .settings import Limits
+
+
+def _refuse(field: str, message: str, low: int, high: int) -> ApiError:
+    return ApiError(422, "limit_exceeded", message, field, allowed={"min": low, "max": high})
+
+
+def check_steps(limits: Limits, field: str, steps: int) -> None:
+    if not 1 <= steps <= limits.max_steps:
+        raise _refuse(field, f"{field} {steps} is outside this server's range 1..{limits.max_steps}: "
+                             f"use at most {limits.max_steps} steps", 1, limits.max_steps)
+
+
+def check_images(limits: Limits, field: str, images: int) -> None:
+    if not 1 <= images <= limits.max_images:
+        raise _refuse(field, f"{field} asks for {images} images; this server makes 1..{limits.max_images} per "
+                             "request: send several requests instead", 1, limits.max_images)
+
+
+def check_pixels(limits: Limits, field: str, width: int, height: int) -> None:
+    if width * height > limits.max_pixels:
+        raise _refuse(field, f"{field} {width}x{height} is {width * height:,} pixels, more than this server's "
+                             f"{limits.max_pixels:,} per image: choose a smaller size", 1, limits.max_pixels)
+
+
+def check_tokens(limits: Limits, count_tokens: Callable[[str], int], field: str, text: str | None) -> None:
+    if not text:
+        return
+    tokens = count_tokens(text)
+    if tokens > limits.max_prompt_tokens:
+        raise _refuse(field, f"{field} is {tokens} CLIP tokens, more than this server's "
+                             f"{limits.max_prompt_tokens}: shorten it", 0, limits.max_prompt_tokens)
+
+
+def check_input_pixels(limits: Limits, field: str, width: int, height: int) -> None:
+    if width * height > limits.max_input_pixels:
+        raise _refuse(field, f"{field} is {width}x{height}, more than the {limits.max_input_pixels:,} pixels this "
+                             "server accepts in an uploaded image: scale it down first", 1,
+                      limits.max_input_pixels)

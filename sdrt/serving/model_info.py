@@ -1,0 +1,52 @@
+"""What the server tells clients about its bundle (GET /v1/models) and what the limits need from it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..schedulers import REGISTRY, SIGMA_SCHEDULES
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    family: str
+    min_size: int
+    max_size: int
+    size_multiple: int
+    default_size: tuple[int, int]  # (height, width)
+    count_tokens: Callable[[str], int]  # CLIP tokens of a prompt, BOS/EOS excluded
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any) -> "ServedModel":
+        """Read from a loaded sdrt.runtime.Pipeline; the tokenizer is the bundle's own (the first one on SDXL,
+        whose two tokenizers split text alike)."""
+        from ..runtime.tokenizer import ClipTokenizer
+
+        model = pipeline.model
+        tokenizer = ClipTokenizer(pipeline.bundle.tokenizer_path("tokenizer"), model.text_max_length)
+        return cls(name=pipeline.bundle.root.name, family=model.family, min_size=model.min_size,
+                   max_size=model.max_size, size_multiple=max(model.size_multiple, model.vae_scale_factor),
+                   default_size=(model.default_size[0], model.default_size[1]),
+                   count_tokens=lambda text: len(tokenizer.token_ids(text)))
+
+
+def json_number(value: float) -> float | str:
+    """JSON has no infinity: inf is written as the string "inf", as `sdrt samplers` prints it."""
+    return value if math.isfinite(value) else str(value)
+
+
+def sampler_descriptions() -> list[dict[str, Any]]:
+    """Every sampler with its options (default and accepted range), in name order."""
+    return [{"name": name, "title": spec.title, "stochastic": spec.stochastic,
+             "options": {key: {"default": json_number(option.default), "min": json_number(option.minimum),
+                               "max": json_number(option.maximum), "range": option.range_text,
+                               "help": option.help}
+                         for key, option in spec.options.items()}}
+            for name, spec in sorted(REGISTRY.items())]
+
+
+def schedules() -> list[str]:
+    return list(SIGMA_SCHEDULES)

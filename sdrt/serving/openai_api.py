@@ -1,0 +1,202 @@
+"""OpenAI's Images API shape: POST /v1/images/generations, with sdrt's own settings as extra fields, its
+Server-Sent-Events variant (`"stream": true`), and GET /v1/models describing the bundle.
+
+The stream sends `event: progress` with {"step", "total", "images"} after every sampling step, then one
+`event: done` whose data is the same JSON the non-streaming call returns, or one `event: error` whose data
+is the error body plus "status". Errors found before the job starts (limits, a full queue) are ordinary
+HTTP errors, not streams.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..commands.options import MAX_SEED, resolve_seed
+from ..runtime.pipeline import GenerationResult
+from ..runtime.request import GenerationRequest
+from .a1111 import ERRORS, IGNORED_HEADER
+from .api_errors import ApiError, invalid
+from .image_codec import png_base64
+from .jobs import DoneEvent
+from .limits import check_images, check_pixels, check_steps, check_tokens
+from .model_info import sampler_descriptions, schedules
+from .runner import ServerState, Submission
+from .sampler_names import resolve_sampler, resolve_schedule
+
+SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's request (prompt, n, size, response_format) plus sdrt's settings; other OpenAI fields (model,
+    quality, style, user, ...) are accepted, ignored and named in the X-Sdrt-Ignored-Fields header."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str
+    n: int = Field(1, ge=1)
+    size: str | None = Field(None, description='"WIDTHxHEIGHT", e.g. "512x512"; null or "auto": the bundle\'s '
+                                               "default size.")
+    response_format: str = Field("b64_json", description="b64_json only: sdrt keeps no files to link to.")
+    stream: bool = Field(False, description="Server-Sent Events: progress per step, then done (or error).")
+    negative_prompt: str | None = None
+    steps: int = Field(20, ge=1)
+    sampler: str = Field("euler", description="sdrt name (GET /v1/models) or A1111 title; a Karras or "
+                                              "Exponential suffix sets the schedule.")
+    schedule: str | None = Field(None, description="normal, karras, exponential or ays (default normal).")
+    sampler_options: dict[str, float] = Field(default_factory=dict, description='e.g. {"eta": 0.5}')
+    cfg: float = Field(7.5, ge=0)
+    guidance_rescale: float = Field(0.0, ge=0, le=1)
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="null or -1: random; image i uses seed + i.")
+    temperature: float = Field(1.0, gt=0)
+    temperature_method: Literal["tsr", "cns"] = "tsr"
+
+
+class ImageData(BaseModel):
+    b64_json: str = Field(description="Base64 PNG with its `parameters` text chunk.")
+    seed: int = Field(description="sdrt extra: the image's seed.")
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+class SamplerOptionInfo(BaseModel):
+    default: float | str
+    min: float | str
+    max: float | str
+    range: str
+    help: str
+
+
+class SamplerInfo(BaseModel):
+    name: str
+    title: str
+    stochastic: bool
+    options: dict[str, SamplerOptionInfo]
+
+
+class LimitsInfo(BaseModel):
+    max_steps: int
+    max_images: int
+    max_pixels: int
+    max_prompt_tokens: int
+    max_input_pixels: int
+    request_timeout: float
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sdrt"
+    family: str
+    min_size: int
+    max_size: int
+    size_multiple: int
+    default_size: dict[str, int]
+    samplers: list[SamplerInfo]
+    schedules: list[str]
+    limits: LimitsInfo
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None or size.strip().lower() == "auto":
+        return None, None
+    match = SIZE.match(size)
+    if not match:
+        raise invalid(f"size {size!r} is not WIDTHxHEIGHT: write e.g. \"512x512\"", "size")
+    return int(match.group(1)), int(match.group(2))
+
+
+def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRequest:
+    limits, model = state.settings.limits, state.model
+    if body.response_format != "b64_json":
+        raise invalid(f"response_format {body.response_format!r} is not supported: use \"b64_json\" (sdrt keeps "
+                      "no files to link to)", "response_format")
+    check_steps(limits, "steps", body.steps)
+    check_images(limits, "n", body.n)
+    check_tokens(limits, model.count_tokens, "prompt", body.prompt)
+    check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    width, height = parse_size(body.size)
+    check_pixels(limits, "size", width or model.default_size[1], height or model.default_size[0])
+    sampler, from_suffix = resolve_sampler(body.sampler, "sampler")
+    schedule = from_suffix or resolve_schedule(body.schedule, "schedule")
+    return GenerationRequest(
+        prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
+        sampler_options=dict(body.sampler_options), cfg=body.cfg, guidance_rescale=body.guidance_rescale,
+        temperature=body.temperature, temperature_method=body.temperature_method,
+        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height)
+
+
+def images_response(result: GenerationResult) -> dict[str, Any]:
+    return {"created": int(time.time()),
+            "data": [{"b64_json": png_base64(pixels, text), "seed": seed}
+                     for pixels, text, seed in zip(result.images, result.parameters, result.seeds)]}
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def stream_events(submission: Submission, http: Request) -> AsyncIterator[str]:
+    try:
+        async for event in submission.events(http):
+            if isinstance(event, DoneEvent):
+                yield sse("done", images_response(event.result))
+            else:
+                yield sse("progress", {"step": event.step, "total": event.total, "images": event.images})
+    except ApiError as error:
+        if error.status != 499:  # nobody is listening to a vanished client
+            yield sse("error", {**error.body(), "status": error.status})
+    finally:
+        submission.cancel()
+
+
+def router(state: ServerState) -> APIRouter:
+    api = APIRouter(tags=["OpenAI"])
+
+    @api.post("/v1/images/generations", response_model=ImagesResponse, responses={
+        **ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "description": "JSON, or with stream=true Server-Sent Events: progress, then done or "
+                                       "error."}})
+    async def generations(body: ImageGenerationRequest, http: Request, out: Response) -> Any:
+        """Generate images (OpenAI's Images API), optionally streaming progress as Server-Sent Events."""
+        request = to_request(body, state)
+        ignored = sorted(body.model_extra or ())
+        headers = {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}
+        submission = Submission(state, [request])
+        await submission.submit()
+        if body.stream:
+            return StreamingResponse(stream_events(submission, http), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        out.headers.update(headers)
+        results = await submission.results(http)
+        return images_response(results[0])
+
+    @api.get("/v1/models", response_model=ModelList)
+    def models() -> dict[str, Any]:
+        """The bundle being served: family, sizes, samplers with their options, schedules and the limits."""
+        model, limits = state.model, state.settings.limits
+        card = {
+            "id": model.name, "created": int(state.started), "family": model.family,
+            "min_size": model.min_size, "max_size": model.max_size, "size_multiple": model.size_multiple,
+            "default_size": {"width": model.default_size[1], "height": model.default_size[0]},
+            "samplers": sampler_descriptions(), "schedules": schedules(),
+            "limits": {**limits.__dict__, "request_timeout": state.settings.request_timeout},
+        }
+        return {"object": "list", "data": [card]}
+
+    return api
