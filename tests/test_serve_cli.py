@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,10 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(tin
         assert found, first
         url = f"http://127.0.0.1:{found.group(1)}"
         with httpx.Client(base_url=url, timeout=120) as client:
+            for _ in range(600):  # /readyz turns 200 once the engine has warmed up (bounded: 60 s)
+                if client.get("/readyz").status_code == 200:
+                    break
+                time.sleep(0.1)
             assert client.get("/readyz").status_code == 200
             body = {"prompt": "drain", "n": 2, "size": "64x64", "steps": 150, "stream": True}
             with client.stream("POST", "/v1/images/generations", json=body) as r:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
