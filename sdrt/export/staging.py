@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..manifest import write_atomic
 
 OWNER_FILE = ".sdrt-export-owner.json"
 
@@ -37,7 +38,8 @@ def create_staging(out: Path) -> Path:
         raise UserError(f"cannot write the bundle {out} ({why}): choose an OUT folder on a writable disk") from None
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "out": str(out),
              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (staging / OWNER_FILE).write_text(json.dumps(owner))
+    # atomic: a marker that exists is whole, so an export killed right after this line is still recognised
+    write_atomic(staging / OWNER_FILE, json.dumps(owner).encode())
     return staging
 
 
