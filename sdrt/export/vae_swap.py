@@ -44,11 +44,11 @@ def swap_vae(vae: Any, path: Path, family: str) -> dict[str, Any]:
     for key, expected in own.items():
         got = converted.get(key)
         if got is None:
-            raise UserError(f"VAE {path.name} lacks {key} ({layout} layout): it is incomplete or not an "
-                            f"AutoencoderKL VAE; pass a VAE made for {family}")
+            raise UserError(f"VAE {path.name} lacks {key} ({layout} layout; incomplete, or not an AutoencoderKL "
+                            f"VAE): pass a VAE made for {family}")
         if tuple(got.shape) != tuple(expected.shape):
-            raise UserError(f"VAE {path.name} does not fit this {family} model: {key} is {list(got.shape)}, the "
-                            f"model's VAE has {list(expected.shape)}; pass a VAE made for {family}")
+            raise UserError(f"VAE {path.name} does not fit this {family} model ({key} is {list(got.shape)}, the "
+                            f"model's VAE has {list(expected.shape)}): pass a VAE made for {family}")
     vae.load_state_dict({k: converted[k].float() for k in own}, strict=True)
     vae.float().eval().requires_grad_(False)
     return {"file": str(path), "sha256": sha256_file(path), "layout": layout, "tensors": len(own)}
