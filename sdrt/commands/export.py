@@ -45,7 +45,14 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--cleanup", type=click.Choice(["onnxslim", "polygraphy", "none"]), default="onnxslim",
               show_default=True, help="Graph simplification after tracing.")
 @click.option("--config", type=click.Path(path_type=str), default=None,
-              help="Diffusers config folder for a single-file .safetensors checkpoint (nothing is downloaded).")
+              help="Diffusers config folder for a single-file checkpoint of a non-standard architecture (default: "
+                   "the SD 1.5 / SD 2.1 / SDXL base configs sdrt ships; nothing is downloaded).")
+@click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]), default=None,
+              help="Override the prediction type (SD 2.x v-models cannot always be told from their keys).")
+@click.option("--vae", type=click.Path(path_type=str), default=None, metavar="FILE",
+              help="A VAE .safetensors (LDM or diffusers layout) replacing the checkpoint's VAE.")
+@click.option("--embedding", "embeddings", multiple=True, metavar="NAME=FILE",
+              help="A textual-inversion .safetensors embedding, used in prompts as NAME (repeatable).")
 @click.option("--min-size", type=int, default=None, metavar="PIXELS",
               help="Smallest image side the bundle accepts (a multiple of the VAE scale factor, 8 for SD; "
                    "default: derived from the UNet's sample size, e.g. 128 for SD 1.5).")
@@ -55,18 +62,21 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--overwrite", is_flag=True,
               help="Replace OUT if it is an sdrt bundle (only once the new bundle passed; never another folder).")
 def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
-           cleanup: str, config: str | None, min_size: int | None, max_size: int | None, overwrite: bool) -> None:
-    """Export MODEL (a diffusers folder or a .safetensors file) to the ONNX bundle folder OUT, checking
-    every graph against torch on ONNX Runtime CPU."""
+           cleanup: str, config: str | None, prediction_type: str | None, vae: str | None,
+           embeddings: tuple[str, ...], min_size: int | None, max_size: int | None, overwrite: bool) -> None:
+    """Export MODEL (a single-file .safetensors checkpoint or a diffusers folder) to the ONNX bundle folder
+    OUT, checking every graph against torch on ONNX Runtime CPU."""
     from pathlib import Path
 
     from ..export.bundle import ExportOptions, export_bundle
+    from ..export.embeddings import parse_embedding_options
     from ..export.quiet import quiet_third_party
 
     options = ExportOptions(precisions=PRECISION_CHOICES[precision], opset=opset,
                             components=_parse_components(components), fp32_vae=fp32_vae, cleanup=cleanup,
                             config=Path(config) if config else None, overwrite=overwrite, min_size=min_size,
-                            max_size=max_size)
+                            max_size=max_size, prediction_type=prediction_type,
+                            vae=Path(vae) if vae else None, embeddings=parse_embedding_options(embeddings))
     with quiet_third_party():
         manifest = export_bundle(model, out, options, progress=_progress())
     for prec, comps in manifest.components.items():

@@ -19,19 +19,23 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from ..manifest import MANIFEST_NAME, ComponentSpec, Manifest, ModelInfo, TensorSpec, sha256_file, write_atomic
+from .checkpoint_file import refuse_pickle
 from .cleanup import CLEANUP_METHODS, cleanup_graph
 from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
 from .gate import THRESHOLDS, check_graph, torch_references
+from .embeddings import EXPANSIONS_FILE, EmbeddingOption, add_embeddings, check_embedding_files
 from .loading import SourceModel, load_source_model
 from .onnx_files import load_model, save_model
 from .output_folder import check_output_folder, check_replaceable
 from .precision import to_mixed_fp16
 from .shapes import default_latent_size, gate_cases, trace_case
+from .single_file import PREDICTION_TYPES
 from .size_range import SizeRange, check_size_options, size_range
 from .staging import OWNER_FILE, create_staging, release_staging, remove_stale_partials
 from .termination import Terminated, sigterm_raises
 from .tokenizer_export import save_tokenizer
 from .tracing import MIN_OPSET, trace_to_onnx
+from .vae_swap import swap_vae, vae_layout
 
 Progress = Callable[[str], None]
 
@@ -47,6 +51,9 @@ class ExportOptions:
     overwrite: bool = False  # replace OUT when it is an sdrt bundle (never any other folder)
     min_size: int | None = None  # image side range in pixels; None: derived from the UNet's sample size
     max_size: int | None = None
+    prediction_type: str | None = None  # override the checkpoint's (SD 2.x v-models look like epsilon ones)
+    vae: Path | None = None  # a VAE .safetensors (LDM or diffusers layout) replacing the checkpoint's
+    embeddings: list[EmbeddingOption] = field(default_factory=list)  # textual inversions baked in
     thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in THRESHOLDS.items()})
 
 
@@ -56,14 +63,18 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
     options = options or ExportOptions()
     say = progress or (lambda message: None)
     _check_options(options)
-    check_output_folder(out, options.overwrite, {"the model": model, "the --config folder": options.config})
+    inputs = {"the model": model, "the --config folder": options.config, "the --vae file": options.vae}
+    inputs.update({f"the embedding {e.name}": e.path for e in options.embeddings})
+    check_output_folder(out, options.overwrite, inputs)
+    _check_input_files(model, options)
     out = Path(out).absolute()
     remove_stale_partials(out, say)
     with sigterm_raises() as guard:
         staging = create_staging(out)
         try:
             say(f"loading {model}")
-            source = load_source_model(model, options.config)
+            source = load_source_model(model, options.config, options.prediction_type, options.vae is not None, say)
+            _customise(source, options, say)
             manifest = _build(source, staging, options, say)
             release_staging(staging)
             with guard.deferred():
@@ -86,6 +97,29 @@ def _check_options(options: ExportOptions) -> None:
     if options.cleanup not in CLEANUP_METHODS:
         raise UserError(f"unknown cleanup {options.cleanup!r}: choose one of {', '.join(CLEANUP_METHODS)}")
     check_size_options(options.min_size, options.max_size)
+    if options.prediction_type is not None and options.prediction_type not in PREDICTION_TYPES:
+        raise UserError(f"unknown prediction type {options.prediction_type!r}: choose {' or '.join(PREDICTION_TYPES)}")
+
+
+def _check_input_files(model: str | os.PathLike, options: ExportOptions) -> None:
+    """Pickles refused, --vae and --embedding files readable and of the right kind, before the (slow) model
+    load and before anything is written."""
+    if Path(model).is_file():
+        refuse_pickle(Path(model), "checkpoint")
+    if options.vae is not None:
+        vae_layout(Path(options.vae))
+    check_embedding_files(options.embeddings)
+
+
+def _customise(source: SourceModel, options: ExportOptions, say: Progress) -> None:
+    """--vae and --embedding, applied to the loaded modules before anything is traced."""
+    if options.vae is not None:
+        source.replaced_vae = swap_vae(source.vae, Path(options.vae), source.family)
+        say(f"VAE replaced by {Path(options.vae).name} ({source.replaced_vae['layout']} layout)")
+    if options.embeddings:
+        source.embeddings, source.prompt_expansions = add_embeddings(source, options.embeddings)
+        for record in source.embeddings:
+            say(f"embedding {record['name']}: {record['vectors']} vector(s), tokens {' '.join(record['tokens'])}")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -122,8 +156,12 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
     shutil.rmtree(root / ".scratch", ignore_errors=True)
 
     tokenizers, tokenizer_info = {}, {}
+    names_in_use = [f"a photo of {e} in the style of {e}, {x}" for e, x in source.prompt_expansions.items()]
+    names_in_use += [f"{r['name']}, a portrait" for r in source.embeddings]
     for name, tokenizer in source.tokenizers.items():
-        path, info = save_tokenizer(tokenizer, root / name, TEXT_LENGTH)
+        path, info = save_tokenizer(tokenizer, root / name, TEXT_LENGTH, extra_prompts=names_in_use)
+        if source.prompt_expansions:
+            write_atomic(path.parent / EXPANSIONS_FILE, json.dumps(source.prompt_expansions, indent=2).encode())
         tokenizers[name] = path.relative_to(root).as_posix()
         tokenizer_info[name] = info
         say(f"{name}: tokenizer.json written, ids equal transformers' on {info['parity_prompts_checked']} prompts")
@@ -142,6 +180,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
             "size_range": sizes.source, "trace_shape": traced_at.describe(),
             "gate_shapes": [c.describe() for c in checked_at],
             "thresholds": options.thresholds, "graphs": graph_stats, "tokenizers": tokenizer_info,
+            **_customisations(source),
             "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 2),
         },
@@ -151,6 +190,19 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
     manifest.save(root)
     _readable_by_all(root)
     return manifest
+
+
+def _customisations(source: SourceModel) -> dict[str, Any]:
+    """Manifest records of what changed the checkpoint's weights or told how it was read (absent if none)."""
+    records: dict[str, Any] = {}
+    if source.origin:
+        records["source"] = source.origin
+    if source.replaced_vae:
+        records["vae"] = source.replaced_vae
+    if source.embeddings:
+        records["embeddings"] = source.embeddings
+        records["prompt_expansions"] = source.prompt_expansions
+    return records
 
 
 def _readable_by_all(root: Path) -> None:

@@ -1,9 +1,9 @@
 """Load a local Stable Diffusion checkpoint for export, offline, with errors a user can act on.
 
 Accepted: a diffusers folder (model_index.json with unet/, vae/, text_encoder*/, tokenizer*/, scheduler/),
-or a single-file .safetensors / .ckpt checkpoint together with a local diffusers config folder (diffusers
-needs the configs and, offline, cannot fetch them). Nothing is ever downloaded: the Hugging Face hub is
-switched to offline mode before any load.
+or a single-file .safetensors checkpoint in the original LDM key layout (single_file.py: SD 1.x, 2.x and SDXL
+base with the configs sdrt ships, any architecture with `--config DIR`). Pickle checkpoints (.ckpt) are
+refused unread. Nothing is ever downloaded: the Hugging Face hub is switched to offline mode before any load.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UserError
+from .checkpoint_file import refuse_pickle
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_SUFFIXES = (".safetensors",)
 _FAMILY_BY_CLASS = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
                     "StableDiffusionXLInpaintPipeline": "sdxl"}
 
@@ -34,6 +35,10 @@ class SourceModel:
     tokenizers: dict[str, Any]  # "tokenizer" / "tokenizer_2" -> CLIPTokenizer
     scheduler_config: dict[str, Any]
     pipeline_config: dict[str, Any] = field(default_factory=dict)  # model_index.json flags
+    origin: dict[str, Any] = field(default_factory=dict)  # how it was loaded, for the manifest (single file)
+    replaced_vae: dict[str, Any] | None = None  # --vae: the file that replaced the VAE weights
+    embeddings: list[dict[str, Any]] = field(default_factory=list)  # --embedding records
+    prompt_expansions: dict[str, str] = field(default_factory=dict)  # multi-vector NAME -> "NAME NAME_1 ..."
 
     @property
     def is_sdxl(self) -> bool:
@@ -58,7 +63,7 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
     if not index.is_file():
         raise UserError(
             f"{folder} is not a diffusers folder (no model_index.json): pass a folder saved with "
-            "save_pretrained, or a single .safetensors checkpoint with --config"
+            "save_pretrained, or a single-file .safetensors checkpoint"
         )
     try:
         return json.loads(index.read_text())
@@ -76,15 +81,42 @@ def detect_family(model_index: dict[str, Any], text_encoder_config: Any | None) 
     return "sd1"
 
 
-def load_source_model(path: str | os.PathLike, config: str | os.PathLike | None = None) -> SourceModel:
-    """Load the checkpoint at `path` in float32 on CPU, offline."""
+def config_family(folder: Path) -> str:
+    """The family of a diffusers config folder (model_index.json and text_encoder/config.json)."""
+    index = _read_model_index(folder)
+    text_config = None
+    if (folder / "text_encoder" / "config.json").is_file():
+        from transformers import CLIPTextConfig
+
+        text_config = CLIPTextConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True)
+    return detect_family(index, text_config)
+
+
+def load_source_model(path: str | os.PathLike, config: str | os.PathLike | None = None,
+                      prediction_type: str | None = None, vae_given: bool = False,
+                      say: Callable[[str], None] | None = None) -> SourceModel:
+    """Load the checkpoint at `path` in float32 on CPU, offline. `prediction_type` overrides the checkpoint's;
+    `vae_given` lets a single file without VAE weights load (the caller swaps a VAE in)."""
     _go_offline()
     path = Path(path)
+    say = say or (lambda message: None)
+    if path.is_file():
+        refuse_pickle(path, "checkpoint")
     if not path.exists():
         raise UserError(f"model path {path} does not exist: pass a diffusers folder or a .safetensors file")
     if path.is_file():
-        return _load_single_file(path, config)
-    return _from_pipeline(_load_folder(path), path, _read_model_index(path))
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise UserError(f"{path} is neither a diffusers folder nor a .safetensors checkpoint")
+        from .single_file import load_single_file
+
+        return load_single_file(path, Path(config) if config else None, prediction_type, vae_given, say)
+    source = _from_pipeline(_load_folder(path), path, _read_model_index(path))
+    if prediction_type and prediction_type != source.prediction_type:
+        say(f"prediction type {prediction_type} (--prediction-type; the checkpoint says {source.prediction_type})")
+        source.prediction_type = prediction_type
+        source.scheduler_config["prediction_type"] = prediction_type
+        source.origin["prediction_type_from"] = "--prediction-type"
+    return source
 
 
 def _load_folder(folder: Path) -> Any:
@@ -115,27 +147,6 @@ def _retry_fp16_variant(cls: Any, folder: Path) -> Any:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load {folder} (fp16 variant) offline ({_first_line(exc)}): "
                         "check that every component folder has its config and weights") from None
-
-
-def _load_single_file(path: Path, config: str | os.PathLike | None) -> SourceModel:
-    import diffusers
-
-    if path.suffix not in SINGLE_FILE_SUFFIXES:
-        raise UserError(f"{path} is neither a diffusers folder nor a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint")
-    if config is None:
-        raise UserError(
-            f"single-file checkpoint {path.name} needs its diffusers configs, which cannot be downloaded "
-            "offline: pass --config DIR (a diffusers folder of the same architecture, weights not needed)"
-        )
-    config = Path(config)
-    index = _read_model_index(config)
-    cls = getattr(diffusers, index.get("_class_name", ""), None) or diffusers.StableDiffusionPipeline
-    try:
-        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True)
-    except Exception as exc:  # diffusers raises a wide range of errors for unusable single files
-        raise UserError(f"cannot load {path.name} with the configs in {config} ({_first_line(exc)}): "
-                        "check that the config folder matches the checkpoint's architecture") from None
-    return _from_pipeline(pipe, path, index)
 
 
 def _from_pipeline(pipe: Any, path: Path, index: dict[str, Any]) -> SourceModel:

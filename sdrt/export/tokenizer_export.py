@@ -38,22 +38,24 @@ def standalone_tokenizer(tokenizer: Any, max_length: int = 77) -> Any:
     return standalone
 
 
-def check_tokenizer_parity(standalone: Any, tokenizer: Any, max_length: int = 77) -> int:
-    """Raise when the standalone tokenizer disagrees with transformers on any parity prompt; return the
-    number of prompts checked."""
-    for prompt in PARITY_PROMPTS:
+def check_tokenizer_parity(standalone: Any, tokenizer: Any, max_length: int = 77,
+                           extra_prompts: tuple[str, ...] | list[str] = ()) -> int:
+    """Raise when the standalone tokenizer disagrees with transformers on any parity prompt (and on
+    `extra_prompts`, e.g. ones using added embedding tokens); return the number of prompts checked."""
+    for prompt in (*PARITY_PROMPTS, *extra_prompts):
         expected = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True).input_ids
         got = standalone.encode(prompt).ids
         if list(got) != list(expected):
             raise UserError(f"exported tokenizer differs from the checkpoint's on {prompt[:40]!r}: "
                             "report this with the checkpoint's tokenizer files")
-    return len(PARITY_PROMPTS)
+    return len(PARITY_PROMPTS) + len(extra_prompts)
 
 
-def save_tokenizer(tokenizer: Any, out_dir: Path, max_length: int = 77) -> tuple[Path, dict[str, Any]]:
+def save_tokenizer(tokenizer: Any, out_dir: Path, max_length: int = 77,
+                   extra_prompts: tuple[str, ...] | list[str] = ()) -> tuple[Path, dict[str, Any]]:
     """Write out_dir/tokenizer.json; return its path and facts for the manifest's export section."""
     standalone = standalone_tokenizer(tokenizer, max_length)
-    checked = check_tokenizer_parity(standalone, tokenizer, max_length)
+    checked = check_tokenizer_parity(standalone, tokenizer, max_length, extra_prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "tokenizer.json"
     standalone.save(str(path))

@@ -4,6 +4,10 @@ CLIP sees 77 tokens: BOS, up to 75 prompt tokens, EOS, padding. diffusers cuts l
 the prompt's tokens into chunks of 75, give each chunk its own BOS/EOS/padding, encode the chunks as a batch
 and concatenate their hidden states along the sequence axis (the convention of AUTOMATIC1111 and ComfyUI).
 A prompt of up to 75 tokens gives exactly diffusers' single window, so short prompts keep parity.
+
+Multi-vector textual-inversion embeddings (baked in by `sdrt export --embedding`) are named in prompts by one
+word NAME that stands for the tokens NAME NAME_1 ... NAME_{n-1}; prompt_expansions.json beside tokenizer.json
+lists them, and prompts are expanded as diffusers' `maybe_convert_prompt` does before tokenizing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..manifest import BundleError
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
+EXPANSIONS_FILE = "prompt_expansions.json"
 
 
 class ClipTokenizer:
@@ -37,6 +42,7 @@ class ClipTokenizer:
         self.pad_id = _pad_id(self._tok, path.parent, self.eos_id)
         self._tok.no_padding()  # windows are built by hand below
         self._tok.no_truncation()
+        self.expansions = _expansions(path.parent / EXPANSIONS_FILE)
 
     def _required_id(self, token: str, path: Path) -> int:
         token_id = self._tok.token_to_id(token)
@@ -51,7 +57,17 @@ class ClipTokenizer:
 
     def token_ids(self, text: str) -> list[int]:
         """The prompt's tokens without BOS/EOS."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return list(self._tok.encode(self.expand(text), add_special_tokens=False).ids)
+
+    def expand(self, text: str) -> str:
+        """diffusers' maybe_convert_prompt: each multi-vector embedding NAME the tokenizer finds in the prompt
+        is replaced (as text, everywhere) by "NAME NAME_1 ... NAME_{n-1}"."""
+        if not self.expansions:
+            return text
+        found = set(self._tok.encode(text, add_special_tokens=False).tokens)
+        for name in sorted(found & self.expansions.keys()):
+            text = text.replace(name, self.expansions[name])
+        return text
 
     def num_chunks(self, text: str) -> int:
         return max(1, math.ceil(len(self.token_ids(text)) / self.chunk_size))
@@ -71,6 +87,19 @@ class ClipTokenizer:
             out[c, 1:1 + len(part)] = part
             out[c, 1 + len(part)] = self.eos_id
         return out
+
+
+def _expansions(path: Path) -> dict[str, str]:
+    """NAME -> "NAME NAME_1 ..." from the export, or {} for bundles without multi-vector embeddings."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path} ({str(exc)[:120]}): re-export the model (sdrt export)") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise BundleError(f"{path} must map embedding names to their token lists: re-export the model (sdrt export)")
+    return data
 
 
 def _pad_id(tok, folder: Path, default: int) -> int:
