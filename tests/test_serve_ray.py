@@ -119,3 +119,17 @@ def test_ray_with_a_missing_bundle_fails_before_ray_starts(tmp_path, capsys) -> 
     assert (code, out, err) == (2, "", f"error: bundle {tmp_path / 'nothing'} does not exist: check the path, or "
                                        "create one with sdrt export\n")
     assert not ray.is_initialized()
+
+
+def test_ray_address_without_a_cluster_is_one_line_exit_2(tiny_bundle, capsys, monkeypatch) -> None:
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    bundle = tiny_bundle("sd1")
+    capsys.readouterr()  # the fixture's export output, when it builds the bundle now
+    code, out, err = run_cli("serve", [str(bundle), "--ray", "--ray-address", "auto"], capsys)
+    assert (code, out) == (2, "")
+    assert err == ("error: cannot attach to the Ray cluster at --ray-address auto (Could not find any running Ray "
+                   "instance. Please specify the one to connect to by setting `--address` flag or `RAY_ADDRESS` "
+                   "environment variable.): start one with `ray start --head`, or give the head's HOST:6379\n")
+    assert not ray.is_initialized()

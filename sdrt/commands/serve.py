@@ -55,8 +55,8 @@ DEFAULT_LIMITS = Limits()
               help="With --ray: GPUs per replica (default 1 on GPU backends, 0 on ort-cpu; 0.5 packs two "
                    "replicas on a GPU).")
 @click.option("--ray-address", default=None,
-              help="With --ray: attach to this Ray cluster (auto, or ray://HOST:10001) instead of starting a "
-                   "local one.")
+              help="With --ray: attach to this Ray cluster (auto: the one this node belongs to, or the head's "
+                   "HOST:6379) instead of starting a local one.")
 def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
           threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
           request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,

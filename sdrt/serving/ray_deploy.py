@@ -196,8 +196,9 @@ def serve_until_signal(config: ReplicaConfig, scale: RayScale, host: str, port: 
             else:
                 ray.init(address=address, logging_level=logging.WARNING)
         except ConnectionError as exc:
-            raise UserError(f"cannot attach to the Ray cluster at --ray-address {address} ({exc}): start it with "
-                            "`ray start --head`, or give its address (ray://HOST:10001 or auto)") from None
+            reason = " ".join(str(exc).split())
+            raise UserError(f"cannot attach to the Ray cluster at --ray-address {address} ({reason}): start one "
+                            "with `ray start --head`, or give the head's HOST:6379") from None
     try:
         deploy(config, scale, host, port)
         stop = threading.Event()
