@@ -320,16 +320,17 @@ def bench_model(name: str, args: argparse.Namespace, log_dir: Path) -> dict:
 def soak(args: argparse.Namespace, log_dir: Path) -> dict:
     bundle = model_bundle("tiny", args.workdir)
     server = Server(bundle, args.max_batch, args.threads, log_dir, "soak")
+    rss, errors = [], 0
     try:
-        first = drive(server.url, 16, 100, request_body(args, 2, 7))
-        after_100 = server.rss_bytes()
-        rest = drive(server.url, 16, 900, request_body(args, 2, 8))
-        after_1000 = server.rss_bytes()
+        for hundred in range(args.soak_requests // 100):  # RSS every 100 requests: a leak climbs, a warming
+            # allocator levels off
+            errors += drive(server.url, 16, 100, request_body(args, 2, 7 + hundred))["errors"]
+            rss.append(server.rss_bytes())
     finally:
         server.stop()
-    return {"requests": 1000, "steps": 2, "errors": first["errors"] + rest["errors"],
-            "rss_after_100_mb": after_100 / 2**20, "rss_after_1000_mb": after_1000 / 2**20,
-            "rss_growth": rss_growth(after_100, after_1000)}
+    return {"requests": len(rss) * 100, "steps": 2, "errors": errors, "rss_after_100_mb": rss[0] / 2**20,
+            "rss_after_1000_mb": rss[9] / 2**20, "rss_growth": rss_growth(rss[0], rss[9]),
+            "rss_mb_every_100": [round(r / 2**20, 1) for r in rss]}
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -371,6 +372,8 @@ def targets(result: dict) -> list[str]:
         out.append(f"tiny soak: RSS {s['rss_after_100_mb']:.1f} MB after 100, {s['rss_after_1000_mb']:.1f} MB "
                    f"after 1000 ({s['rss_growth']:+.1%}; target within 5%), errors {s['errors']}: "
                    f"{'met' if abs(s['rss_growth']) <= 0.05 and s['errors'] == 0 else 'NOT met'}")
+        if s.get("rss_mb_every_100"):
+            out.append(f"tiny soak: RSS MB after each 100 requests: {s['rss_mb_every_100']}")
     return out
 
 
@@ -395,9 +398,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="each server's --threads")
     parser.add_argument("--unet-repeats", type=int, default=20)
     parser.add_argument("--soak", action="store_true", help="also RSS after 100 and 1,000 requests (tiny)")
+    parser.add_argument("--soak-requests", type=int, default=1000,
+                        help="requests in the soak (at least 1000; RSS is read every 100)")
     parser.add_argument("--workdir", type=Path, default=cache_root() / "bench-models")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
+    if args.soak_requests < 1000:
+        parser.error("--soak-requests must be at least 1000")
     from sdrt.manifest import write_atomic
 
     load_start = os.getloadavg()
