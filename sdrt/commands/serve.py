@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..serving.ray_deploy import RayScale, ReplicaConfig
 from ..serving.settings import Limits, ServeSettings
 from .options import engine_options
 
@@ -41,23 +42,52 @@ DEFAULT_LIMITS = Limits()
               type=click.IntRange(min=1), help="Most CLIP tokens in a prompt or negative prompt.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Serve on Ray Serve: replicas each with their own engines and batching loop, behind Ray's "
+                   "HTTP proxy on --host/--port (docs/serving.md).")
+@click.option("--replicas", default=None, type=click.IntRange(min=1),
+              help="With --ray: number of replicas (default 1).")
+@click.option("--autoscale", default=None, metavar="MIN,MAX",
+              help="With --ray: let Ray Serve scale between MIN and MAX replicas with the load.")
+@click.option("--cpus-per-replica", default=None, type=click.FloatRange(min=0),
+              help="With --ray: CPUs Ray reserves per replica (default 1); --threads 0 then means this many.")
+@click.option("--gpus-per-replica", default=None, type=click.FloatRange(min=0),
+              help="With --ray: GPUs per replica (default 1 on GPU backends, 0 on ort-cpu; 0.5 packs two "
+                   "replicas on a GPU).")
+@click.option("--ray-address", default=None,
+              help="With --ray: attach to this Ray cluster (auto: the one this node belongs to, or the head's "
+                   "HOST:6379) instead of starting a local one.")
 def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
           threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
           request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,
-          log_level: str) -> None:
+          log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
+          cpus_per_replica: float | None, gpus_per_replica: float | None, ray_address: str | None) -> None:
     """Serve BUNDLE over HTTP: A1111's /sdapi/v1/txt2img and img2img, OpenAI's /v1/images/generations (with
     Server-Sent-Events progress), /v1/models, /healthz, /readyz and /metrics.
 
-    SIGTERM drains: new requests get 503, requests in flight finish, then the process exits 0.
+    SIGTERM drains: new requests get 503, requests in flight finish, then the process exits 0. With --ray the
+    same server runs in Ray Serve replicas.
     """
     from ..errors import UserError
     from ..serving.auth import read_api_keys
 
+    ray_options = (replicas, autoscale, cpus_per_replica, gpus_per_replica, ray_address)
+    if not use_ray and any(option is not None for option in ray_options):
+        raise UserError("--replicas, --autoscale, --gpus-per-replica, --cpus-per-replica and --ray-address need "
+                        "--ray: add --ray to serve on Ray Serve")
     keys = read_api_keys(api_key_file) if api_key_file is not None else ()
     settings = ServeSettings(
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels,
                       max_prompt_tokens=max_prompt_tokens),
         request_timeout=request_timeout, api_keys=keys)
+    if use_ray:
+        scale = ray_scale(replicas, autoscale, cpus_per_replica, gpus_per_replica, backend)
+        config = ReplicaConfig(bundle=str(bundle), settings=settings, backend=backend,
+                               engines_dir=str(engines_dir) if engines_dir else None, precision=precision,
+                               threads=threads or max(1, int(scale.cpus)), spin=spin, max_batch=max_batch,
+                               max_queue=max_queue)
+        run_on_ray(config, scale, host, port, ray_address)
+        return
     try:
         import fastapi, prometheus_client, uvicorn  # noqa: F401  (the serve extra)
         from ..serving.server import bind
@@ -70,6 +100,46 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
                    log_level)
     finally:
         sock.close()
+    click.echo("sdrt serve: stopped", err=True)
+
+
+def ray_scale(replicas: int | None, autoscale: str | None, cpus: float | None, gpus: float | None,
+              backend: str) -> RayScale:
+    """The --ray sizing options, checked; GPU backends get a GPU per replica unless told otherwise."""
+    from ..errors import UserError
+    from ..serving.ray_deploy import parse_autoscale
+
+    if replicas is not None and autoscale is not None:
+        raise UserError("--replicas and --autoscale exclude each other: give a fixed number of replicas or a "
+                        "MIN,MAX range")
+    return RayScale(replicas=replicas or 1, autoscale=parse_autoscale(autoscale) if autoscale else None,
+                    cpus=1.0 if cpus is None else cpus,
+                    gpus=(0.0 if backend == "ort-cpu" else 1.0) if gpus is None else gpus)
+
+
+def run_on_ray(config: ReplicaConfig, scale: RayScale, host: str, port: int, address: str | None) -> None:
+    """`sdrt serve --ray`: check what can be checked here (the extra, the bundle, a local port), then hand
+    over to Ray Serve until SIGTERM or Ctrl-C."""
+    from ..errors import UserError
+    from ..manifest import Manifest
+
+    try:
+        import fastapi, prometheus_client, ray, uvicorn  # noqa: F401  (the serve extra)
+        from ray import serve as _  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"sdrt serve --ray needs Ray Serve ({exc.name} is missing): pip install 'sdrt[serve]'") \
+            from None
+    from ..serving.ray_deploy import serve_until_signal
+    from ..serving.server import bind
+
+    Manifest.load(config.bundle)  # the replicas open the same path: a wrong one fails here, in one line
+    if address is None:  # Ray's proxy binds later, in another process: a taken port fails here first
+        if port == 0:
+            with bind(host, 0) as probe:
+                port = probe.getsockname()[1]
+        else:
+            bind(host, port).close()
+    serve_until_signal(config, scale, host, port, address, lambda line: click.echo(line, err=True))
     click.echo("sdrt serve: stopped", err=True)
 
 
