@@ -47,9 +47,10 @@ def score(image: np.ndarray, prompt: str) -> dict[str, object] | None:
 
 
 def caption(result: dict[str, object] | None) -> str:
-    """Short text for under a grid cell, e.g. "3/3" or "2/3 no shape"."""
+    """Short text for under a grid cell: "3/3", or the parts missed, e.g. "2/3 -bg" or "0/3"."""
     if result is None:
         return "n/a"
-    hits = sum(bool(result[k]) for k in ("shape", "colour", "background"))
-    missed = [k for k in ("shape", "colour", "background") if not result[k]]
-    return f"{hits}/3" + (f" {'+'.join(missed)}" if missed else "")
+    parts = {"shape": "shape", "colour": "colour", "background": "bg"}
+    missed = [short for key, short in parts.items() if not result[key]]
+    hits = 3 - len(missed)
+    return f"{hits}/3" + (" -" + "+".join(missed) if 0 < len(missed) < 3 else "")
