@@ -42,7 +42,7 @@ AXIS_HELP = ("KEY=V1,V2,... e.g. steps=10,20,30, sampler=euler,ddim, cfg=3-9 (+3
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def grid(bundle: Path, prompt: str, x_axis: str | None, y_axis: str | None, z_axis: str | None, output: Path,
          json_path: Path | None, score: bool, zoom: int | None, max_batch: int, quiet: bool, **options) -> None:
-    """Draw an X/Y/Z grid of PROMPT over settings (steps, sampler, cfg, temperature, seed, size, ...)."""
+    """Draw an X/Y/Z grid of PROMPT over settings such as steps, sampler, cfg, temperature, seed and size."""
     from ..errors import UserError
     from ..runtime import Pipeline
     from ..runtime.cpu_policy import spin_for_this_machine
