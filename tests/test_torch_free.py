@@ -19,7 +19,8 @@ def _package_modules(package: str) -> list[str]:
 
 RUNTIME_MODULES = sorted({
     *_package_modules("sdrt.backends"), *_package_modules("sdrt.runtime"), *_package_modules("sdrt.engines"),
-    *_package_modules("sdrt.serving"), "sdrt.schedulers", "sdrt.bench", "sdrt.manifest", "sdrt.cli",
+    *_package_modules("sdrt.serving"), *_package_modules("sdrt.tools"), "sdrt.schedulers", "sdrt.bench",
+    "sdrt.manifest", "sdrt.cli",
 })
 
 

@@ -5,7 +5,9 @@ from .build import build
 from .demo import demo
 from .export import export, tiny_model
 from .generate import generate
+from .grid import grid
+from .interpolate import interpolate
 from .samplers import samplers
 from .serve import serve
 
-COMMANDS = [samplers, build, export, tiny_model, generate, bench, demo, serve]
+COMMANDS = [samplers, build, export, tiny_model, generate, grid, interpolate, bench, demo, serve]

@@ -44,6 +44,10 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--strength", default=None, type=float,
               help="How much of the init image to repaint, (0, 1] (default 0.8 img2img, 1.0 inpaint).")
 @click.option("--mask", default=None, type=click.Path(path_type=Path), help="Inpainting mask: white = repaint.")
+@click.option("--outpaint", default=None, metavar="LEFT,RIGHT,TOP,BOTTOM", callback=lambda c, p, v: _margins(v),
+              help="Outpaint: extend --init-image by these pixels (rounded up to the size multiple; docs/outpaint.md).")
+@click.option("--outpaint-fill", default="edge", show_default=True, type=click.Choice(["edge", "noise", "blur"]),
+              help="What the new area starts as (matters at --strength < 1).")
 @engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
@@ -54,7 +58,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
              spacing: str | None, sampler_options: tuple[str, ...], cfg: float,
              guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
-             mask: Path | None, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
+             mask: Path | None, outpaint: tuple[int, int, int, int] | None, outpaint_fill: str,
+             backend: str, engines_dir: Path | None, precision: str | None, threads: int,
              spin: bool | None, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE."""
     from ..errors import UserError
@@ -76,6 +81,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         seed=seed, batch=batch, width=width, height=height, strength=strength,
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,
+        outpaint=outpaint, outpaint_fill=outpaint_fill,
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
                          engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
@@ -95,6 +101,12 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
                f"{t.host_overhead_per_step * 1e3:.2f} ms/step; {spin_choice}")
+
+
+def _margins(text: str | None) -> tuple[int, int, int, int] | None:
+    from ..runtime.outpaint import parse_margins
+
+    return None if text is None else parse_margins(text)
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, float]:

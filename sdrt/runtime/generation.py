@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -73,6 +73,7 @@ class Generation:
         self._loop = sampler.run(x, noise, start_step=start, end_step=end_step)
         self._loop_started = time.perf_counter()
         self.call: ModelCall | None = None
+        self.composite: Callable[[np.ndarray], np.ndarray] | None = None  # on each decoded image (outpainting)
         self._advance(lambda: next(self._loop))
 
     @property

@@ -28,6 +28,7 @@ from .denoise import LatentBlend, Progress
 from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
+from . import outpaint
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
 from .request import GenerationRequest, check_latents, nonfinite_error, resolve_size, validate
@@ -170,9 +171,12 @@ class Pipeline:
         t0 = time.perf_counter()
         x, start, end_step, extra_channels = self._prepare_task(request, sampler, initial_noise, noise,
                                                                 (height, width))
+        generation = Generation(request, sampler, (height, width), seeds, noise, cond, x, start, end_step,
+                                extra_channels, timings, started, progress)
+        if request.outpaint:
+            generation.composite = self._outpaint_composite(request)
         timings.vae_encode = time.perf_counter() - t0
-        return Generation(request, sampler, (height, width), seeds, noise, cond, x, start, end_step,
-                          extra_channels, timings, started, progress)
+        return generation
 
     def conditioning(self, requests: Sequence[GenerationRequest],
                      sizes: Sequence[tuple[int, int]]) -> list[Conditioning]:
@@ -191,6 +195,8 @@ class Pipeline:
             decoded = [self.decode(latents[i:i + 1]) for i in range(request.batch)]
         for image in decoded:
             self._check_finite(image, "decoded images", request)
+        if generation.composite is not None:
+            decoded = [generation.composite(image) for image in decoded]
         images = [array_to_uint8(image)[0] for image in decoded]
         timings.vae_decode += time.perf_counter() - t0
         timings.total = time.perf_counter() - generation.started
@@ -216,7 +222,8 @@ class Pipeline:
         """Validate the request against the bundle and create the engines it needs, so every user error and
         every unreadable graph surfaces before any work; returns the sampler and (height, width)."""
         validate(request)
-        size = resolve_size(request, self.model)
+        size = (outpaint.outpaint_size(request.init_image.size, request.outpaint, self.model) if request.outpaint
+                else resolve_size(request, self.model))
         sampler = self._sampler(request)
         if request.init_image is not None and sampler.spec.strength_schedule is None:
             try:
@@ -250,37 +257,59 @@ class Pipeline:
         height, width = size
         if request.task == "txt2img":
             return sampler.initial_latents(initial_noise), 0, None, None
-        image = image_to_array(request.init_image, width, height, "init image")
         strength = request.effective_strength
+        if request.outpaint:  # the image on its larger canvas, and the feathered mask over the new area
+            step = max(self.model.size_multiple, self.model.vae_scale_factor)
+            margins = outpaint.rounded_margins(request.init_image.size, request.outpaint, step)
+            image, soft_mask = outpaint.canvas(request.init_image, margins, request.outpaint_fill, request.seed, step)
+            mask = (soft_mask >= 0.5).astype(np.float32)
+        else:
+            image = image_to_array(request.init_image, width, height, "init image")
         if request.task == "img2img":
             image_latents = self.encode(image, noise, request.batch)
             x, start = sampler.noised_latents(image_latents, initial_noise, strength)
             return x, start, None, None
 
-        mask = mask_to_array(request.mask, width, height)
+        if not request.outpaint:
+            mask = mask_to_array(request.mask, width, height)
         nine_channels = self.model.unet_in_channels == 9
         image_latents = None
-        if not nine_channels or strength < 1.0:
+        if not nine_channels or strength < 1.0 or request.outpaint:
             image_latents = self.encode(image, noise, request.batch)
         if strength < 1.0:
             x, start = sampler.noised_latents(image_latents, initial_noise, strength)
         else:
             x, start = sampler.initial_latents(initial_noise), 0
         small_mask = latent_mask(mask, self.model.vae_scale_factor)
+        blend, extra = None, None
         if nine_channels:
             masked_image = image * (mask < 0.5)
             masked_latents = self.encode(masked_image, noise, request.batch)
             extra = np.concatenate([np.repeat(small_mask, request.batch, axis=0), masked_latents], axis=1)
-            return x, start, None, extra
-        return x, start, LatentBlend(sampler, image_latents, initial_noise, small_mask), None
+        else:
+            blend = LatentBlend(sampler, image_latents, initial_noise, small_mask)
+        if request.outpaint:
+            keep = outpaint.latent_keep(soft_mask, self.model.vae_scale_factor)
+            blend = outpaint.KeepOriginal(sampler, image_latents, keep, blend)
+        return x, start, blend, extra
+
+    def _outpaint_composite(self, request: GenerationRequest) -> outpaint.Composite:
+        step = max(self.model.size_multiple, self.model.vae_scale_factor)
+        margins = outpaint.rounded_margins(request.init_image.size, request.outpaint, step)
+        canvas, soft_mask = outpaint.canvas(request.init_image, margins, request.outpaint_fill, request.seed, step)
+        pixels = image_to_array(request.init_image, *request.init_image.size, "init image")
+        round_trip = outpaint.round_trip_canvas(pixels, margins, canvas.shape, lambda x: self.encode(x, None, 1),
+                                                self.decode, self.model.vae_scale_factor)
+        return outpaint.Composite(round_trip, soft_mask)
 
     # ---- VAE -----------------------------------------------------------------------------------------
-    def encode(self, image: np.ndarray, noise: NoiseSource, batch: int) -> np.ndarray:
-        """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row."""
+    def encode(self, image: np.ndarray, noise: NoiseSource | None, batch: int) -> np.ndarray:
+        """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row (the mean
+        without `noise`)."""
         out = run_engine(self.engine("vae_encoder"), {"image": image})
         mean = np.asarray(out["latent_mean"], dtype=np.float32)
         std = np.asarray(out["latent_std"], dtype=np.float32)
-        sample = mean + std * noise((batch, *mean.shape[1:]))
+        sample = np.repeat(mean, batch, axis=0) if noise is None else mean + std * noise((batch, *mean.shape[1:]))
         shift = self.model.vae_shift_factor or 0.0
         return ((sample - np.float32(shift)) * np.float32(self.model.vae_scaling_factor)).astype(np.float32)
 
@@ -302,6 +331,8 @@ class Pipeline:
             "Model": Path(self.model.source).stem if self.model.source else self.bundle.root.name,
             "Denoising strength": request.effective_strength if request.init_image is not None else None,
             "Guidance rescale": request.guidance_rescale or None,
+            "Outpaint": ",".join(map(str, request.outpaint)) if request.outpaint else None,
+            "Outpaint fill": request.outpaint_fill if request.outpaint else None,
         }
         if request.temperature != 1.0:
             settings["Temperature"] = request.temperature

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import UserError
 from ..manifest import ModelInfo
 from .images import check_image_mode
+from .outpaint import check_request as check_outpaint
 
 
 @dataclass
@@ -41,10 +42,12 @@ class GenerationRequest:
     mask: Any = None  # PIL image, white = repaint
     latents: np.ndarray | None = None  # initial standard-normal noise [batch, 4, h/8, w/8] instead of seeded noise
     sampler_options: dict[str, float] = field(default_factory=dict)  # eta, s_noise, ...
+    outpaint: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) pixels added
+    outpaint_fill: str = "edge"  # edge | noise | blur: the new area before sampling
 
     @property
     def task(self) -> str:
-        if self.mask is not None:
+        if self.mask is not None or self.outpaint is not None:
             return "inpaint"
         return "img2img" if self.init_image is not None else "txt2img"
 
@@ -132,6 +135,9 @@ def validate(request: GenerationRequest) -> None:
         raise UserError(f"guidance rescale must be in [0, 1], got {request.guidance_rescale}: use e.g. 0.7")
     if not _is_number(request.temperature):
         raise UserError(f"temperature must be a positive number, got {request.temperature!r}: use e.g. 0.8 or 1.2")
+    if request.outpaint is not None:
+        check_outpaint(request.outpaint, request.outpaint_fill, request.mask is not None, request.width,
+                       request.height, request.init_image is not None)
     if request.mask is not None and request.init_image is None:
         raise UserError("a mask needs the image it applies to: pass --init-image as well")
     if request.strength is not None and request.init_image is None:
