@@ -191,8 +191,9 @@ def emphasize(z: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     sums). Unit weights return z itself, so unweighted prompts stay bit-identical."""
     if np.all(multipliers == 1):
         return z
-    weighted = z.astype(np.float64) * multipliers[:, None]
-    original, new = z.mean(dtype=np.float64), weighted.mean()
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite weight is refused just below
+        weighted = z.astype(np.float64) * multipliers[:, None]
+        original, new = z.mean(dtype=np.float64), weighted.mean()
     if new == 0 or not np.isfinite(new):
         raise UserError("the prompt's weights cancel out its embedding (its mean becomes 0): use weights "
                         "nearer 1, e.g. (word:1.3) or (word:0.7)")
