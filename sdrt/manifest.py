@@ -22,6 +22,12 @@ from .manifest_schema import COMPONENTS, FAMILIES, PRECISIONS, SCHEMA_VERSION  #
 MANIFEST_NAME = "manifest.json"
 
 
+def clip_skip_output(clip_skip: int) -> str:
+    """The text-encoder graph output holding the UNet's conditioning at A1111 clip skip `clip_skip` >= 2
+    (docs/manifest.md); clip skip 1 is `last_hidden_state` (SD 1/2) or `penultimate_hidden_state` (SDXL)."""
+    return f"clip_skip_{clip_skip}"
+
+
 class BundleError(Exception):
     """A bundle that cannot be used as it is; the message names the problem and the fix, in one line."""
 

@@ -74,7 +74,8 @@ def test_sdxl_manifest_contract(tiny_bundle) -> None:
         ("time_ids", "float32", ["batch", 6]),
     ]
     te2 = manifest["components"]["fp32"]["text_encoder_2"]
-    assert [t["name"] for t in te2["outputs"]] == ["last_hidden_state", "penultimate_hidden_state", "text_embeds"]
+    assert [t["name"] for t in te2["outputs"]] == ["last_hidden_state", "penultimate_hidden_state", "text_embeds",
+                                                   "clip_skip_2"]  # 3 layers: clip skip 2 is hidden_states[-3]
     assert te2["inputs"] == [{"name": "input_ids", "dtype": "int32", "shape": ["batch", 77]}]
     for precision in ("fp32", "fp16"):
         for name, spec in manifest["components"][precision].items():
@@ -132,6 +133,12 @@ def test_text_encoders_match_transformers(tiny_bundle, tiny_model, kind: str, pr
         expected = {"last_hidden_state": out.last_hidden_state, "penultimate_hidden_state": out.hidden_states[-2]}
         if name == "text_encoder_2":
             expected["text_embeds"] = out.text_embeds
+        # clip skip N (A1111 numbering): SDXL hidden_states[-(N+1)]; SD 1/2 the final layer norm of hidden_states[-N]
+        if kind == "sdxl":
+            expected["clip_skip_2"] = out.hidden_states[-3]
+        else:
+            norm = getattr(model, "text_model", model).final_layer_norm
+            expected.update({f"clip_skip_{n}": norm(out.hidden_states[-n]).detach() for n in (2, 3)})
         session = _session(bundle, manifest, name, precision)
         produced = dict(zip([o.name for o in session.get_outputs()],
                             session.run(None, {"input_ids": ids.numpy().astype(np.int32)})))

@@ -35,6 +35,10 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
               help="Sampling temperature: < 1 sharper, > 1 more varied.")
 @click.option("--temperature-method", default="tsr", show_default=True, type=click.Choice(["tsr", "cns"]),
               help="Temporal Score Rescaling, or Constant Noise Scaling (stochastic samplers).")
+@click.option("--clip-skip", default=1, show_default=True, type=int,
+              help="Text-encoder layer to condition on, A1111 numbering: 1 = last, 2 = penultimate, ...")
+@click.option("--no-prompt-weighting", "no_prompt_weighting", is_flag=True,
+              help="Take the prompts literally: no (word:1.2) / [word] / BREAK syntax (brackets are text).")
 @click.option("--seed", default=None, type=int,
               help="Seed of the first image, 0..2**64-1 (image i uses seed + i); random if omitted or -1.")
 @click.option("--batch", default=1, show_default=True, type=int, help="Images per run.")
@@ -56,12 +60,16 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sampler: str, schedule: str,
              spacing: str | None, sampler_options: tuple[str, ...], cfg: float,
-             guidance_rescale: float, temperature: float, temperature_method: str, seed: int | None, batch: int,
+             guidance_rescale: float, temperature: float, temperature_method: str, clip_skip: int,
+             no_prompt_weighting: bool, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
              mask: Path | None, outpaint: tuple[int, int, int, int] | None, outpaint_fill: str,
              backend: str, engines_dir: Path | None, precision: str | None, threads: int,
              spin: bool | None, verify: bool, output: Path | None, quiet: bool) -> None:
-    """Generate images from PROMPT with the exported model in BUNDLE."""
+    """Generate images from PROMPT with the exported model in BUNDLE.
+
+    PROMPT and --negative may weight words in AUTOMATIC1111's syntax: (word) x1.1, ((word)) x1.21,
+    (word:1.4), [word] /1.1, \\( for a literal bracket, BREAK to start a new 75-token window."""
     from ..errors import UserError
     from ..runtime import GenerationRequest, Pipeline, open_image
     from ..runtime.cpu_policy import spin_for_this_machine
@@ -78,6 +86,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, spacing=spacing,
         sampler_options=parse_options(sampler_options), cfg=cfg,
         guidance_rescale=guidance_rescale, temperature=temperature, temperature_method=temperature_method,
+        clip_skip=clip_skip, prompt_weighting=not no_prompt_weighting,
         seed=seed, batch=batch, width=width, height=height, strength=strength,
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,

@@ -105,6 +105,7 @@ def base_request(prompt: str, options: dict):
     values = {k: v for k, v in options.items() if k in fields}
     values["sampler_options"] = parse_options(options.get("sampler_options", ()))
     values["seed"] = resolve_seed(options.get("seed"))
+    values["prompt_weighting"] = not options.get("no_prompt_weighting", False)  # a negated flag, not a field
     for name, what in (("init_image", "init image"), ("mask", "mask")):
         if values.get(name) is not None:
             values[name] = open_image(values[name], what)

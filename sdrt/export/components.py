@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..manifest import clip_skip_output
 from .loading import SourceModel
 
 TEXT_LENGTH = 77
+# Clip skips (A1111 numbering) the text encoders get an output for, beyond the default 1. Each is a tensor the
+# graph computes anyway (plus one layer norm on SD 1/2), so the default path only pays for copying it out.
+MAX_CLIP_SKIP = 4
 
 
 @dataclass(frozen=True)
@@ -55,18 +59,27 @@ def _torch_modules():
 
     class TextEncoderGraph(torch.nn.Module):
         """CLIP text encoder returning the final (layer-normed) states, the penultimate layer's states
-        (SDXL conditioning, clip-skip) and, for the projection model, the pooled projected embedding."""
+        (SDXL conditioning), the conditioning at each extra clip skip (`clip_skips`: SD 1/2 the final layer
+        norm of hidden_states[-N], SDXL hidden_states[-(N+1)], as diffusers' `clip_skip` = N - 1) and, for
+        the projection model, the pooled projected embedding."""
 
-        def __init__(self, encoder: Any, with_projection: bool):
+        def __init__(self, encoder: Any, with_projection: bool, clip_skips: list[int], sdxl: bool):
             super().__init__()
             self.encoder = encoder
             self.with_projection = with_projection
+            self.clip_skips = clip_skips
+            self.sdxl = sdxl
+            text_model = getattr(encoder, "text_model", encoder)  # transformers < 5 nests the layers there
+            self.final_layer_norm = text_model.final_layer_norm
 
         def forward(self, input_ids):
             out = self.encoder(input_ids.long(), output_hidden_states=True, return_dict=True)
-            if self.with_projection:
-                return out.last_hidden_state, out.hidden_states[-2], out.text_embeds
-            return out.last_hidden_state, out.hidden_states[-2]
+            if self.sdxl:
+                skipped = [out.hidden_states[-(n + 1)] for n in self.clip_skips]
+            else:
+                skipped = [self.final_layer_norm(out.hidden_states[-n]) for n in self.clip_skips]
+            pooled = [out.text_embeds] if self.with_projection else []
+            return (out.last_hidden_state, out.hidden_states[-2], *pooled, *skipped)
 
     class UNetGraph(torch.nn.Module):
         def __init__(self, unet: Any, sdxl: bool):
@@ -118,6 +131,13 @@ def _token_ids(gen: Any, batch: int, vocab_size: int):
     return ids
 
 
+def clip_skips(num_layers: int, sdxl: bool) -> list[int]:
+    """The clip skips beyond 1 that get an output: up to MAX_CLIP_SKIP, and only while the chosen state is a
+    transformer layer's output (not the token embeddings)."""
+    deepest = num_layers - 1 if sdxl else num_layers
+    return list(range(2, min(MAX_CLIP_SKIP, deepest) + 1))
+
+
 def build_component_graphs(source: SourceModel, names: list[str] | None = None) -> list[ComponentGraph]:
     """The graphs to export for `source`, in export order, optionally restricted to `names`."""
     import torch
@@ -131,9 +151,11 @@ def build_component_graphs(source: SourceModel, names: list[str] | None = None) 
                    IOSpec("penultimate_hidden_state", "float32", ["batch", TEXT_LENGTH, cfg.hidden_size])]
         if with_projection:
             outputs.append(IOSpec("text_embeds", "float32", ["batch", cfg.projection_dim]))
+        skips = clip_skips(cfg.num_hidden_layers, source.is_sdxl)
+        outputs += [IOSpec(clip_skip_output(n), "float32", ["batch", TEXT_LENGTH, cfg.hidden_size]) for n in skips]
         vocab = cfg.vocab_size
         graphs.append(ComponentGraph(
-            name=name, module=TextEncoderGraph(encoder, with_projection),
+            name=name, module=TextEncoderGraph(encoder, with_projection, skips, source.is_sdxl),
             inputs=[IOSpec("input_ids", "int32", ["batch", TEXT_LENGTH])], outputs=outputs,
             make_inputs=lambda s, g, vocab=vocab: (_token_ids(g, s.batch, vocab),),
         ))

@@ -31,6 +31,7 @@ from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from . import outpaint
 from .noise import SeededNoise, batch_seeds
 from .parameters import format_parameters
+from .prompt_syntax import has_syntax
 from .request import GenerationRequest, check_latents, nonfinite_error, resolve_size, validate
 from .text import Conditioning, PromptEncoder, PromptSpec, TextBranch
 from .tokenizer import ClipTokenizer
@@ -181,7 +182,8 @@ class Pipeline:
     def conditioning(self, requests: Sequence[GenerationRequest],
                      sizes: Sequence[tuple[int, int]]) -> list[Conditioning]:
         """The text conditioning of several (checked) requests, from one run of each text encoder."""
-        return self.prompt_encoder.encode_many([PromptSpec(r.prompt, r.negative, r.batch, uses_cfg(r.cfg), size)
+        return self.prompt_encoder.encode_many([PromptSpec(r.prompt, r.negative, r.batch, uses_cfg(r.cfg), size,
+                                                           r.prompt_weighting, r.clip_skip)
                                                 for r, size in zip(requests, sizes)])
 
     def finish(self, generation: Generation, decoded: Sequence[np.ndarray] | None = None) -> GenerationResult:
@@ -238,7 +240,7 @@ class Pipeline:
         if request.init_image is not None and not self.bundle.has("vae_encoder"):
             raise UserError("this bundle has no VAE encoder, which img2img and inpainting need: re-export the "
                             "model with it (sdrt export)")
-        _ = self.prompt_encoder  # builds the tokenizers and text encoders
+        self.prompt_encoder.check_clip_skip(request.clip_skip)  # also builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
         return sampler, size
@@ -337,4 +339,7 @@ class Pipeline:
         if request.temperature != 1.0:
             settings["Temperature"] = request.temperature
             settings["Temperature method"] = request.temperature_method.upper()
+        settings["Clip skip"] = request.clip_skip if request.clip_skip > 1 else None  # A1111 writes it when > 1
+        if not request.prompt_weighting and any(has_syntax(t or "") for t in (request.prompt, request.negative)):
+            settings["Emphasis"] = "None"  # A1111's key when brackets were taken literally
         return format_parameters(request.prompt, request.negative, settings)

@@ -44,6 +44,8 @@ class GenerationRequest:
     sampler_options: dict[str, float] = field(default_factory=dict)  # eta, s_noise, ...
     outpaint: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) pixels added
     outpaint_fill: str = "edge"  # edge | noise | blur: the new area before sampling
+    prompt_weighting: bool = True  # read A1111's (word:1.2) / [word] / BREAK syntax; False: text taken literally
+    clip_skip: int = 1  # A1111 numbering: 1 = the text encoder's last layer, 2 = the penultimate, ...
 
     @property
     def task(self) -> str:
@@ -127,6 +129,11 @@ def validate(request: GenerationRequest) -> None:
         check_text("negative prompt", request.negative)
     if not _is_whole(request.batch) or request.batch < 1:
         raise UserError(f"batch must be a whole number >= 1, got {request.batch!r}")
+    if not _is_whole(request.clip_skip) or request.clip_skip < 1:
+        raise UserError(f"clip skip must be a whole number >= 1 (1 = the last layer, 2 = the penultimate), "
+                        f"got {request.clip_skip!r}")
+    if not isinstance(request.prompt_weighting, bool):
+        raise UserError(f"prompt weighting must be true or false, got {request.prompt_weighting!r}")
     if not _is_whole(request.steps) or request.steps < 1:
         raise UserError(f"steps must be a whole number >= 1, got {request.steps!r}")
     if not _is_number(request.cfg) or not math.isfinite(request.cfg) or request.cfg < 0:

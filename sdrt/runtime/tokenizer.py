@@ -76,14 +76,18 @@ class ClipTokenizer:
         """int32 [num_chunks, max_length]: each window BOS + up to 75 tokens + EOS + padding. Extra windows
         (to match another prompt's length) hold the empty prompt."""
         ids = self.token_ids(text)
-        needed = max(1, math.ceil(len(ids) / self.chunk_size))
-        num_chunks = num_chunks or needed
-        if num_chunks < needed:
-            raise ValueError(f"prompt needs {needed} windows of {self.chunk_size} tokens, asked for {num_chunks}")
+        return self.pack([ids[c:c + self.chunk_size] for c in range(0, max(len(ids), 1), self.chunk_size)],
+                         num_chunks)
+
+    def pack(self, chunks: list[list[int]], num_chunks: int | None = None) -> np.ndarray:
+        """int32 [num_chunks, max_length] from chunks of at most 75 prompt tokens (see `windows`)."""
+        num_chunks = num_chunks or len(chunks)
+        if num_chunks < len(chunks):
+            raise ValueError(f"prompt needs {len(chunks)} windows of {self.chunk_size} tokens, asked for {num_chunks}")
         out = np.full((num_chunks, self.max_length), self.pad_id, dtype=np.int32)
-        for c in range(num_chunks):
-            part = ids[c * self.chunk_size:(c + 1) * self.chunk_size]
-            out[c, 0] = self.bos_id
+        out[:, 0] = self.bos_id
+        out[len(chunks):, 1] = self.eos_id
+        for c, part in enumerate(chunks):
             out[c, 1:1 + len(part)] = part
             out[c, 1 + len(part)] = self.eos_id
         return out
