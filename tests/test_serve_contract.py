@@ -142,3 +142,15 @@ def test_a_request_without_steps_uses_at_most_the_servers_limit(client) -> None:
     assert r.status_code == 200, r.text
     assert "Steps: 2," in png_parameters(r.json()["data"][0]["b64_json"])
 
+
+def test_ignored_field_names_outside_printable_ascii_are_percent_encoded_in_the_header(client) -> None:
+    """Any JSON key is a field name; a name with a non-latin-1 character made the header fail: 500."""
+    names = {"gr\u00f6\u00dfe": 1, "\U00011e61": 2, "a,b": 3, "100%": 4, "line\nbreak": 5}
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "h", "steps": 1, "width": 16, "height": 16, **names})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Sdrt-Ignored-Fields"] == "100%25, a%2Cb, gr%C3%B6%C3%9Fe, line%0Abreak, %F0%91%B9%A1"
+    assert json.loads(r.json()["info"])["ignored_fields"] == sorted(names)
+    r = client.post("/v1/images/generations", json={"prompt": "h", "steps": 1, "size": "16x16", "\u2603": 0})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Sdrt-Ignored-Fields"] == "%E2%98%83"
+

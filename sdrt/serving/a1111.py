@@ -17,6 +17,7 @@ import io
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -36,6 +37,7 @@ from .settings import Limits
 
 IGNORED_HEADER = "X-Sdrt-Ignored-Fields"
 SAMPLER_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")  # printable ASCII but % and ,
 A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to its maximum
 
 
@@ -104,6 +106,12 @@ def ignored_fields(body: Txt2ImgRequest, sampler: str) -> list[str]:
     names = set(body.model_extra or ())
     names |= {k for k in SAMPLER_OPTIONS if getattr(body, k) is not None and k not in REGISTRY[sampler].options}
     return sorted(names)
+
+
+def ignored_header(names: list[str]) -> str:
+    """The X-Sdrt-Ignored-Fields value. HTTP headers carry printable ASCII only, and a client may send any JSON
+    key, so other characters (and % and ,) are percent-encoded as UTF-8; `info` holds the names verbatim."""
+    return ", ".join(quote(name.encode("utf-8", "surrogatepass"), safe=HEADER_SAFE) for name in names)
 
 
 def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[GenerationRequest], str, str]:
@@ -223,7 +231,7 @@ def router(state: ServerState) -> APIRouter:
         requests, sampler, schedule = to_requests(body, state)
         ignored = ignored_fields(body, sampler)
         if ignored:
-            out.headers[IGNORED_HEADER] = ", ".join(ignored)
+            out.headers[IGNORED_HEADER] = ignored_header(ignored)
         submission = Submission(state, requests)
         await submission.submit()
         return response(body, await submission.results(http), sampler, schedule, ignored)

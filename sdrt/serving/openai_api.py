@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
-from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS
+from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header
 from .api_errors import ApiError, invalid
 from .image_codec import png_base64
 from .jobs import DoneEvent
@@ -193,7 +193,7 @@ def router(state: ServerState) -> APIRouter:
         """Generate images (OpenAI's Images API), optionally streaming progress as Server-Sent Events."""
         request = to_request(body, state)
         ignored = sorted(body.model_extra or ())
-        headers = {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}
+        headers = {IGNORED_HEADER: ignored_header(ignored)} if ignored else {}
         submission = Submission(state, [request])
         await submission.submit()
         if body.stream:
