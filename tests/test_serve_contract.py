@@ -154,3 +154,12 @@ def test_ignored_field_names_outside_printable_ascii_are_percent_encoded_in_the_
     assert r.status_code == 200, r.text
     assert r.headers["X-Sdrt-Ignored-Fields"] == "%E2%98%83"
 
+
+def test_a_body_that_is_not_utf8_is_a_422_like_any_invalid_json(client) -> None:
+    """FastAPI answered 400 "There was an error parsing the body", a status no route documents."""
+    for route in GENERATION:
+        r = client.post(route, content=b"\xff{", headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json() == {"error": {"code": "invalid_request", "field": None, "message": "the request body is not "
+                                      "valid JSON (not UTF-8 text): send a JSON object, UTF-8 encoded, with "
+                                      "Content-Type: application/json"}}

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import a1111, openai_api
-from .api_errors import ApiError, error_responses, one_line
+from .api_errors import ApiError, error_responses, invalid, one_line
 from .auth import BearerAuth
 from .metrics import RequestMetrics, ServeMetrics
 from .model_info import ServedModel
@@ -146,6 +146,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body as JSON
+            reason = "not UTF-8 text" if isinstance(exc.__cause__, UnicodeError) else type(exc.__cause__).__name__
+            return _error_response(invalid(f"the request body is not valid JSON ({reason}): send a JSON object, "
+                                           "UTF-8 encoded, with Content-Type: application/json"))
         code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404:
