@@ -13,6 +13,7 @@ import io
 import json
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -21,7 +22,7 @@ from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from sdrt.runtime import Pipeline
+from sdrt.runtime import GenerationRequest, Pipeline
 from sdrt.serving.settings import Limits, ServeSettings
 from serving_adapter import running_server
 
@@ -163,3 +164,40 @@ def test_a_body_that_is_not_utf8_is_a_422_like_any_invalid_json(client) -> None:
         assert r.json() == {"error": {"code": "invalid_request", "field": None, "message": "the request body is not "
                                       "valid JSON (not UTF-8 text): send a JSON object, UTF-8 encoded, with "
                                       "Content-Type: application/json"}}
+
+
+# What the playground needs from the API (it drives POST /v1/images/generations with "stream": true).
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_openai_shape_takes_init_image_mask_and_strength_and_returns_each_parameters_text(client, pipe) -> None:
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    mask = Image.new("L", (48, 32), 0)
+    mask.paste(255, (0, 0, 24, 32))
+    body = {"prompt": "a cube", "steps": 2, "seed": 3, "cfg": 5, "init_image": b64png(init), "mask": b64png(mask),
+            "strength": 0.6}
+    r = client.post("/v1/images/generations", json=body)
+    assert r.status_code == 200, r.text
+    item = r.json()["data"][0]
+    image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+    assert image.size == (48, 32)  # the init image's size when size is left out
+    assert item["parameters"] == image.info["parameters"] and "Denoising strength: 0.6" in item["parameters"]
+    alone = pipe.generate(GenerationRequest("a cube", steps=2, seed=3, cfg=5, init_image=init, mask=mask,
+                                            strength=0.6))
+    assert np.abs(np.asarray(image.convert("RGB"), np.int16) - alone.images[0].astype(np.int16)).max() <= 2
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/v1/images/generations", {"size": "40x33"}, "size"),
+    ("/sdapi/v1/txt2img", {"width": 40, "height": 33}, "height"),
+    ("/sdapi/v1/txt2img", {"width": 136, "height": 16}, "width"),
+])
+def test_the_runtimes_size_refusals_name_the_request_field(client, route, body, field) -> None:
+    r = client.post(route, json={"prompt": "s", "steps": 1, **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field

@@ -27,7 +27,7 @@ from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..schedulers import REGISTRY
-from .api_errors import error_responses, invalid
+from .api_errors import ApiError, error_responses, invalid
 from .image_codec import decode_image, png_base64
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
 from .model_info import ServedModel, json_number
@@ -223,6 +223,18 @@ def example_image(side: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+async def submit(submission: Submission, size_fields: dict[str, str]) -> None:
+    """Submit, naming the request field of the runtime's size refusals: they name the side first ("height 33
+    is not a multiple of 8: use 32 or 40"), and a client (the playground) shows an error beside its field."""
+    try:
+        await submission.submit()
+    except ApiError as error:
+        side = error.message.split(" ", 1)[0]
+        if error.code == "invalid_request" and error.field is None and side in size_fields:
+            error.field = size_fields[side]
+        raise
+
+
 def router(state: ServerState) -> APIRouter:
     api = APIRouter(tags=["AUTOMATIC1111"])
     txt2img_body, img2img_body = request_models(state.settings.limits, state.model)
@@ -233,7 +245,7 @@ def router(state: ServerState) -> APIRouter:
         if ignored:
             out.headers[IGNORED_HEADER] = ignored_header(ignored)
         submission = Submission(state, requests)
-        await submission.submit()
+        await submit(submission, {"width": "width", "height": "height"})
         return response(body, await submission.results(http), sampler, schedule, ignored)
 
     async def txt2img(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:

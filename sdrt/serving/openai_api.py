@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
-from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header
+from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header, submit
 from .api_errors import ApiError, invalid
-from .image_codec import png_base64
+from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
 from .model_info import ServedModel, sampler_descriptions, schedules
@@ -59,11 +59,18 @@ class ImageGenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="null or -1: random; image i uses seed + i.")
     temperature: float = Field(1.0, gt=0)
     temperature_method: Literal["tsr", "cns"] = "tsr"
+    init_image: str | None = Field(None, description="Base64 PNG or JPEG to start from (image to image); `size` "
+                                                     "defaults to its size.")
+    mask: str | None = Field(None, description="Base64 mask of the init image's size; white = repaint "
+                                               "(inpainting).")
+    strength: float | None = Field(None, gt=0, le=1, description="How far from the init image: 1 repaints "
+                                                                 "all. Default 0.8, inpainting 1.")
 
 
 class ImageData(BaseModel):
     b64_json: str = Field(description="Base64 PNG with its `parameters` text chunk.")
     seed: int = Field(description="sdrt extra: the image's seed.")
+    parameters: str = Field(description="sdrt extra: the PNG's `parameters` text (A1111's format).")
 
 
 class ImagesResponse(BaseModel):
@@ -151,19 +158,23 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
     check_tokens(limits, model.count_tokens, "prompt", body.prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
     width, height = parse_size(body.size)
-    check_pixels(limits, "size", width or model.default_size[1], height or model.default_size[0])
+    init_image = decode_image(body.init_image, "init_image", limits) if body.init_image else None
+    mask = decode_image(body.mask, "mask", limits) if body.mask else None
+    default_w, default_h = init_image.size if init_image is not None else model.default_size[::-1]
+    check_pixels(limits, "size", width or default_w, height or default_h)
     sampler, from_suffix = resolve_sampler(body.sampler, "sampler")
     schedule = from_suffix or resolve_schedule(body.schedule, "schedule")
     return GenerationRequest(
         prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         sampler_options=dict(body.sampler_options), cfg=body.cfg, guidance_rescale=body.guidance_rescale,
         temperature=body.temperature, temperature_method=body.temperature_method,
-        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height)
+        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
+        strength=body.strength)
 
 
 def images_response(result: GenerationResult) -> dict[str, Any]:
     return {"created": int(time.time()),
-            "data": [{"b64_json": png_base64(pixels, text), "seed": seed}
+            "data": [{"b64_json": png_base64(pixels, text), "seed": seed, "parameters": text}
                      for pixels, text, seed in zip(result.images, result.parameters, result.seeds)]}
 
 
@@ -195,7 +206,7 @@ def router(state: ServerState) -> APIRouter:
         ignored = sorted(body.model_extra or ())
         headers = {IGNORED_HEADER: ignored_header(ignored)} if ignored else {}
         submission = Submission(state, [request])
-        await submission.submit()
+        await submit(submission, {"width": "size", "height": "size"})
         if body.stream:
             return StreamingResponse(stream_events(submission, http), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
