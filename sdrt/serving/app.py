@@ -61,7 +61,8 @@ def create_app(engine: Any, settings: ServeSettings, model: ServedModel,
                "responses": error_responses(401)} if settings.api_keys else {}
     for api in routers:
         app.include_router(api, **guarded)
-    app.include_router(_open_router())
+    routers.append(_open_router())
+    app.include_router(routers[-1])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
