@@ -12,27 +12,36 @@ They are accepted and ignored, and named in the `X-Sdrt-Ignored-Fields` response
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .. import __version__
 from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..schedulers import REGISTRY
-from .api_errors import ErrorBody, invalid
+from .api_errors import ApiError, error_responses, invalid
 from .image_codec import decode_image, png_base64
-from .limits import check_images, check_pixels, check_steps, check_tokens
-from .model_info import json_number
+from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .model_info import ServedModel, json_number
 from .runner import ServerState, Submission
 from .sampler_names import SCHEDULER_LABELS, aliases, sampler_and_schedule
+from .settings import Limits
 
 IGNORED_HEADER = "X-Sdrt-Ignored-Fields"
 SAMPLER_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")  # printable ASCII but % and ,
+A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to its maximum
+
+
+INIT_IMAGES = "Base64 images (a data-URL prefix is accepted); sdrt uses one."
 
 
 class Txt2ImgRequest(BaseModel):
@@ -42,7 +51,7 @@ class Txt2ImgRequest(BaseModel):
 
     prompt: str = ""
     negative_prompt: str = ""
-    steps: int = Field(50, ge=1)
+    steps: int = Field(A1111_STEPS, ge=1)
     sampler_name: str | None = Field(None, description='A1111 name such as "DPM++ 2M Karras" or "Euler a"; '
                                                        "a schedule suffix wins over `scheduler`.")
     sampler_index: str = Field("Euler", description="A1111's older name for sampler_name, used when "
@@ -65,8 +74,7 @@ class Txt2ImgRequest(BaseModel):
 class Img2ImgRequest(Txt2ImgRequest):
     """A1111's img2img request: one init image; with `mask`, inpainting (white = repaint)."""
 
-    init_images: list[str] = Field(min_length=1, description="Base64 images (a data-URL prefix is accepted); "
-                                                             "sdrt uses one.")
+    init_images: list[str] = Field(min_length=1, description=INIT_IMAGES)
     mask: str | None = Field(None, description="Base64 mask of the init image's size; white = repaint.")
     denoising_strength: float = Field(0.75, gt=0, le=1)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: black = repaint.")
@@ -98,6 +106,12 @@ def ignored_fields(body: Txt2ImgRequest, sampler: str) -> list[str]:
     names = set(body.model_extra or ())
     names |= {k for k in SAMPLER_OPTIONS if getattr(body, k) is not None and k not in REGISTRY[sampler].options}
     return sorted(names)
+
+
+def ignored_header(names: list[str]) -> str:
+    """The X-Sdrt-Ignored-Fields value. HTTP headers carry printable ASCII only, and a client may send any JSON
+    key, so other characters (and % and ,) are percent-encoded as UTF-8; `info` holds the names verbatim."""
+    return ", ".join(quote(name.encode("utf-8", "surrogatepass"), safe=HEADER_SAFE) for name in names)
 
 
 def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[GenerationRequest], str, str]:
@@ -163,30 +177,90 @@ def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str
     return {"images": encoded, "parameters": parameters, "info": json.dumps(info)}
 
 
-ERRORS = {code: {"model": ErrorBody} for code in (401, 422, 429, 500, 503, 504)}
+GENERATION_ERRORS = error_responses(422, 429, 500, 503, 504)
+OK_HEADERS = {IGNORED_HEADER: {"description": "Request fields sent that sdrt did not use, comma-separated; absent "
+                                              "when none.", "schema": {"type": "string"}}}
+
+
+def limited_fields(limits: Limits, model: ServedModel) -> dict[str, Any]:
+    """This server's limits and the bundle's size range, shown in /openapi.json (checked by the server)."""
+    images = f"this server makes at most {limits.max_images} images per request (batch_size * n_iter)"
+    size = {"minimum": model.min_size, "maximum": model.max_size, "multipleOf": model.size_multiple}
+    pixels = f"width * height at most {limits.max_pixels} pixels"
+    tokens = f"At most {limits.max_prompt_tokens} CLIP tokens on this server."
+    steps = f"A1111's default {A1111_STEPS}, or this server's maximum {limits.max_steps} if lower."
+    return {
+        "prompt": (str, Field("", description=tokens)),
+        "negative_prompt": (str, Field("", description=tokens)),
+        "steps": (int, Field(min(A1111_STEPS, limits.max_steps), ge=1, description=steps,
+                             json_schema_extra=shown_in_schema(maximum=limits.max_steps))),
+        "batch_size": (int, Field(1, ge=1, description=images,
+                                  json_schema_extra=shown_in_schema(maximum=limits.max_images))),
+        "n_iter": (int, Field(1, ge=1, description=images,
+                              json_schema_extra=shown_in_schema(maximum=limits.max_images))),
+        "width": (int | None, Field(None, ge=1, description=f"Default: the bundle's default width; {pixels}.",
+                                    json_schema_extra=shown_in_schema(**size))),
+        "height": (int | None, Field(None, ge=1, description=f"Default: the bundle's default height; {pixels}.",
+                                     json_schema_extra=shown_in_schema(**size))),
+    }
+
+
+def request_models(limits: Limits, model: ServedModel) -> tuple[type[Txt2ImgRequest], type[Img2ImgRequest]]:
+    """The request models of one server: A1111's fields, with its limits and its bundle's sizes in the schema."""
+    fields = limited_fields(limits, model)
+    example = [[example_image(model.min_size)]]  # /docs shows it, and schemathesis starts from it
+    return (create_model("Txt2ImgRequest", __base__=Txt2ImgRequest, __module__=__name__, **fields),
+            create_model("Img2ImgRequest", __base__=Img2ImgRequest, __module__=__name__, **fields,
+                         init_images=(list[str], Field(min_length=1, description=INIT_IMAGES, examples=example))))
+
+
+def example_image(side: int) -> str:
+    """A grey square PNG, base64: the example init image of the document."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (128, 128, 128)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def submit(submission: Submission, size_fields: dict[str, str]) -> None:
+    """Submit, naming the request field of the runtime's size refusals: they name the side first ("height 33
+    is not a multiple of 8: use 32 or 40"), and a client (the playground) shows an error beside its field."""
+    try:
+        await submission.submit()
+    except ApiError as error:
+        side = error.message.split(" ", 1)[0]
+        if error.code == "invalid_request" and error.field is None and side in size_fields:
+            error.field = size_fields[side]
+        raise
 
 
 def router(state: ServerState) -> APIRouter:
     api = APIRouter(tags=["AUTOMATIC1111"])
+    txt2img_body, img2img_body = request_models(state.settings.limits, state.model)
 
     async def generate(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
         requests, sampler, schedule = to_requests(body, state)
         ignored = ignored_fields(body, sampler)
         if ignored:
-            out.headers[IGNORED_HEADER] = ", ".join(ignored)
+            out.headers[IGNORED_HEADER] = ignored_header(ignored)
         submission = Submission(state, requests)
-        await submission.submit()
+        await submit(submission, {"width": "width", "height": "height"})
         return response(body, await submission.results(http), sampler, schedule, ignored)
 
-    @api.post("/sdapi/v1/txt2img", response_model=A1111Response, responses=ERRORS)
     async def txt2img(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
         """Text to image, as AUTOMATIC1111's API."""
         return await generate(body, http, out)
 
-    @api.post("/sdapi/v1/img2img", response_model=A1111Response, responses=ERRORS)
     async def img2img(body: Img2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
         """Image to image, and inpainting with `mask`, as AUTOMATIC1111's API."""
         return await generate(body, http, out)
+
+    for path, endpoint, model in (("/sdapi/v1/txt2img", txt2img, txt2img_body),
+                                  ("/sdapi/v1/img2img", img2img, img2img_body)):
+        endpoint.__annotations__["body"] = model  # this server's model (the annotation names the base class)
+        api.post(path, response_model=A1111Response, responses={
+            200: {"description": "The images.", "headers": OK_HEADERS}, **GENERATION_ERRORS})(endpoint)
 
     @api.get("/sdapi/v1/samplers", response_model=list[SamplerItem])
     def samplers() -> list[dict[str, Any]]:

@@ -48,6 +48,28 @@ class ApiError(Exception):
         return body
 
 
+WHEN = {
+    401: "No or a wrong `Authorization: Bearer KEY` (only on a server started with --api-key-file).",
+    422: "A field of the wrong type or range, a limit exceeded (code limit_exceeded, with `allowed`), an image "
+         "that cannot be read, or a setting the bundle cannot run.",
+    429: "The server's queue is full: retry after `Retry-After` seconds.",
+    500: "The engine failed on this request (code engine_error); the server keeps serving.",
+    503: "The server is shutting down (code draining), or the job was cancelled before it finished.",
+    504: "The request did not finish within the server's request timeout; its job was cancelled.",
+}
+HEADERS = {
+    401: {"WWW-Authenticate": {"description": 'Bearer realm="sdrt"', "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying (draining).", "schema": {"type": "integer"}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` entries of the given error statuses, all with the one error body."""
+    return {code: {"model": ErrorBody, "description": WHEN[code],
+                   **({"headers": HEADERS[code]} if code in HEADERS else {})} for code in codes}
+
+
 def one_line(text: str) -> str:
     """Messages go to clients as one line, whatever an exception's text holds."""
     return " ".join(str(text).split()) or "error"

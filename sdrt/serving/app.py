@@ -8,17 +8,20 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import a1111, openai_api
-from .api_errors import ApiError, one_line
+from .api_errors import ApiError, error_responses, invalid, one_line
 from .auth import BearerAuth
 from .metrics import RequestMetrics, ServeMetrics
 from .model_info import ServedModel
@@ -26,6 +29,7 @@ from .runner import ServerState
 from .settings import ServeSettings
 
 log = logging.getLogger("sdrt.serve")
+STATIC = Path(__file__).with_name("static")  # the playground: plain HTML, CSS and JS, no build step
 HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -49,10 +53,17 @@ def create_app(engine: Any, settings: ServeSettings, model: ServedModel,
                   description="Stable Diffusion serving: AUTOMATIC1111 and OpenAI Images API shapes.")
     app.state.sdrt = state
     _install_error_handlers(app)
-    routers = [a1111.router(state), openai_api.router(state)]
+    routers = [a1111.router(state), openai_api.router(state), _ops_router(state)]
+    # With API keys, every route but /healthz and the playground's page says so in the document: a bearer
+    # security scheme and the 401 answer. The middleware does the checking (404s included).
+    guarded = {"dependencies": [Depends(HTTPBearer(auto_error=False, description="A key from the server's "
+                                                   "--api-key-file."))],
+               "responses": error_responses(401)} if settings.api_keys else {}
     for api in routers:
-        app.include_router(api)
-    _add_ops_routes(app, state)
+        app.include_router(api, **guarded)
+    routers.append(_open_router())
+    app.include_router(routers[-1])
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     paths = {route.path for source in (app, *routers) for route in source.routes if hasattr(route, "path")}
@@ -60,24 +71,41 @@ def create_app(engine: Any, settings: ServeSettings, model: ServedModel,
     return app
 
 
-def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
-    @app.get("/healthz", response_model=Health, tags=["operations"])
+def _open_router() -> APIRouter:
+    """Routes that never need an API key (auth.OPEN_PATHS): liveness, and the playground's page, which asks
+    for the key itself."""
+    api = APIRouter()
+
+    @api.get("/healthz", response_model=Health, tags=["operations"])
     def healthz() -> dict[str, str]:
         """Alive (the process answers). Never needs an API key."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, tags=["operations"],
-             responses={503: {"model": Readiness, "description": "not ready, or draining"}})
+    @api.get("/", response_class=HTMLResponse, tags=["playground"])
+    def playground() -> FileResponse:
+        """The playground: a page to try the bundle from a browser (its scripts and styles under /static)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return api
+
+
+def _ops_router(state: ServerState) -> APIRouter:
+    api = APIRouter(tags=["operations"])
+
+    @api.get("/readyz", response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "Not ready, or draining."}})
     def readyz() -> JSONResponse:
         """Engines loaded and warmed, and not shutting down: 200, else 503."""
         body = {"ready": state.ready, "draining": state.draining}
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    @api.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         data, content_type = state.metrics.render()
         return PlainTextResponse(data, media_type=content_type)
+
+    return api
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -119,6 +147,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body as JSON
+            reason = "not UTF-8 text" if isinstance(exc.__cause__, UnicodeError) else type(exc.__cause__).__name__
+            return _error_response(invalid(f"the request body is not valid JSON ({reason}): send a JSON object, "
+                                           "UTF-8 encoded, with Content-Type: application/json"))
         code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404:

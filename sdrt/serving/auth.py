@@ -14,7 +14,8 @@ from typing import Any, Iterable
 from ..errors import UserError
 from .api_errors import ApiError
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/"})  # liveness, and the playground's page (it asks for the key itself)
+OPEN_PREFIXES = ("/static/",)  # the playground's scripts and styles
 
 
 def read_api_keys(path: Path) -> tuple[str, ...]:
@@ -58,7 +59,7 @@ class BearerAuth:
         self.keys = keys
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope.get("headers", []))

@@ -6,10 +6,12 @@ what one request may cost the server, whatever the bundle could do.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from .api_errors import ApiError
 from .settings import Limits
+
+SchemaHook = Callable[[dict[str, Any]], None]
 
 
 def _refuse(field: str, message: str, low: int, high: int) -> ApiError:
@@ -48,3 +50,15 @@ def check_input_pixels(limits: Limits, field: str, width: int, height: int) -> N
         raise _refuse(field, f"{field} is {width}x{height}, more than the {limits.max_input_pixels:,} pixels this "
                              "server accepts in an uploaded image: scale it down first", 1,
                       limits.max_input_pixels)
+
+
+def shown_in_schema(**bounds: Any) -> SchemaHook:
+    """JSON-schema bounds (maximum, multipleOf, pattern, ...) that /openapi.json shows for a field the server
+    checks itself: the check above, or the runtime's, answers with its own one-line 422, so pydantic does not
+    enforce them twice. On an optional field they go into the non-null branch, where they mean something."""
+
+    def hook(schema: dict[str, Any]) -> None:
+        target = next((branch for branch in schema.get("anyOf", ()) if branch.get("type") != "null"), schema)
+        target.update(bounds)
+
+    return hook

@@ -16,21 +16,24 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
-from .a1111 import ERRORS, IGNORED_HEADER
+from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header, submit
 from .api_errors import ApiError, invalid
-from .image_codec import png_base64
+from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
-from .limits import check_images, check_pixels, check_steps, check_tokens
-from .model_info import sampler_descriptions, schedules
+from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .model_info import ServedModel, sampler_descriptions, schedules
 from .runner import ServerState, Submission
 from .sampler_names import resolve_sampler, resolve_schedule
+from .settings import Limits
 
-SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+SIZE = re.compile(r"^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$")  # more digits than any size: refused as not a size
+DEFAULT_STEPS = 20  # a server allowing fewer defaults to its maximum
+SIZE_PATTERN = r"^\s*([0-9]{1,6}\s*[xX]\s*[0-9]{1,6}|[aA][uU][tT][oO])\s*$"
 
 
 class ImageGenerationRequest(BaseModel):
@@ -46,7 +49,7 @@ class ImageGenerationRequest(BaseModel):
     response_format: str = Field("b64_json", description="b64_json only: sdrt keeps no files to link to.")
     stream: bool = Field(False, description="Server-Sent Events: progress per step, then done (or error).")
     negative_prompt: str | None = None
-    steps: int = Field(20, ge=1)
+    steps: int = Field(DEFAULT_STEPS, ge=1)
     sampler: str = Field("euler", description="sdrt name (GET /v1/models) or A1111 title; a Karras or "
                                               "Exponential suffix sets the schedule.")
     schedule: str | None = Field(None, description="normal, karras, exponential or ays (default normal).")
@@ -56,11 +59,18 @@ class ImageGenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="null or -1: random; image i uses seed + i.")
     temperature: float = Field(1.0, gt=0)
     temperature_method: Literal["tsr", "cns"] = "tsr"
+    init_image: str | None = Field(None, description="Base64 PNG or JPEG to start from (image to image); `size` "
+                                                     "defaults to its size.")
+    mask: str | None = Field(None, description="Base64 mask of the init image's size; white = repaint "
+                                               "(inpainting).")
+    strength: float | None = Field(None, gt=0, le=1, description="How far from the init image: 1 repaints "
+                                                                 "all. Default 0.8, inpainting 1.")
 
 
 class ImageData(BaseModel):
     b64_json: str = Field(description="Base64 PNG with its `parameters` text chunk.")
     seed: int = Field(description="sdrt extra: the image's seed.")
+    parameters: str = Field(description="sdrt extra: the PNG's `parameters` text (A1111's format).")
 
 
 class ImagesResponse(BaseModel):
@@ -112,6 +122,23 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+def request_model(limits: Limits, model: ServedModel) -> type[ImageGenerationRequest]:
+    """This server's request model: its limits and its bundle's sizes shown in /openapi.json."""
+    tokens = f"At most {limits.max_prompt_tokens} CLIP tokens on this server."
+    size = (f'"WIDTHxHEIGHT", e.g. "{model.default_size[1]}x{model.default_size[0]}"; null or "auto": the '
+            f"bundle's default size. Each side {model.min_size}..{model.max_size}, a multiple of "
+            f"{model.size_multiple}; width * height at most {limits.max_pixels} pixels on this server.")
+    return create_model(
+        "ImageGenerationRequest", __base__=ImageGenerationRequest, __module__=__name__,
+        prompt=(str, Field(description=tokens)),
+        negative_prompt=(str | None, Field(None, description=tokens)),
+        n=(int, Field(1, ge=1, json_schema_extra=shown_in_schema(maximum=limits.max_images))),
+        steps=(int, Field(min(DEFAULT_STEPS, limits.max_steps), ge=1,
+                          description=f"Default {DEFAULT_STEPS}, or this server's maximum {limits.max_steps} if lower.",
+                          json_schema_extra=shown_in_schema(maximum=limits.max_steps))),
+        size=(str | None, Field(None, description=size, json_schema_extra=shown_in_schema(pattern=SIZE_PATTERN))))
+
+
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
     if size is None or size.strip().lower() == "auto":
         return None, None
@@ -131,19 +158,23 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
     check_tokens(limits, model.count_tokens, "prompt", body.prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
     width, height = parse_size(body.size)
-    check_pixels(limits, "size", width or model.default_size[1], height or model.default_size[0])
+    init_image = decode_image(body.init_image, "init_image", limits) if body.init_image else None
+    mask = decode_image(body.mask, "mask", limits) if body.mask else None
+    default_w, default_h = init_image.size if init_image is not None else model.default_size[::-1]
+    check_pixels(limits, "size", width or default_w, height or default_h)
     sampler, from_suffix = resolve_sampler(body.sampler, "sampler")
     schedule = from_suffix or resolve_schedule(body.schedule, "schedule")
     return GenerationRequest(
         prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         sampler_options=dict(body.sampler_options), cfg=body.cfg, guidance_rescale=body.guidance_rescale,
         temperature=body.temperature, temperature_method=body.temperature_method,
-        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height)
+        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
+        strength=body.strength)
 
 
 def images_response(result: GenerationResult) -> dict[str, Any]:
     return {"created": int(time.time()),
-            "data": [{"b64_json": png_base64(pixels, text), "seed": seed}
+            "data": [{"b64_json": png_base64(pixels, text), "seed": seed, "parameters": text}
                      for pixels, text, seed in zip(result.images, result.parameters, result.seeds)]}
 
 
@@ -167,24 +198,28 @@ async def stream_events(submission: Submission, http: Request) -> AsyncIterator[
 
 def router(state: ServerState) -> APIRouter:
     api = APIRouter(tags=["OpenAI"])
+    body_model = request_model(state.settings.limits, state.model)
 
-    @api.post("/v1/images/generations", response_model=ImagesResponse, responses={
-        **ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        "description": "JSON, or with stream=true Server-Sent Events: progress, then done or "
-                                       "error."}})
     async def generations(body: ImageGenerationRequest, http: Request, out: Response) -> Any:
         """Generate images (OpenAI's Images API), optionally streaming progress as Server-Sent Events."""
         request = to_request(body, state)
         ignored = sorted(body.model_extra or ())
-        headers = {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}
+        headers = {IGNORED_HEADER: ignored_header(ignored)} if ignored else {}
         submission = Submission(state, [request])
-        await submission.submit()
+        await submit(submission, {"width": "size", "height": "size"})
         if body.stream:
             return StreamingResponse(stream_events(submission, http), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         out.headers.update(headers)
         results = await submission.results(http)
         return images_response(results[0])
+
+    generations.__annotations__["body"] = body_model  # this server's model (the annotation names the base class)
+    api.post("/v1/images/generations", response_model=ImagesResponse, responses={
+        **GENERATION_ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                                   "headers": OK_HEADERS,
+                                   "description": "JSON, or with stream=true Server-Sent Events: progress, then "
+                                                  "done or error."}})(generations)
 
     @api.get("/v1/models", response_model=ModelList)
     def models() -> dict[str, Any]:
