@@ -122,11 +122,15 @@ class PromptEncoder:
         return [self._conditioning(spec, [next(encoded) for _ in range(count)], zero_negative)
                 for spec, (count, zero_negative) in zip(specs, plans)]
 
+    def max_clip_skip(self) -> int:
+        """The largest clip skip every text encoder of the bundle has an output for (1: none beyond the last)."""
+        return min(b.max_clip_skip() for b in self.branches)
+
     def check_clip_skip(self, clip_skip: int) -> None:
         """Refuse a clip skip the bundle's text encoder graphs have no output for."""
         if clip_skip == 1:
             return
-        deepest = min(b.max_clip_skip() for b in self.branches)
+        deepest = self.max_clip_skip()
         if deepest == 1:
             raise UserError(f"--clip-skip {clip_skip} needs the hidden states of earlier text-encoder layers, "
                             "which this bundle lacks (exported by an older sdrt): re-export the model with "

@@ -5,9 +5,11 @@ Requests follow A1111's StableDiffusionProcessing fields and defaults (steps 50,
 512, since a bundle may not take 512. Each of the n_iter iterations is its own job of batch_size images with
 seeds seed + k * batch_size + i, as A1111 numbers them, so the batching loop can interleave them with others.
 
-A1111 clients send many fields sdrt has no use for (enable_hr, restore_faces, styles, override_settings, ...).
-They are accepted and ignored, and named in the `X-Sdrt-Ignored-Fields` response header and in `info`'s
-"ignored_fields", so nothing is dropped unnoticed.
+A1111 clients send many fields sdrt has no use for (enable_hr, restore_faces, styles, ...). They are accepted
+and ignored, and named in the `X-Sdrt-Ignored-Fields` response header and in `info`'s "ignored_fields", so
+nothing is dropped unnoticed. Of `override_settings` sdrt reads CLIP_stop_at_last_layers (A1111's clip skip,
+also accepted as a top-level `clip_skip`); its other keys are named as ignored, e.g.
+"override_settings.sd_model_checkpoint".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..schedulers import REGISTRY
 from .api_errors import ApiError, error_responses, invalid
+from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
 from .model_info import ServedModel, json_number
@@ -42,6 +45,18 @@ A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to i
 
 
 INIT_IMAGES = "Base64 images (a data-URL prefix is accepted); sdrt uses one."
+CLIP_STOP = "CLIP_stop_at_last_layers"
+CLIP_SKIP_EXTRA = f"sdrt extra: override_settings.{CLIP_STOP} as a field; 1 when neither is sent. "
+OVERRIDES = (f"A1111's per-request settings: sdrt reads {CLIP_STOP} (clip skip); other keys are ignored and "
+             "named as override_settings.KEY.")
+
+
+class OverrideSettings(BaseModel):
+    """A1111's override_settings: the one setting sdrt has, clip skip; other keys reported as ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    CLIP_stop_at_last_layers: int | None = Field(None, ge=1, description="Clip skip, A1111 numbering.")
 
 
 class Txt2ImgRequest(BaseModel):
@@ -69,6 +84,8 @@ class Txt2ImgRequest(BaseModel):
     s_tmax: float | None = None
     s_noise: float | None = None
     send_images: bool = True
+    clip_skip: int | None = Field(None, ge=1, description=CLIP_SKIP_EXTRA)
+    override_settings: OverrideSettings | None = Field(None, description=OVERRIDES)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -105,7 +122,20 @@ def ignored_fields(body: Txt2ImgRequest, sampler: str) -> list[str]:
     """Fields sent that this request does not use: unknown ones, and sampler options the sampler lacks."""
     names = set(body.model_extra or ())
     names |= {k for k in SAMPLER_OPTIONS if getattr(body, k) is not None and k not in REGISTRY[sampler].options}
+    if body.override_settings is not None:
+        names |= {f"override_settings.{k}" for k in body.override_settings.model_extra or ()}
     return sorted(names)
+
+
+def clip_skip_of(body: Txt2ImgRequest) -> tuple[int, str]:
+    """(clip skip, the field it came from): override_settings' as A1111 sends it, or the top-level field."""
+    setting = body.override_settings.CLIP_stop_at_last_layers if body.override_settings is not None else None
+    if setting is not None and body.clip_skip is not None and setting != body.clip_skip:
+        raise invalid(f"clip_skip {body.clip_skip} and override_settings.{CLIP_STOP} {setting} disagree: send one "
+                      "of them", "clip_skip")
+    if setting is not None:
+        return setting, f"override_settings.{CLIP_STOP}"
+    return (1 if body.clip_skip is None else body.clip_skip), "clip_skip"
 
 
 def ignored_header(names: list[str]) -> str:
@@ -143,11 +173,14 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     width = body.width or (init_image.size[0] if init_image is not None else default_w)
     height = body.height or (init_image.size[1] if init_image is not None else default_h)
     check_pixels(limits, "width", width, height)
+    clip_skip, source = clip_skip_of(body)
+    check_clip_skip(model, source, clip_skip)
     seed = resolve_seed(body.seed)
     requests = [GenerationRequest(
         prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
-        height=body.height, init_image=init_image, strength=strength, mask=mask, sampler_options=options)
+        height=body.height, init_image=init_image, strength=strength, mask=mask, sampler_options=options,
+        clip_skip=clip_skip)
         for k in range(body.n_iter)]
     return requests, sampler, schedule
 
@@ -164,6 +197,7 @@ def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str
         "width": width, "height": height, "sampler_name": REGISTRY[sampler].title,
         "scheduler": next(label for label, s in SCHEDULER_LABELS.items() if s == schedule),
         "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size, "n_iter": body.n_iter,
+        "clip_skip": clip_skip_of(body)[0],
         "denoising_strength": getattr(body, "denoising_strength", None), "index_of_first_image": 0,
         "infotexts": [text for _, text in images], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "version": f"sdrt {__version__}", "notes": sorted({n for r in results for n in r.notes}),
@@ -189,7 +223,11 @@ def limited_fields(limits: Limits, model: ServedModel) -> dict[str, Any]:
     pixels = f"width * height at most {limits.max_pixels} pixels"
     tokens = f"At most {limits.max_prompt_tokens} CLIP tokens on this server."
     steps = f"A1111's default {A1111_STEPS}, or this server's maximum {limits.max_steps} if lower."
+    overrides = create_model("OverrideSettings", __base__=OverrideSettings, __module__=__name__,
+                             CLIP_stop_at_last_layers=(int | None, clip_skip_field(model, None)))
     return {
+        "clip_skip": (int | None, clip_skip_field(model, None, CLIP_SKIP_EXTRA)),
+        "override_settings": (overrides | None, Field(None, description=OVERRIDES)),
         "prompt": (str, Field("", description=tokens)),
         "negative_prompt": (str, Field("", description=tokens)),
         "steps": (int, Field(min(A1111_STEPS, limits.max_steps), ge=1, description=steps,
@@ -223,15 +261,16 @@ def example_image(side: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def submit(submission: Submission, size_fields: dict[str, str]) -> None:
-    """Submit, naming the request field of the runtime's size refusals: they name the side first ("height 33
-    is not a multiple of 8: use 32 or 40"), and a client (the playground) shows an error beside its field."""
+async def submit(submission: Submission, fields: dict[str, str]) -> None:
+    """Submit, naming the request field of the runtime's refusals by their first words (`fields`: first words
+    -> field): size refusals name the side first ("height 33 is not a multiple of 8: use 32 or 40"), and a
+    client (the playground) shows an error beside its field."""
     try:
         await submission.submit()
     except ApiError as error:
-        side = error.message.split(" ", 1)[0]
-        if error.code == "invalid_request" and error.field is None and side in size_fields:
-            error.field = size_fields[side]
+        if error.code == "invalid_request" and error.field is None:
+            error.field = next((field for start, field in fields.items()
+                                if error.message.startswith(start + " ")), None)
         raise
 
 

@@ -18,11 +18,13 @@ class ServedModel:
     size_multiple: int
     default_size: tuple[int, int]  # (height, width)
     count_tokens: Callable[[str], int]  # CLIP tokens of a prompt, BOS/EOS excluded
+    max_clip_skip: int = 1  # the deepest clip skip (A1111 numbering) the bundle's text encoders have outputs for
 
     @classmethod
     def from_pipeline(cls, pipeline: Any) -> "ServedModel":
         """Read from a loaded sdrt.runtime.Pipeline; the tokenizer is the bundle's own (the first one on SDXL,
-        whose two tokenizers split text alike)."""
+        whose two tokenizers split text alike). Loads the text encoders, which the engine's warm-up does
+        anyway, to learn the deepest clip skip: the request schema shows it."""
         from ..runtime.tokenizer import ClipTokenizer
 
         model = pipeline.model
@@ -30,7 +32,8 @@ class ServedModel:
         return cls(name=pipeline.bundle.root.name, family=model.family, min_size=model.min_size,
                    max_size=model.max_size, size_multiple=max(model.size_multiple, model.vae_scale_factor),
                    default_size=(model.default_size[0], model.default_size[1]),
-                   count_tokens=lambda text: len(tokenizer.token_ids(text)))
+                   count_tokens=lambda text: len(tokenizer.token_ids(text)),
+                   max_clip_skip=pipeline.prompt_encoder.max_clip_skip())
 
 
 def json_number(value: float) -> float | str:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..commands.options import MAX_SEED, resolve_seed
+from ..runtime.outpaint import FILLS
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header, submit
 from .api_errors import ApiError, invalid
+from .features import CLIP_SKIP_HELP, OUTPAINT_REFUSALS, check_clip_skip, check_outpaint, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
@@ -34,6 +36,7 @@ from .settings import Limits
 SIZE = re.compile(r"^\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*$")  # more digits than any size: refused as not a size
 DEFAULT_STEPS = 20  # a server allowing fewer defaults to its maximum
 SIZE_PATTERN = r"^\s*([0-9]{1,6}\s*[xX]\s*[0-9]{1,6}|[aA][uU][tT][oO])\s*$"
+Margin = Annotated[int, Field(ge=0)]
 
 
 class ImageGenerationRequest(BaseModel):
@@ -65,6 +68,14 @@ class ImageGenerationRequest(BaseModel):
                                                "(inpainting).")
     strength: float | None = Field(None, gt=0, le=1, description="How far from the init image: 1 repaints "
                                                                  "all. Default 0.8, inpainting 1.")
+    clip_skip: int = Field(1, ge=1, description=CLIP_SKIP_HELP)
+    prompt_weighting: bool = Field(True, description="Read A1111's emphasis syntax in the prompts: (word:1.2), "
+                                                     "[word], BREAK; false: the text is taken literally.")
+    outpaint: list[Margin] | None = Field(
+        None, min_length=4, max_length=4, description="[left, right, top, bottom] pixels to add around init_image (each rounded up to the "
+                          "size multiple); the canvas sets the size, so no size or mask.")
+    outpaint_fill: Literal[FILLS] = Field("edge", description="The new area before sampling: the border pixels "
+                                                              "repeated, random colours, or the border blurred.")
 
 
 class ImageData(BaseModel):
@@ -136,7 +147,8 @@ def request_model(limits: Limits, model: ServedModel) -> type[ImageGenerationReq
         steps=(int, Field(min(DEFAULT_STEPS, limits.max_steps), ge=1,
                           description=f"Default {DEFAULT_STEPS}, or this server's maximum {limits.max_steps} if lower.",
                           json_schema_extra=shown_in_schema(maximum=limits.max_steps))),
-        size=(str | None, Field(None, description=size, json_schema_extra=shown_in_schema(pattern=SIZE_PATTERN))))
+        size=(str | None, Field(None, description=size, json_schema_extra=shown_in_schema(pattern=SIZE_PATTERN))),
+        clip_skip=(int, clip_skip_field(model, 1)))
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
@@ -162,6 +174,10 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
     mask = decode_image(body.mask, "mask", limits) if body.mask else None
     default_w, default_h = init_image.size if init_image is not None else model.default_size[::-1]
     check_pixels(limits, "size", width or default_w, height or default_h)
+    if body.outpaint is not None:
+        check_outpaint(limits, model, body.outpaint, init_image, mask is not None,
+                       "size" if width is not None else None)
+    check_clip_skip(model, "clip_skip", body.clip_skip)
     sampler, from_suffix = resolve_sampler(body.sampler, "sampler")
     schedule = from_suffix or resolve_schedule(body.schedule, "schedule")
     return GenerationRequest(
@@ -169,7 +185,8 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
         sampler_options=dict(body.sampler_options), cfg=body.cfg, guidance_rescale=body.guidance_rescale,
         temperature=body.temperature, temperature_method=body.temperature_method,
         seed=resolve_seed(body.seed), batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
-        strength=body.strength)
+        strength=body.strength, clip_skip=body.clip_skip, prompt_weighting=body.prompt_weighting,
+        outpaint=tuple(body.outpaint) if body.outpaint is not None else None, outpaint_fill=body.outpaint_fill)
 
 
 def images_response(result: GenerationResult) -> dict[str, Any]:
@@ -206,7 +223,7 @@ def router(state: ServerState) -> APIRouter:
         ignored = sorted(body.model_extra or ())
         headers = {IGNORED_HEADER: ignored_header(ignored)} if ignored else {}
         submission = Submission(state, [request])
-        await submit(submission, {"width": "size", "height": "size"})
+        await submit(submission, {"width": "size", "height": "size", **OUTPAINT_REFUSALS})
         if body.stream:
             return StreamingResponse(stream_events(submission, http), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
