@@ -273,3 +273,30 @@ def test_shipped_model_draws_what_the_prompt_says(demo_run):
         images += result.images
         targets += [target] * 2
     assert adherence(images, targets).all >= 0.85
+
+
+@pytest.mark.slow
+def test_a_cached_bundle_from_an_older_sdrt_is_re_exported(demo_run, tmp_path):
+    """A cache filled by an older sdrt (here: a text encoder without the clip-skip outputs) is exported anew
+    rather than reused, so `--clip-skip` works on the built-in model after an upgrade."""
+    import json
+    import shutil
+
+    from sdrt.tinymodel.demo import bundle_for_builtin
+
+    _, cache = demo_run
+    old_cache = tmp_path / "cache"
+    shutil.copytree(cache, old_cache)
+    (manifest_path,) = old_cache.glob("tinyshapes-*/bundle/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    spec = manifest["components"]["fp32"]["text_encoder"]
+    spec["outputs"] = [t for t in spec["outputs"] if not t["name"].startswith("clip_skip_")]
+    manifest_path.write_text(json.dumps(manifest))
+    said: list[str] = []
+    bundle = bundle_for_builtin(old_cache, said.append)
+    outputs = {t["name"] for t in json.loads((bundle / "manifest.json").read_text())
+               ["components"]["fp32"]["text_encoder"]["outputs"]}
+    assert "clip_skip_2" in outputs
+    assert any(line.startswith("re-exporting (the cached bundle predates this sdrt)") for line in said), said
+    said.clear()
+    assert bundle_for_builtin(old_cache, said.append) == bundle and said == [f"using the cached bundle {bundle}"]

@@ -54,14 +54,30 @@ def bundle_for_builtin(cache: Path | None = None, say: Callable[[str], None] = l
 
     root = (cache or cache_root()) / f"tinyshapes-{weights_digest()}"
     bundle = root / "bundle"
-    if (bundle / MANIFEST_NAME).is_file():
+    if _has_current_layout(bundle):
         say(f"using the cached bundle {bundle}")
         return bundle
+    stale = (bundle / MANIFEST_NAME).is_file()
     say("writing the built-in model as a diffusers folder")
     model = materialize(cache)
-    say(f"exporting {model} to {bundle} (checked against torch on ONNX Runtime)")
-    export_bundle(model, bundle, ExportOptions(precisions=("fp32",)), progress=say)
+    say(f"{'re-exporting (the cached bundle predates this sdrt)' if stale else 'exporting'} {model} to {bundle} "
+        "(checked against torch on ONNX Runtime)")
+    export_bundle(model, bundle, ExportOptions(precisions=("fp32",), overwrite=stale), progress=say)
     return bundle
+
+
+def _has_current_layout(bundle: Path) -> bool:
+    """Whether a cached bundle reads with this sdrt and has what its export writes today (the clip-skip
+    outputs are the newest addition); a bundle from an older sdrt in the cache is re-exported, not kept."""
+    from ..manifest import BundleError, Manifest, clip_skip_output
+
+    if not (bundle / MANIFEST_NAME).is_file():
+        return False
+    try:
+        outputs = {t.name for t in Manifest.load(bundle).component("text_encoder", "fp32").outputs}
+    except BundleError:
+        return False
+    return clip_skip_output(2) in outputs
 
 
 def labelled_grid(rows: list[tuple[str, list[np.ndarray]]]) -> np.ndarray:
