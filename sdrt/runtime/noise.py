@@ -3,7 +3,8 @@
 The documented generator: image i of a batch draws all of its noise from
 `numpy.random.Generator(numpy.random.PCG64(seed_i))` with `standard_normal(shape, dtype=float32)`, in this
 order: the initial latent noise, then the VAE-encoder sample noise (img2img/inpaint: the init image, then
-the masked image for 9-channel inpaint UNets), then every noise the sampler injects, step by step.
+the masked image for 9-channel inpaint UNets; a 9-channel inpaint at strength 1 starts from pure noise and
+encodes only the masked image), then every noise the sampler injects, step by step.
 Because each image owns its stream, image i of a batch with seeds [s, s+1, ...] is the same picture as a
 batch of one with seed s+i, and a picture can be re-made from the seed in its PNG parameters.
 """
