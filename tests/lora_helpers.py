@@ -111,3 +111,36 @@ def fused_weights(model: Path, adapters: list[tuple[Path, float]]) -> tuple[Any,
     changes = {c: {n: (p.detach() - before[c][n]).numpy() for n, p in m.named_parameters()}
                for c, m in components.items()}
     return pipe, changes
+
+
+def to_sgm_names(kohya_file: Path, out: Path, layers: int) -> Path:
+    """Rename a kohya file's UNet keys to the LDM/SGM block names kohya's SDXL trainer writes
+    (`lora_unet_input_blocks_4_1_...`). Covers the ResNet and attention modules make_peft_adapter targets."""
+    import re
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    resnet = {"conv1": "in_layers_2", "conv2": "out_layers_3"}
+
+    def rename(key: str) -> str:
+        stem, dot, suffix = key.partition(".")
+        m = re.match(r"lora_unet_(down|up)_blocks_(\d+)_(resnets|attentions)_(\d+)_(.*)$", stem)
+        mid = re.match(r"lora_unet_mid_block_(resnets|attentions)_(\d+)_(.*)$", stem)
+        if m:
+            side, block, kind, layer, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+            n = block * (layers + 1) + layer + (1 if side == "down" else 0)
+            where = "input_blocks" if side == "down" else "output_blocks"
+            stem = (f"lora_unet_{where}_{n}_0_{resnet[rest]}" if kind == "resnets"
+                    else f"lora_unet_{where}_{n}_1_{rest}")
+        elif mid:
+            kind, layer, rest = mid.group(1), int(mid.group(2)), mid.group(3)
+            stem = (f"lora_unet_middle_block_{2 * layer}_{resnet[rest]}" if kind == "resnets"
+                    else f"lora_unet_middle_block_1_{rest}")
+        return stem + dot + suffix
+
+    with safe_open(str(kohya_file), "pt") as f:
+        tensors = {rename(k): f.get_tensor(k) for k in f.keys()}
+    assert not any("down_blocks" in k or "up_blocks" in k or "mid_block" in k for k in tensors)
+    save_file(tensors, str(out))
+    return out

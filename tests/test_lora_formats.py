@@ -4,6 +4,7 @@ once with scales), closed-form deltas for per-module alphas and LoCon convolutio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,18 @@ def test_lora_package_imports_no_torch() -> None:
     code = f"import sys, {', '.join(modules)}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_kohya_sdxl_ldm_block_names(tiny_model, adapters, tmp_path: Path) -> None:
+    """kohya's SDXL files name UNet modules by LDM blocks (input_blocks_4_1_...): same deltas as diffusers."""
+    from lora_helpers import to_sgm_names
+
+    model = tiny_model("sdxl")
+    layers = json.loads((model / "unet" / "config.json").read_text())["layers_per_block"]
+    sgm = to_sgm_names(adapters["sdxl"][1], tmp_path / "sgm.safetensors", layers)
+    _, changes = fused_weights(model, [(sgm, 0.6)])
+    params = {c: {n: v.shape for n, v in by.items()} for c, by in changes.items()}
+    worst, counts = _compare(changes, adapter_deltas([(read_adapter(sgm), 0.6)], params))
+    print(f"\nPARITY kohya SDXL with LDM block names vs diffusers fuse_lora: max rel diff {worst:.1e}, {counts}")
+    assert worst <= FLOAT32_REL
+    assert counts["unet"] == 104

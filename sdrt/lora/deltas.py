@@ -1,7 +1,7 @@
 """Adapter modules -> the model parameters they change, and the change itself.
 
 A kohya key is a module path with its dots turned into underscores (`down_blocks_0_attentions_0_proj_in`),
-resolved against the model's own parameter names; a PEFT key is the dotted path itself. The delta of one module
+resolved against the model's own parameter names (SDXL files name LDM blocks instead: sgm_names.py); a PEFT key is the dotted path itself. The delta of one module
 is `(up @ down) * (scale * alpha / rank)`, reshaped to the weight (convolutions: [out, in, kh, kw]) - the same
 product and order as PEFT's `get_delta_weight`, which diffusers' `fuse_lora` adds to the weight.
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from .adapter import Adapter, LoraModule
+from .sgm_names import sgm_to_diffusers
 
 # component -> {parameter name: shape}: the torch state at export, the manifest's parameter map at run time.
 ParamShapes = dict[str, dict[str, tuple[int, ...]]]
@@ -51,11 +52,14 @@ def _flat_names(names: Iterable[str]) -> dict[str, str]:
 def _param_name(module: LoraModule, params: ParamShapes, flat: dict[str, dict[str, str]]) -> str | None:
     if module.component not in params:
         return None
+    names = flat[module.component]
     for key in _spellings(module.key):
         if f"{key}.weight" in params[module.component]:
             return f"{key}.weight"
-        if key in flat[module.component]:
-            return flat[module.component][key]
+        if key in names:
+            return names[key]
+    if module.component == "unet":
+        return names.get(sgm_to_diffusers(module.key, names) or "")
     return None
 
 
