@@ -62,17 +62,20 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_parameter_map_places_every_lora_target(tiny_model, tiny_bundle, precision: str) -> None:
+@pytest.mark.parametrize("kind,precision", [("sd1", "fp32"), ("sd1", "fp16"), ("sdxl", "fp32")])
+def test_parameter_map_places_every_lora_target(tiny_model, tiny_bundle, kind: str, precision: str) -> None:
     """Every UNet weight LoRA/LoCon can target (attention q/k/v/out, ff, proj_in/out, ResNet convs, ...: all
     of them) and every text-encoder Linear is found, and the initializer holds exactly that weight."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    bundle, model = tiny_bundle("sd1"), tiny_model("sd1")
+    bundle, model = tiny_bundle(kind), tiny_model(kind)
     mapping = json.loads((bundle / "manifest.json").read_text())["export"]["parameter_map"][precision]
     modules = {"unet": UNet2DConditionModel.from_pretrained(model / "unet"),
                "text_encoder": CLIPTextModel.from_pretrained(model / "text_encoder")}
+    if kind == "sdxl":
+        modules["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(model / "text_encoder_2")
+    assert set(mapping) == set(modules)
     for component, module in modules.items():
         inits = _initializers(bundle / precision / f"{component}.onnx")
         targets = {n: p.detach().numpy() for n, p in module.named_parameters()
