@@ -18,37 +18,38 @@ from lora_helpers import fused_weights, make_peft_adapter, to_kohya
 PROMPT, NEGATIVE = "a photograph of an astronaut riding a horse", "blurry"
 
 
-@pytest.fixture(scope="module")
-def sd1_adapters(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("lora-export")
-    model = tiny_model("sd1")
+def _adapters(model: Path, root: Path, sdxl: bool) -> tuple[Path, Path]:
     peft_file = make_peft_adapter(model, root / "a", seed=11, rank=4, alpha=8.0)
     source = make_peft_adapter(model, root / "b", seed=12, rank=2, alpha=1.0, alpha_pattern=False)
-    return peft_file, to_kohya(source, root / "style.safetensors", sdxl=False)
+    return peft_file, to_kohya(source, root / "style.safetensors", sdxl=sdxl)
 
 
-def test_fused_export_matches_diffusers_fuse_lora(tiny_model, tiny_bundle, sd1_adapters, tmp_path: Path,
-                                                  capsys) -> None:
-    peft_file, kohya_file = sd1_adapters
+@pytest.mark.parametrize("kind,changed", [("sd1", {"unet": 64, "text_encoder": 18}),
+                                          ("sdxl", {"unet": 104, "text_encoder": 18, "text_encoder_2": 18})])
+def test_fused_export_matches_diffusers_fuse_lora(tiny_model, tiny_bundle, tmp_path: Path, capsys, kind: str,
+                                                  changed: dict) -> None:
+    peft_file, kohya_file = _adapters(tiny_model(kind), tmp_path, sdxl=kind == "sdxl")
+    capsys.readouterr()
     out = tmp_path / "bundle"
-    code, _, err = run_cli("export", [str(tiny_model("sd1")), str(out), "--precision", "fp32",
+    code, _, err = run_cli("export", [str(tiny_model(kind)), str(out), "--precision", "fp32",
                                       "--lora", f"{peft_file}:0.7", "--lora", f"{kohya_file}:-1.3"], capsys)
     assert code == 0, err
-    assert "LoRA adapter (peft, 82 modules) fused at scale 0.7" in err
-    assert "LoRA style (kohya, 82 modules) fused at scale -1.3" in err
+    modules = sum(changed.values())
+    assert f"LoRA adapter (peft, {modules} modules) fused at scale 0.7" in err
+    assert f"LoRA style (kohya, {modules} modules) fused at scale -1.3" in err
     record = json.loads((out / "manifest.json").read_text())["export"]["loras"]
     assert [(a["name"], a["sha256"], a["scale"]) for a in record["adapters"]] == [
         ("adapter", hashlib.sha256(peft_file.read_bytes()).hexdigest(), 0.7),
         ("style", hashlib.sha256(kohya_file.read_bytes()).hexdigest(), -1.3)]
-    assert record["weights_changed"] == {"unet": 64, "text_encoder": 18}
+    assert record["weights_changed"] == changed
 
-    reference, _ = fused_weights(tiny_model("sd1"), [(peft_file, 0.7), (kohya_file, -1.3)])
+    reference, _ = fused_weights(tiny_model(kind), [(peft_file, 0.7), (kohya_file, -1.3)])
     latents = latents_for(out, 3)
     ours = sdrt_images(out, PROMPT, NEGATIVE, latents)
-    theirs = diffusers_images(reference, f"{tiny_model('sd1')} lora", "sd1", PROMPT, NEGATIVE, latents)
-    base = sdrt_images(tiny_bundle("sd1"), PROMPT, NEGATIVE, latents)
+    theirs = diffusers_images(reference, f"{tiny_model(kind)} lora", kind, PROMPT, NEGATIVE, latents)
+    base = sdrt_images(tiny_bundle(kind), PROMPT, NEGATIVE, latents)
     diff = max_diff(ours, theirs)
-    print(f"\nPARITY export --lora sd1 (PEFT @0.7 + kohya @-1.3) vs diffusers fuse_lora: max pixel diff "
+    print(f"\nPARITY export --lora {kind} (PEFT @0.7 + kohya @-1.3) vs diffusers fuse_lora: max pixel diff "
           f"{diff * 255:.3f}/255; vs no adapter {max_diff(ours, base) * 255:.1f}/255")
     assert diff <= PIXEL_TOL
     assert max_diff(ours, base) > 5 * PIXEL_TOL  # the adapters really change the images
