@@ -29,7 +29,7 @@ def parse_lora_options(values: tuple[str, ...] | list[str]) -> list[LoraOption]:
     options = [LoraOption(*parse_lora_option(v)) for v in values]
     seen: list[Path] = []
     for option in options:
-        key = option.path.absolute()
+        key = option.path.resolve()
         if key in seen:
             raise UserError(f"LoRA {option.path.name} is given twice: pass each adapter once, with the scale you want")
         seen.append(key)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..export.checkpoint_file import refuse_pickle
+from ..pickle_files import refuse_pickle
 
 _DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
 _MAX_HEADER = 256 * 1024 * 1024
