@@ -53,6 +53,9 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
               help="A VAE .safetensors (LDM or diffusers layout) replacing the checkpoint's VAE.")
 @click.option("--embedding", "embeddings", multiple=True, metavar="NAME=FILE",
               help="A textual-inversion .safetensors embedding, used in prompts as NAME (repeatable).")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="A LoRA .safetensors (kohya or diffusers/PEFT keys) fused into the weights at SCALE "
+                   "(default 1; repeatable). See docs/lora.md.")
 @click.option("--min-size", type=int, default=None, metavar="PIXELS",
               help="Smallest image side the bundle accepts (a multiple of the VAE scale factor, 8 for SD; "
                    "default: derived from the UNet's sample size, e.g. 128 for SD 1.5).")
@@ -63,20 +66,22 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
               help="Replace OUT if it is an sdrt bundle (only once the new bundle passed; never another folder).")
 def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
            cleanup: str, config: str | None, prediction_type: str | None, vae: str | None,
-           embeddings: tuple[str, ...], min_size: int | None, max_size: int | None, overwrite: bool) -> None:
+           embeddings: tuple[str, ...], loras: tuple[str, ...], min_size: int | None, max_size: int | None, overwrite: bool) -> None:
     """Export MODEL (a single-file .safetensors checkpoint or a diffusers folder) to the ONNX bundle folder
     OUT, checking every graph against torch on ONNX Runtime CPU."""
     from pathlib import Path
 
     from ..export.bundle import ExportOptions, export_bundle
     from ..export.embeddings import parse_embedding_options
+    from ..export.lora_fusion import parse_lora_options
     from ..export.quiet import quiet_third_party
 
     options = ExportOptions(precisions=PRECISION_CHOICES[precision], opset=opset,
                             components=_parse_components(components), fp32_vae=fp32_vae, cleanup=cleanup,
                             config=Path(config) if config else None, overwrite=overwrite, min_size=min_size,
                             max_size=max_size, prediction_type=prediction_type,
-                            vae=Path(vae) if vae else None, embeddings=parse_embedding_options(embeddings))
+                            vae=Path(vae) if vae else None, embeddings=parse_embedding_options(embeddings),
+                            loras=parse_lora_options(loras))
     with quiet_third_party():
         manifest = export_bundle(model, out, options, progress=_progress())
     for prec, comps in manifest.components.items():

@@ -25,7 +25,9 @@ from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
 from .gate import THRESHOLDS, check_graph, torch_references
 from .embeddings import EXPANSIONS_FILE, EmbeddingOption, add_embeddings, check_embedding_files
 from .loading import SourceModel, load_source_model
+from .lora_fusion import LoraOption, check_lora_files, fuse_loras, lora_modules
 from .onnx_files import load_model, save_model
+from .param_map import parameter_map
 from .output_folder import check_output_folder, check_replaceable
 from .precision import to_mixed_fp16
 from .shapes import default_latent_size, gate_cases, trace_case
@@ -54,6 +56,7 @@ class ExportOptions:
     prediction_type: str | None = None  # override the checkpoint's (SD 2.x v-models look like epsilon ones)
     vae: Path | None = None  # a VAE .safetensors (LDM or diffusers layout) replacing the checkpoint's
     embeddings: list[EmbeddingOption] = field(default_factory=list)  # textual inversions baked in
+    loras: list[LoraOption] = field(default_factory=list)  # adapters fused into the weights before tracing
     thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in THRESHOLDS.items()})
 
 
@@ -65,8 +68,9 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
     _check_options(options)
     inputs = {"the model": model, "the --config folder": options.config, "the --vae file": options.vae}
     inputs.update({f"the embedding {e.name}": e.path for e in options.embeddings})
+    inputs.update({f"the LoRA {o.path.name}": o.path for o in options.loras})
     check_output_folder(out, options.overwrite, inputs)
-    _check_input_files(model, options)
+    adapters = _check_input_files(model, options)
     out = Path(out).absolute()
     remove_stale_partials(out, say)
     with sigterm_raises() as guard:
@@ -74,7 +78,7 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
         try:
             say(f"loading {model}")
             source = load_source_model(model, options.config, options.prediction_type, options.vae is not None, say)
-            _customise(source, options, say)
+            _customise(source, options, adapters, say)
             manifest = _build(source, staging, options, say)
             release_staging(staging)
             with guard.deferred():
@@ -101,18 +105,19 @@ def _check_options(options: ExportOptions) -> None:
         raise UserError(f"unknown prediction type {options.prediction_type!r}: choose {' or '.join(PREDICTION_TYPES)}")
 
 
-def _check_input_files(model: str | os.PathLike, options: ExportOptions) -> None:
-    """Pickles refused, --vae and --embedding files readable and of the right kind, before the (slow) model
-    load and before anything is written."""
+def _check_input_files(model: str | os.PathLike, options: ExportOptions) -> list:
+    """Pickles refused, --vae, --embedding and --lora files readable and of the right kind, before the (slow)
+    model load and before anything is written. Returns the adapters read."""
     if Path(model).is_file():
         refuse_pickle(Path(model), "checkpoint")
     if options.vae is not None:
         vae_layout(Path(options.vae))
     check_embedding_files(options.embeddings)
+    return check_lora_files(options.loras)
 
 
-def _customise(source: SourceModel, options: ExportOptions, say: Progress) -> None:
-    """--vae and --embedding, applied to the loaded modules before anything is traced."""
+def _customise(source: SourceModel, options: ExportOptions, adapters: list, say: Progress) -> None:
+    """--vae, --embedding and --lora, applied to the loaded modules before anything is traced."""
     if options.vae is not None:
         source.replaced_vae = swap_vae(source.vae, Path(options.vae), source.family)
         say(f"VAE replaced by {Path(options.vae).name} ({source.replaced_vae['layout']} layout)")
@@ -120,6 +125,8 @@ def _customise(source: SourceModel, options: ExportOptions, say: Progress) -> No
         source.embeddings, source.prompt_expansions = add_embeddings(source, options.embeddings)
         for record in source.embeddings:
             say(f"embedding {record['name']}: {record['vectors']} vector(s), tokens {' '.join(record['tokens'])}")
+    if options.loras:
+        source.loras = fuse_loras(source, options.loras, adapters, say)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -147,11 +154,14 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
     checked_at = gate_cases(source)
     components: dict[str, dict[str, ComponentSpec]] = {p: {} for p in options.precisions}
     graph_stats: dict[str, Any] = {}
+    param_maps: dict[str, dict[str, Any]] = {p: {} for p in options.precisions}
     for index, graph in enumerate(graphs, 1):
         tag = f"[{index}/{len(graphs)}] {graph.name}"
         specs, stats = _export_component(graph, source, root, options, fp32_vae and graph.is_vae, tag, say)
         for precision, spec in specs.items():
             components[precision][graph.name] = spec
+        for precision, mapping in stats.pop("parameter_map", {}).items():
+            param_maps[precision][graph.name] = mapping
         graph_stats[graph.name] = stats
     shutil.rmtree(root / ".scratch", ignore_errors=True)
 
@@ -179,7 +189,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
             "(fp16 graphs cast at their edges); input_ids int32",
             "size_range": sizes.source, "trace_shape": traced_at.describe(),
             "gate_shapes": [c.describe() for c in checked_at],
-            "thresholds": options.thresholds, "graphs": graph_stats, "tokenizers": tokenizer_info,
+            "thresholds": options.thresholds, "graphs": graph_stats, "parameter_map": param_maps, "tokenizers": tokenizer_info,
             **_customisations(source),
             "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 2),
@@ -199,6 +209,8 @@ def _customisations(source: SourceModel) -> dict[str, Any]:
         records["source"] = source.origin
     if source.replaced_vae:
         records["vae"] = source.replaced_vae
+    if source.loras:
+        records["loras"] = source.loras
     if source.embeddings:
         records["embeddings"] = source.embeddings
         records["prompt_expansions"] = source.prompt_expansions
@@ -225,6 +237,8 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
     del traced
     shutil.rmtree(scratch, ignore_errors=True)
     stats["nodes"] = len(model32.graph.node)
+    torch_module = lora_modules(source).get(graph.name)
+    maps = stats["parameter_map"] = {}
     say(f"{tag}: {options.cleanup} cleanup {stats['traced_nodes']} -> {stats['nodes']} nodes")
 
     say(f"{tag}: torch reference at {', '.join(c.describe() for c in gate_cases(source))}")
@@ -237,6 +251,8 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
         external = save_model(model32, base)
         accuracy = _gate(base, graph, refs, "fp32", options, tag, say)
         spec = _spec(graph, base, root, external, accuracy, "fp32")
+        if torch_module is not None:
+            maps["fp32"] = parameter_map(model32, torch_module)
         if "fp32" in options.precisions:
             specs["fp32"] = spec
         if keep_fp32 and "fp16" in options.precisions:
@@ -246,6 +262,8 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
         model16 = to_mixed_fp16(model32)
         del model32  # the fp32 proto is saved already; free it before the fp16 gate (GBs at full size)
         stats["fp16_nodes"] = len(model16.graph.node)
+        if torch_module is not None:
+            maps["fp16"] = parameter_map(model16, torch_module)
         path16 = root / "fp16" / f"{graph.name}.onnx"
         external = save_model(model16, path16)
         del model16

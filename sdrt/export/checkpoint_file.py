@@ -14,18 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..pickle_files import PICKLE_SUFFIXES, refuse_pickle  # noqa: F401  (re-exported)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _MAX_HEADER = 256 * 1024 * 1024  # a safetensors header is JSON; SDXL's is ~200 KiB
-
-
-def refuse_pickle(path: Path, what: str) -> None:
-    """One-line refusal for pickle files, before any byte of them is read."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UserError(
-            f"{what} {path.name} is a pickle file ({path.suffix}), which sdrt never opens because unpickling can "
-            "run arbitrary code: convert it to .safetensors with a tool you trust (e.g. the safetensors "
-            "converter of your UI) and pass that file")
 
 
 def read_shapes(path: Path, what: str) -> dict[str, tuple[int, ...]]:

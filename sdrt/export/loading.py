@@ -39,6 +39,7 @@ class SourceModel:
     replaced_vae: dict[str, Any] | None = None  # --vae: the file that replaced the VAE weights
     embeddings: list[dict[str, Any]] = field(default_factory=list)  # --embedding records
     prompt_expansions: dict[str, str] = field(default_factory=dict)  # multi-vector NAME -> "NAME NAME_1 ..."
+    loras: dict[str, Any] | None = None  # --lora: the adapters fused in (lora_fusion.py)
 
     @property
     def is_sdxl(self) -> bool:
