@@ -48,3 +48,18 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[
         return cache[kind]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_bundle: Callable[[str], Path]) -> Callable[[str], object]:
+    """`pipelines(kind)` -> an ort-cpu Pipeline on `tiny_bundle(kind)`, loaded once per test module."""
+    from sdrt.runtime import Pipeline
+
+    cache: dict[str, Pipeline] = {}
+
+    def get(kind: str) -> Pipeline:
+        if kind not in cache:
+            cache[kind] = Pipeline.load(str(tiny_bundle(kind)))
+        return cache[kind]
+
+    return get

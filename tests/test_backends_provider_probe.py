@@ -3,8 +3,6 @@ CUDAExecutionProvider even when its CUDA/cuDNN libraries are missing, and a sess
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 

@@ -18,26 +18,14 @@ from PIL import Image
 
 import cli_helpers
 from sdrt.manifest import Manifest, sha256_file
-from sdrt.runtime import GenerationRequest, Pipeline
+from sdrt.runtime import GenerationRequest
 
-from runtime_reference import Queue, load_pipeline, run_diffusers
+from runtime_reference import load_pipeline, run_diffusers
 from test_runtime_parity import compare, latent_shape
 
 PROMPT = "a photograph of an astronaut riding a horse"
 NEGATIVE = "blurry, low quality"
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def pipelines(tiny_bundle):
-    cache: dict[str, Pipeline] = {}
-
-    def get(kind: str) -> Pipeline:
-        if kind not in cache:
-            cache[kind] = Pipeline.load(str(tiny_bundle(kind)))
-        return cache[kind]
-
-    return get
 
 
 @pytest.fixture

@@ -63,18 +63,6 @@ def test_parser_syntax(prompt: str, expected: list[list]) -> None:
 
 
 # ---- encoding ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipelines(tiny_bundle):
-    cache: dict[str, Pipeline] = {}
-
-    def get(kind: str) -> Pipeline:
-        if kind not in cache:
-            cache[kind] = Pipeline.load(str(tiny_bundle(kind)))
-        return cache[kind]
-
-    return get
-
-
 def hf_ids(folder: Path, name: str, texts: list[str]) -> np.ndarray:
     """Token windows from transformers' CLIPTokenizer (one 77-token window per text, truncated)."""
     from transformers import CLIPTokenizer

@@ -29,18 +29,6 @@ def need(*samplers: str) -> None:
     assert not missing, f"sampler(s) {missing} are not registered"
 
 
-@pytest.fixture(scope="module")
-def pipelines(tiny_bundle):
-    cache: dict[str, Pipeline] = {}
-
-    def get(kind: str) -> Pipeline:
-        if kind not in cache:
-            cache[kind] = Pipeline.load(str(tiny_bundle(kind)))
-        return cache[kind]
-
-    return get
-
-
 def latent_shape(pipe: Pipeline, batch: int, size: int = 64) -> tuple[int, ...]:
     f = pipe.model.vae_scale_factor
     return (batch, pipe.model.latent_channels, size // f, size // f)

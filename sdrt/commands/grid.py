@@ -44,8 +44,6 @@ def grid(bundle: Path, prompt: str, x_axis: str | None, y_axis: str | None, z_ax
          json_path: Path | None, score: bool, zoom: int | None, max_batch: int, quiet: bool, **options) -> None:
     """Draw an X/Y/Z grid of PROMPT over settings such as steps, sampler, cfg, temperature, seed and size."""
     from ..errors import UserError
-    from ..runtime import Pipeline
-    from ..runtime.cpu_policy import spin_for_this_machine
     from ..runtime.images import png_bytes
     from ..tools.grid import grid_record, make_grid
     from ..tools.grid_axes import parse_axis
@@ -63,11 +61,7 @@ def grid(bundle: Path, prompt: str, x_axis: str | None, y_axis: str | None, z_ax
                                             for i in range(pictures)]
     json_path = json_path or output.with_suffix(".json")
     check_outputs([*paths, json_path])
-    spin_choice = spin_for_this_machine(options["spin"], options["threads"])
-    engines = options["engines_dir"]
-    pipe = Pipeline.load(str(bundle), backend=options["backend"], precision=options["precision"],
-                         threads=options["threads"], verify=options["verify"],
-                         engines_dir=str(engines) if engines else None, spin=spin_choice.spin)
+    pipe = load_pipeline(bundle, options)
     started = time.perf_counter()
 
     def done(finished: int, total: int) -> None:
@@ -91,6 +85,18 @@ def grid(bundle: Path, prompt: str, x_axis: str | None, y_axis: str | None, z_ax
     if scored:
         summary += f"; adherence {sum(bool(s['all']) for s in scored)}/{len(scored)} cells match the prompt"
     click.echo(summary)
+
+
+def load_pipeline(bundle: Path, options: dict):
+    """The Pipeline for generate's engine options (--backend, --precision, --threads, --spin, --verify, ...)."""
+    from ..runtime import Pipeline
+    from ..runtime.cpu_policy import spin_for_this_machine
+
+    spin_choice = spin_for_this_machine(options["spin"], options["threads"])
+    engines = options["engines_dir"]
+    return Pipeline.load(str(bundle), backend=options["backend"], precision=options["precision"],
+                         threads=options["threads"], verify=options["verify"],
+                         engines_dir=str(engines) if engines else None, spin=spin_choice.spin)
 
 
 def base_request(prompt: str, options: dict):

@@ -49,12 +49,10 @@ def interpolate(bundle: Path, prompt_from: str | None, prompt_to: str | None, se
                 frames: int, ease: str, duration: int, quality: int, output: Path, frames_dir: Path | None,
                 max_batch: int, quiet: bool, **options) -> None:
     """Animate from one prompt and seed to another (or through keyframes) by interpolating noise and text."""
-    from ..runtime import Pipeline
-    from ..runtime.cpu_policy import spin_for_this_machine
     from ..runtime.images import png_bytes
     from ..tools.animation import animation_bytes, check_format
     from ..tools.frames import make_frames
-    from .grid import base_request
+    from .grid import base_request, load_pipeline
     from .output_files import check_outputs, write_all
 
     check_format(output)
@@ -63,11 +61,7 @@ def interpolate(bundle: Path, prompt_from: str | None, prompt_to: str | None, se
     base = base_request("", {**options, "seed": 0})
     frame_paths = [] if frames_dir is None else [frames_dir / f"frame-{i + 1:04d}.png" for i in range(frames)]
     check_outputs([output, *frame_paths])
-    spin_choice = spin_for_this_machine(options["spin"], options["threads"])
-    engines = options["engines_dir"]
-    pipe = Pipeline.load(str(bundle), backend=options["backend"], precision=options["precision"],
-                         threads=options["threads"], verify=options["verify"],
-                         engines_dir=str(engines) if engines else None, spin=spin_choice.spin)
+    pipe = load_pipeline(bundle, options)
     started = time.perf_counter()
 
     def done(finished: int, total: int) -> None:

@@ -26,7 +26,7 @@ from .gate import THRESHOLDS, check_graph, torch_references
 from .embeddings import EXPANSIONS_FILE, EmbeddingOption, add_embeddings, check_embedding_files
 from .loading import SourceModel, load_source_model
 from .lora_fusion import LoraOption, check_lora_files, fuse_loras, lora_modules
-from .onnx_files import load_model, save_model
+from .onnx_files import save_model
 from .param_map import parameter_map
 from .output_folder import check_output_folder, check_replaceable
 from .precision import to_mixed_fp16
