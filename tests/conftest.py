@@ -63,3 +63,12 @@ def pipelines(tiny_bundle: Callable[[str], Path]) -> Callable[[str], object]:
         return cache[kind]
 
     return get
+
+
+@pytest.fixture()
+def client(served):
+    """An httpx client on the module's `served` server (tests/serving_adapter.py `running_server`)."""
+    import httpx
+
+    with httpx.Client(base_url=served.url, timeout=120) as c:
+        yield c

@@ -5,11 +5,15 @@ No mocks: the images are the Pipeline's.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import io
 import threading
 import time
 from typing import Iterator
+
+from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
 from sdrt.runtime.request import GenerationRequest
@@ -114,3 +118,18 @@ def gated_unet(pipeline: Pipeline) -> Iterator[GatedEngine]:
     finally:
         gate.open()
         pipeline._engines["unet"] = inner
+
+
+def png(b64: str) -> Image.Image:
+    """A base64 PNG from a response, decoded (and checked to be a PNG)."""
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+def b64png(image: Image.Image, prefix: str = "") -> str:
+    """An image as a request sends it: base64 PNG, after `prefix` (e.g. a data-URL header)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return prefix + base64.b64encode(buffer.getvalue()).decode()

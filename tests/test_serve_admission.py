@@ -36,12 +36,6 @@ def served(pipe):
         yield server
 
 
-@pytest.fixture()
-def client(served):
-    with httpx.Client(base_url=served.url, timeout=120) as c:
-        yield c
-
-
 def error_of(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, r.text
     body = r.json()

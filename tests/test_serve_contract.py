@@ -54,12 +54,6 @@ def document(served) -> dict:
     return r.json()
 
 
-@pytest.fixture()
-def client(served):
-    with httpx.Client(base_url=served.url, timeout=120) as c:
-        yield c
-
-
 def png_parameters(b64: str) -> str:
     return Image.open(io.BytesIO(base64.b64decode(b64))).info["parameters"]
 

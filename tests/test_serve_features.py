@@ -6,8 +6,6 @@ same settings on the tiny SD1 bundle, whose text encoder has clip-skip outputs u
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import httpx
@@ -17,7 +15,7 @@ from PIL import Image
 
 from sdrt.runtime import GenerationRequest, Pipeline
 from sdrt.serving.settings import Limits, ServeSettings
-from serving_adapter import running_server
+from serving_adapter import b64png, png, running_server
 
 LIMITS = Limits(max_steps=4, max_images=2, max_pixels=64 * 64, max_prompt_tokens=40, max_input_pixels=64 * 64)
 TINY = {"steps": 2, "seed": 11}
@@ -33,24 +31,6 @@ def pipe(tiny_bundle) -> Pipeline:
 def served(pipe):
     with running_server(pipe, ServeSettings(limits=LIMITS)) as server:
         yield server
-
-
-@pytest.fixture()
-def client(served):
-    with httpx.Client(base_url=served.url, timeout=120) as c:
-        yield c
-
-
-def png(b64: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
-
-
-def b64png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def difference(image: Image.Image, pixels: np.ndarray) -> int:

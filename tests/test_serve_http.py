@@ -3,8 +3,6 @@ listings, and /metrics. The server runs in-process on a free port with the tiny 
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sdrt.runtime import GenerationRequest, Pipeline
-from serving_adapter import running_server
+from serving_adapter import b64png, png, running_server
 
 TITLES = ["DDIM", "DDPM", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "Euler", "Euler a", "Heun", "LCM", "LMS",
           "PLMS", "UniPC"]
@@ -30,25 +28,6 @@ def pipe(tiny_bundle) -> Pipeline:
 def served(pipe):
     with running_server(pipe) as server:
         yield server
-
-
-@pytest.fixture()
-def client(served):
-    with httpx.Client(base_url=served.url, timeout=120) as c:
-        yield c
-
-
-def png(b64: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    assert image.format == "PNG"
-    return image
-
-
-def b64png(image: Image.Image, prefix: str = "") -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return prefix + base64.b64encode(buffer.getvalue()).decode()
 
 
 def close_to(image: Image.Image, pixels: np.ndarray) -> bool:
