@@ -98,6 +98,9 @@ def session(path: Path, threads: int, profile_prefix: str | None = None):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    # No spin-waiting: then process CPU time counts work only, a steadier figure than wall time on a busy
+    # machine (sdrt turns spinning off there too: sdrt/runtime/cpu_policy.py).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -133,15 +136,17 @@ def time_alternating(paths: dict[str, Path], feeds: dict, threads: int, rounds: 
     sessions = {k: session(p, threads) for k, p in paths.items()}
     outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}  # warm-up
     times: dict[str, list[float]] = {k: [] for k in paths}
+    cpu: dict[str, list[float]] = {k: [] for k in paths}
     for r in range(rounds):
         order = list(paths) if r % 2 == 0 else list(reversed(paths))
         for k in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sessions[k].run(None, feeds)
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     a, b = outs["unfused"], outs["fused"]
     rel = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
-    return {k: statistics.median(v) for k, v in times.items()} | {"all_s": times}, rel
+    return {k: statistics.median(v) for k, v in times.items()} | {"all_s": times, "cpu_s": cpu}, rel
 
 
 def fastest(row: dict) -> dict[str, float]:
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "sdrt-profile-ort")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="timings only")
     parser.add_argument("--cases", default=",".join(f"{c}@{s}" for c, s, _ in CASES))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "profile_ort.json")
     args = parser.parse_args()
@@ -173,11 +179,14 @@ def main() -> None:
             feeds = feeds_for(session(unfused, 1), side, batch)
             load = os.getloadavg()[0]
             medians, rel = time_alternating(paths, feeds, args.threads, args.rounds)
-            profiles = {k: profile(p, feeds, args.threads, tmp) for k, p in paths.items()}
+            profiles = ({k: profile(p, feeds, args.threads, tmp) for k, p in paths.items()} if args.profile
+                        else {k: {} for k in paths})
             row = {"component": component, "size": f"{side}x{side}", "batch": batch, "threads": args.threads,
                    "fusions": counts, "load_avg_1min": load, "median_s": {k: medians[k] for k in paths},
                    "all_s": medians["all_s"], "speedup": medians["unfused"] / medians["fused"],
                    "speedup_of_fastest": min(medians["all_s"]["unfused"]) / min(medians["all_s"]["fused"]),
+                   "cpu_s": medians["cpu_s"], "cpu_median_s": {k: statistics.median(v) for k, v in medians["cpu_s"].items()},
+                   "cpu_speedup": statistics.median(medians["cpu_s"]["unfused"]) / statistics.median(medians["cpu_s"]["fused"]),
                    "fused_vs_unfused_rel": rel, "profile_ms": profiles,
                    "groups_ms": {k: grouped(v) for k, v in profiles.items()}}
             rows.append(row)
@@ -196,8 +205,12 @@ def print_row(row: dict) -> None:
     m = row["median_s"]
     print(f"\n{row['component']} {row['size']} batch {row['batch']}, {row['threads']} threads, load "
           f"{row['load_avg_1min']:.2f}: unfused {m['unfused']:.3f} s, fused {m['fused']:.3f} s "
-          f"({row['speedup']:.2f}x; fastest {row['speedup_of_fastest']:.2f}x), fused vs unfused rel {row['fused_vs_unfused_rel']:.1e}, {row['fusions']}")
+          f"({row['speedup']:.2f}x; fastest {row['speedup_of_fastest']:.2f}x; process CPU time "
+          f"{row['cpu_median_s']['unfused']:.3f} vs {row['cpu_median_s']['fused']:.3f} s, {row['cpu_speedup']:.2f}x), "
+          f"fused vs unfused rel {row['fused_vs_unfused_rel']:.1e}, {row['fusions']}")
     groups = row["groups_ms"]
+    if not any(row["profile_ms"].values()):
+        return
     totals = {k: sum(v.values()) for k, v in groups.items()}
     print(f"  {'operator group':34s} {'unfused ms':>11s} {'%':>6s} {'fused ms':>10s} {'%':>6s}")
     for g in groups["unfused"]:

@@ -136,3 +136,15 @@ def test_no_fuse_keeps_standard_onnx(tiny_model, tmp_path) -> None:
     graph = onnx.load(str(out / "fp32" / "vae_decoder.onnx"))
     assert "Softmax" in {n.op_type for n in graph.graph.node}
     assert MHA not in {n.op_type for n in graph.graph.node}
+
+
+def test_manifest_fusions_is_optional_and_checked() -> None:
+    from sdrt.manifest import BundleError, ComponentSpec
+
+    entry = {"file": "fp32/unet.onnx", "inputs": [], "outputs": []}
+    assert ComponentSpec.from_dict(entry).fusions == {}  # bundles exported before fusion existed
+    assert ComponentSpec.from_dict({**entry, "fusions": {MHA: 16}}).fusions == {MHA: 16}
+    with pytest.raises(BundleError) as err:
+        ComponentSpec.from_dict({**entry, "fusions": {MHA: -1}})
+    assert str(err.value) == ("bundle manifest field fusions.MultiHeadAttention: must be at least 0, got -1: "
+                              "re-export the model (sdrt export)")
