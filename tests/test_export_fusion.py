@@ -125,14 +125,16 @@ def test_fused_vae_kept_fp32_in_the_fp16_set_gets_its_own_standard_graph(tiny_mo
     assert fp16.accuracy["passed"] is True
 
 
-def test_no_fuse_keeps_standard_onnx(tiny_model, tmp_path) -> None:
-    from sdrt.export.bundle import ExportOptions, export_bundle
+def test_no_fuse_keeps_standard_onnx(tiny_model, tmp_path, capsys) -> None:
+    from cli_helpers import run_cli
 
     out = tmp_path / "bundle"
-    manifest = export_bundle(tiny_model("sd1"), out, ExportOptions(precisions=("fp32",), components=["vae_decoder"],
-                                                                   fuse=False))
-    assert manifest.components["fp32"]["vae_decoder"].fusions == {}
-    assert manifest.export["fuse"] is False
+    code, _, _ = run_cli("export", [str(tiny_model("sd1")), str(out), "--precision", "fp32", "--components",
+                                    "vae_decoder", "--no-fuse"], capsys)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["components"]["fp32"]["vae_decoder"]["fusions"] == {}
+    assert manifest["export"]["fuse"] is False
     graph = onnx.load(str(out / "fp32" / "vae_decoder.onnx"))
     assert "Softmax" in {n.op_type for n in graph.graph.node}
     assert MHA not in {n.op_type for n in graph.graph.node}
