@@ -57,12 +57,12 @@ def fuse_attention(model: Any) -> tuple[dict[str, int], list]:
         return {}, []
     from onnx import helper
 
-    replaced = {}
+    replaced = {}  # by output name: unique in a valid graph, unlike node names
     for i, (q, k, v, heads, scale, out_node) in enumerate(fused):
-        replaced[out_node.name] = helper.make_node(
+        replaced[out_node.output[0]] = helper.make_node(
             MHA, [q, k, v], list(out_node.output), name=f"{out_node.name}/sdrt_mha_{i}", domain=CONTRIB_DOMAIN,
             num_heads=heads, scale=scale)
-    _replace(model.graph.node, [replaced.get(n.name, n) for n in model.graph.node])
+    _replace(model.graph.node, [replaced.get(n.output[0], n) if n.output else n for n in model.graph.node])
     if not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     return {MHA: len(fused)}, remove_dead_nodes(model)
@@ -71,6 +71,8 @@ def fuse_attention(model: Any) -> tuple[dict[str, int], list]:
 def remove_dead_nodes(model: Any) -> list:
     """Drop nodes whose outputs nothing reads (the unfused attention's remains), then unused initializers;
     returns copies of the initializers dropped."""
+    from .onnx_files import _subgraph_inputs
+
     g = model.graph
     needed = {o.name for o in g.output}
     keep = []
@@ -78,6 +80,7 @@ def remove_dead_nodes(model: Any) -> list:
         if any(o in needed for o in node.output if o):
             keep.append(node)
             needed.update(i for i in node.input if i)
+            needed.update(_subgraph_inputs(node))  # names an If / Loop body reads from the outer graph
     keep.reverse()
     if len(keep) != len(g.node):
         _replace(g.node, keep)
