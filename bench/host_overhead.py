@@ -7,7 +7,8 @@ the engine's bound buffers. Two measurements:
 2. `stub`: the same loop at production latent sizes (SD 512 px: 64x64 latents, SDXL 1024 px: 128x128) with a
    UNet stub that returns a fixed array instantly, so everything measured is host work.
 
-    python bench/host_overhead.py [--bundle PATH] [--steps 20] [--repeats 5] [--json bench/results/host_overhead.json]
+    python bench/host_overhead.py [--bundle PATH] [--size 512] [--steps 20] [--repeats 5] [--threads 0]
+                                  [--json bench/results/host_overhead.json]
 
 Without --bundle a tiny SD1 bundle is exported to a temporary folder (needs the export extra: torch, diffusers).
 """
@@ -40,14 +41,14 @@ def tiny_bundle(workdir: Path) -> Path:
     return out
 
 
-def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int, spin: bool) -> list[dict]:
+def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int, spin: bool, size: int | None = None) -> list[dict]:
     from sdrt.runtime import GenerationRequest, Pipeline
 
     pipe = Pipeline.load(str(bundle), threads=threads, spin=spin)
     rows = []
     for sampler in SAMPLERS:
         request = GenerationRequest("a lighthouse at dusk", negative="blurry", steps=steps, sampler=sampler,
-                                    cfg=7.0, seed=1)
+                                    cfg=7.0, seed=1, width=size, height=size)
         pipe.generate(request)  # warm-up: sessions, bindings, first-call allocations
         overheads, unet_calls_ms, loops = [], [], []
         for _ in range(repeats):
@@ -55,12 +56,20 @@ def bench_bundle(bundle: Path, steps: int, repeats: int, threads: int, spin: boo
             overheads.append(t.host_overhead_per_step * 1e6)
             unet_calls_ms.append(t.unet / t.unet_calls * 1e3)
             loops.append(t.loop / t.steps * 1e3)
-        rows.append({"mode": "bundle" if spin else "nospin", "sampler": sampler, "latent": "x".join(map(str, _latent(pipe))),
+        side = size // pipe.model.vae_scale_factor if size else None
+        rows.append({"mode": "bundle" if spin else "nospin", "sampler": sampler,
+                     "latent": f"{side}x{side}" if side else "x".join(map(str, _latent(pipe))),
                      "batch": 1, "cfg": True, "steps": steps,
                      "host_overhead_us_per_step": statistics.median(overheads),
+                     "host_overhead_us_per_step_p90": _p90(overheads),
                      "unet_ms_per_call": statistics.median(unet_calls_ms),
                      "step_ms": statistics.median(loops)})
     return rows
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
 
 
 def _latent(pipe) -> tuple[int, int]:
@@ -114,6 +123,7 @@ def bench_stub(steps: int, repeats: int) -> list[dict]:
             rows.append({"mode": "stub", "sampler": sampler_name, "latent": f"{side}x{side} ({label})",
                          "batch": batch, "cfg": True, "steps": steps,
                          "host_overhead_us_per_step": statistics.median(times[1:]),
+                         "host_overhead_us_per_step_p90": _p90(times[1:]),
                          "unet_ms_per_call": 0.0, "step_ms": statistics.median(times[1:]) / 1e3})
     return rows
 
@@ -124,24 +134,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the bundle's)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/host_overhead.json"))
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or tiny_bundle(Path(tmp))
-        rows = (bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=True)
-                + bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=False)
+        rows = (bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=True, size=args.size)
+                + bench_bundle(bundle, args.steps, args.repeats, args.threads, spin=False, size=args.size)
                 + bench_stub(args.steps, args.repeats))
 
-    print(f"{'mode':6s} {'sampler':13s} {'latent':22s} {'UNet ms/call':>12s} {'step ms':>8s} {'host us/step':>12s}")
+    print(f"{'mode':6s} {'sampler':13s} {'latent':22s} {'UNet ms/call':>12s} {'step ms':>8s} {'host us/step':>12s} "
+          f"{'p90':>7s}")
     for r in rows:
         print(f"{r['mode']:6s} {r['sampler']:13s} {r['latent']:22s} {r['unet_ms_per_call']:12.2f} "
-              f"{r['step_ms']:8.2f} {r['host_overhead_us_per_step']:12.1f}")
+              f"{r['step_ms']:8.2f} {r['host_overhead_us_per_step']:12.1f} {r['host_overhead_us_per_step_p90']:7.1f}")
     import onnxruntime
 
     from sdrt.manifest import write_atomic
 
-    report = {"machine": platform.platform(), "processor": platform.processor(), "numpy": np.__version__,
+    report = {"machine": platform.platform(), "load_avg_1min": __import__("os").getloadavg()[0], "processor": platform.processor(), "numpy": np.__version__,
               "onnxruntime": onnxruntime.__version__, "cfg": 7.0, "rows": rows}
     write_atomic(args.json, json.dumps(report, indent=2).encode())
     print(f"wrote {args.json}")

@@ -51,6 +51,7 @@ class ComponentSpec:
     external_data: str | None = None  # weights file beside `file` for graphs over 2 GB
     accuracy: dict[str, Any] = field(default_factory=dict)  # max_abs, rel, cosine per checked shape, thresholds
     compute_precision: str = ""  # precision the graph computes in: "fp32" or "fp16-mixed" (IO dtypes aside)
+    fusions: dict[str, int] = field(default_factory=dict)  # fused op type -> count (sdrt.export.fusion); {}: none
 
     @staticmethod
     def from_dict(d: Any) -> "ComponentSpec":
@@ -70,6 +71,7 @@ class ComponentSpec:
             external_data=c.external_data,
             accuracy=dict(c.accuracy),
             compute_precision=c.compute_precision,
+            fusions=dict(c.fusions),
         )
 
     @property

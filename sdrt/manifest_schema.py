@@ -83,6 +83,7 @@ class ComponentSchema(_Schema):
     external_data: RelPath | None = None
     accuracy: dict[str, Any] = {}
     compute_precision: str = ""
+    fusions: dict[str, Annotated[int, Field(ge=0)]] = {}  # absent in bundles exported before fusion existed
 
 
 class ModelSchema(_Schema):

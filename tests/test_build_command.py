@@ -125,3 +125,23 @@ def test_bundle_without_the_precision_exits_2(capsys, bundle, driver_sees_a_gpu)
     code, _, err = run_cli(capsys, "build", str(bundle), "--precision", "fp32")
     assert (code, err) == (2, f"error: bundle {bundle} has no fp32 graphs (it has: fp16): "
                               "re-export with sdrt export --precision fp32 (or both)\n")
+
+
+def test_fp32_graph_fused_for_cpu_is_refused_with_the_fix(capsys, tmp_path, driver_sees_a_gpu) -> None:
+    """TensorRT's ONNX parser has no com.microsoft MultiHeadAttention: say so before any build starts."""
+    import dataclasses
+    import hashlib
+
+    root = tmp_path / "bundle"
+    manifest = write_bundle(root, "sd1")
+    unet = manifest.components["fp16"]["unet"]
+    manifest.components["fp32"] = {"unet": dataclasses.replace(unet, file="fp32/unet.onnx",
+                                                               fusions={"MultiHeadAttention": 16})}
+    (root / "fp32").mkdir()
+    (root / "fp32" / "unet.onnx").write_bytes(b"stand-in")
+    manifest.files["fp32/unet.onnx"] = hashlib.sha256(b"stand-in").hexdigest()
+    manifest.save(root)
+    code, out, err = run_cli(capsys, "build", str(root), "--precision", "fp32", "--components", "unet")
+    assert (code, out) == (2, "")
+    assert err == (f"error: bundle {root}'s fp32 unet graph has ONNX Runtime CPU fusions (MultiHeadAttention), "
+                   "which TensorRT cannot parse: build --precision fp16, or re-export with sdrt export --no-fuse\n")

@@ -53,11 +53,15 @@ class Engine(Protocol):
         ...
 
 
+def engine_lock(engine: Engine) -> ContextManager:
+    """The engine's lock, to hold while reading its output buffers (stand-ins without one: no lock)."""
+    return getattr(engine, "lock", None) or nullcontext()
+
+
 def run_engine(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`engine.run` with outputs the caller owns: the run and the copy happen under the engine's lock, so
     any number of threads may call this on one engine. (Stand-ins without a lock run unguarded.)"""
-    lock: ContextManager = getattr(engine, "lock", None) or nullcontext()
-    with lock:
+    with engine_lock(engine):
         return {name: np.array(value, copy=True) for name, value in engine.run(feeds).items()}
 
 

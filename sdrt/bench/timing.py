@@ -35,6 +35,7 @@ class TimedEngine:
         self.name: str = inner.name
         self.inputs: Mapping[str, IOSpec] = inner.inputs
         self.outputs: Mapping[str, IOSpec] = inner.outputs
+        self.lock = getattr(inner, "lock", None)  # the inner engine's: callers reading its buffers hold it
         self.calls: list[EngineCall] = []
 
     @property

@@ -56,7 +56,11 @@ def build(
         raise UserError(f"bundle {bundle} has no {precision} graphs (it has: {have}): "
                         f"re-export with sdrt export --precision {precision} (or both)")
     for c in names:
-        manifest.component(c, precision)  # BundleError naming what the bundle has
+        fused = manifest.component(c, precision).fusions  # BundleError naming what the bundle has
+        if fused:
+            raise UserError(f"bundle {bundle}'s {precision} {c} graph has ONNX Runtime CPU fusions "
+                            f"({', '.join(fused)}), which TensorRT cannot parse: build --precision fp16, or "
+                            "re-export with sdrt export --no-fuse")
     options = BuildOptions(opt_level=opt_level, workspace_gb=workspace)
     height, width = manifest.model.default_size
     profiles = [parse_profile(s, manifest.model, batch, prompt_chunks, cfg) for s in (sizes or (f"{width}x{height}",))]

@@ -7,6 +7,7 @@ absent (or the previous bundle, with --overwrite). What OUT may be is checked be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from ..manifest import MANIFEST_NAME, ComponentSpec, Manifest, ModelInfo, Tensor
 from .checkpoint_file import refuse_pickle
 from .cleanup import CLEANUP_METHODS, cleanup_graph
 from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
+from .fusion import cpu_fusions
 from .gate import THRESHOLDS, check_graph, torch_references
 from .embeddings import EXPANSIONS_FILE, EmbeddingOption, add_embeddings, check_embedding_files
 from .loading import SourceModel, load_source_model
@@ -49,6 +51,7 @@ class ExportOptions:
     components: list[str] | None = None  # None: every component the model has
     fp32_vae: bool | None = None  # keep the VAE fp32 in the fp16 set; None: when the VAE asks (force_upcast)
     cleanup: str = "onnxslim"
+    fuse: bool = True  # attention -> MultiHeadAttention in the fp32 graphs (ONNX Runtime CPU); fusion.py
     config: Path | None = None  # diffusers config folder for single-file checkpoints
     overwrite: bool = False  # replace OUT when it is an sdrt bundle (never any other folder)
     min_size: int | None = None  # image side range in pixels; None: derived from the UNet's sample size
@@ -185,6 +188,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
         files={},
         export={
             "opset": options.opset, "precisions": list(options.precisions), "cleanup": options.cleanup,
+            "fuse": options.fuse,
             "fp32_vae_in_fp16": fp32_vae, "io_dtypes": "float32 inputs and outputs at every precision "
             "(fp16 graphs cast at their edges); input_ids int32",
             "size_range": sizes.source, "trace_shape": traced_at.describe(),
@@ -245,18 +249,23 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
     refs = torch_references(graph, gate_cases(source))
     specs: dict[str, ComponentSpec] = {}
 
-    fp32_file = root / "fp32" / f"{graph.name}.onnx"
-    if "fp32" in options.precisions or ("fp16" in options.precisions and keep_fp32):
-        base = fp32_file if "fp32" in options.precisions else root / "fp16" / f"{graph.name}.onnx"
-        external = save_model(model32, base)
-        accuracy = _gate(base, graph, refs, "fp32", options, tag, say)
-        spec = _spec(graph, base, root, external, accuracy, "fp32")
+    fp32_spec = None
+    if "fp32" in options.precisions:
+        fp32_file = root / "fp32" / f"{graph.name}.onnx"
+        with cpu_fusions(model32, options.fuse) as fusions:
+            if fusions:
+                say(f"{tag}: fused for ONNX Runtime CPU: {_describe(fusions)}")
+            fp32_spec = _save_gated(model32, fp32_file, graph, refs, root, options, tag, say, "fp32", fusions)
+        specs["fp32"] = fp32_spec
         if torch_module is not None:
             maps["fp32"] = parameter_map(model32, torch_module)
-        if "fp32" in options.precisions:
-            specs["fp32"] = spec
-        if keep_fp32 and "fp16" in options.precisions:
-            specs["fp16"] = spec  # same fp32 graph: the fp16 set keeps this VAE in fp32
+    if "fp16" in options.precisions and keep_fp32:
+        # The fp16 set keeps this VAE in fp32 and GPU backends (TensorRT) run it: it must stay standard ONNX.
+        if fp32_spec is not None and not fp32_spec.fusions:
+            specs["fp16"] = fp32_spec
+        else:
+            specs["fp16"] = _save_gated(model32, root / "fp16" / f"{graph.name}.onnx", graph, refs, root, options,
+                                        tag, say, "fp32", {})
     if "fp16" in options.precisions and not keep_fp32:
         say(f"{tag}: converting to mixed fp16")
         model16 = to_mixed_fp16(model32)
@@ -271,6 +280,17 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
         specs["fp16"] = _spec(graph, path16, root, external, accuracy, "fp16-mixed")
     stats["seconds"] = round(time.time() - t0, 2)
     return specs, stats
+
+
+def _describe(fusions: dict[str, int]) -> str:
+    return ", ".join(f"{count} {op}" for op, count in fusions.items())
+
+
+def _save_gated(model: Any, path: Path, graph: ComponentGraph, refs: list, root: Path, options: ExportOptions,
+                tag: str, say: Progress, precision: str, fusions: dict[str, int]) -> ComponentSpec:
+    external = save_model(model, path)
+    accuracy = _gate(path, graph, refs, precision, options, tag, say)
+    return dataclasses.replace(_spec(graph, path, root, external, accuracy, precision), fusions=dict(fusions))
 
 
 def _gate(path: Path, graph: ComponentGraph, refs: list, precision: str, options: ExportOptions, tag: str,

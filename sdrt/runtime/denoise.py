@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..schedulers import Sampler
-from ..backends.engine import Engine, run_engine
+from ..backends.engine import Engine, engine_lock
 from .guidance import apply_cfg, uses_cfg
 from .text import Conditioning
 
@@ -34,9 +34,11 @@ def fill_rows(sample: np.ndarray, x: np.ndarray, copies: int, extra_rows: np.nda
 
 
 def guide(out: np.ndarray, scale: float, rescale: float) -> np.ndarray:
-    """The model output the sampler gets for one generation's rows (the caller's own array: samplers keep it)."""
-    out = np.asarray(out, dtype=np.float32)
-    return apply_cfg(out, scale, rescale) if uses_cfg(scale) else out
+    """The model output the sampler gets for one generation's rows: always a new array (samplers keep it),
+    so `out` may be the engine's own output buffer, read once here (held under the engine's lock)."""
+    if uses_cfg(scale):
+        return apply_cfg(np.asarray(out, dtype=np.float32), scale, rescale)
+    return np.array(out, dtype=np.float32, copy=True)
 
 
 class GuidedUNet:
@@ -65,11 +67,13 @@ class GuidedUNet:
             self.sample = np.empty((x.shape[0] * self.copies, channels, *x.shape[2:]), dtype=np.float32)
         fill_rows(self.sample, x, self.copies, self.extra)
         self.timestep.fill(timestep)
-        t0 = time.perf_counter()
-        out = run_engine(self.engine, {"sample": self.sample, "timestep": self.timestep, **self.cond})["out_sample"]
-        self.seconds += time.perf_counter() - t0
+        with engine_lock(self.engine):  # guidance reads the engine's output buffer directly: no copy first
+            t0 = time.perf_counter()
+            out = self.engine.run({"sample": self.sample, "timestep": self.timestep, **self.cond})["out_sample"]
+            self.seconds += time.perf_counter() - t0
+            guided = guide(out, self.scale, self.rescale)
         self.calls += 1
-        return guide(out, self.scale, self.rescale)
+        return guided
 
 
 class LatentBlend:

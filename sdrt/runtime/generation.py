@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..backends.engine import Engine, run_engine
+from ..backends.engine import Engine, engine_lock, run_engine
 from ..schedulers import ModelCall, Sampler
 from .denoise import NoiseSource, Progress, StepEnd, fill_rows, guide
 from .guidance import uses_cfg
@@ -101,10 +101,18 @@ class Generation:
 
     def answer(self, out: np.ndarray, unet_seconds: float = 0.0) -> None:
         """Give the generation its rows of the UNet output: guidance, then the sampler's next step."""
+        self.answer_guided(self.guide(out), unet_seconds)
+
+    def guide(self, out: np.ndarray) -> np.ndarray:
+        """This generation's guided model output from its UNet rows `out` (a new array; `out` may be the
+        engine's buffer)."""
+        return guide(out, self.request.cfg, self.request.guidance_rescale)
+
+    def answer_guided(self, guided: np.ndarray, unet_seconds: float = 0.0) -> None:
+        """The sampler's next step on an already guided output (`guide`), which the sampler keeps."""
         self.timings.unet += unet_seconds
         self.timings.unet_calls += 1
-        request = self.request
-        self._advance(lambda: self._loop.send(guide(out, request.cfg, request.guidance_rescale)))
+        self._advance(lambda: self._loop.send(guided))
 
     def _advance(self, step) -> None:
         try:
@@ -142,25 +150,44 @@ class UNetBatch:
         self._cond_key: tuple | None = None
         self._cond: dict[str, np.ndarray] = {}
         self._sample: np.ndarray | None = None
+        self._timesteps = np.empty(0, dtype=np.float32)
 
     def run(self, gens: Sequence[Generation], rows: int | None = None) -> float:
-        """One UNet evaluation for all `gens` (padded to `rows` rows when given); returns its seconds."""
-        out, seconds = self.evaluate(gens, rows)
-        offset = 0
-        for gen in gens:
-            gen.answer(out[offset:offset + gen.rows], seconds)
-            offset += gen.rows
+        """One UNet evaluation for all `gens` (padded to `rows` rows when given); returns its seconds.
+
+        The UNet output is read once: each generation's guidance reads its rows straight from the engine's
+        output buffer (under the engine's lock), with no stacked copy first; then the samplers step."""
+        feeds = self._feeds(gens, rows)
+        with engine_lock(self.engine):
+            t0 = time.perf_counter()
+            out = self.engine.run(feeds)["out_sample"]
+            seconds = time.perf_counter() - t0
+            guided, offset = [], 0
+            for gen in gens:
+                guided.append(gen.guide(out[offset:offset + gen.rows]))
+                offset += gen.rows
+        for gen, output in zip(gens, guided):
+            gen.answer_guided(output, seconds)
         return seconds
 
     def evaluate(self, gens: Sequence[Generation], rows: int | None = None) -> tuple[np.ndarray, float]:
         """The stacked UNet output (the caller's own array; rows in the order of `gens`) and its seconds."""
+        feeds = self._feeds(gens, rows)
+        t0 = time.perf_counter()
+        out = run_engine(self.engine, feeds)["out_sample"]
+        return out, time.perf_counter() - t0
+
+    def _feeds(self, gens: Sequence[Generation], rows: int | None) -> dict[str, np.ndarray]:
+        """The UNet feeds for `gens`, written into buffers kept from call to call (no per-step allocation
+        of the sample and timestep inputs)."""
         used = sum(g.rows for g in gens)
         total = max(rows or used, used)
         channels, spatial = gens[0].channels, gens[0].call.x.shape[2:]
         shape = (total, channels, *spatial)
         if self._sample is None or self._sample.shape != shape:
             self._sample = np.empty(shape, dtype=np.float32)
-        sample, timesteps = self._sample, np.empty(total, dtype=np.float32)
+            self._timesteps = np.empty(total, dtype=np.float32)
+        sample, timesteps = self._sample, self._timesteps
         offset = 0
         for gen in gens:
             gen.fill(sample[offset:offset + gen.rows], timesteps[offset:offset + gen.rows])
@@ -168,10 +195,7 @@ class UNetBatch:
         if total > used:  # padding rows (GPU batch sizes): a copy of the first row, output discarded
             sample[used:] = sample[:1]
             timesteps[used:] = timesteps[0]
-        feeds = {"sample": sample, "timestep": self._timestep_feed(timesteps), **self._conditioning(gens, total)}
-        t0 = time.perf_counter()
-        out = run_engine(self.engine, feeds)["out_sample"]
-        return out, time.perf_counter() - t0
+        return {"sample": sample, "timestep": self._timestep_feed(timesteps), **self._conditioning(gens, total)}
 
     def _timestep_feed(self, timesteps: np.ndarray) -> np.ndarray:
         if self.per_row_timestep:
