@@ -12,7 +12,7 @@ from ..errors import UserError
 
 PRECISION_CHOICES = {"fp32": ("fp32",), "fp16": ("fp16",), "both": ("fp32", "fp16")}
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
-TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint")
+TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint", "sd1_controlnet", "sdxl_controlnet")
 
 
 def _progress() -> Callable[[str], None]:
@@ -94,7 +94,8 @@ def export(model: str, out: str, precision: str, opset: int, components: tuple[s
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--kind", type=click.Choice(TINY_KIND_NAMES), default="sd1", show_default=True,
-              help="sd1 (PNDM, epsilon), sd2v (v-prediction), sdxl (two text encoders), sd1_inpaint (9-ch UNet).")
+              help="sd1 (PNDM, epsilon), sd2v (v-prediction), sdxl (two text encoders), sd1_inpaint (9-ch UNet); "
+                   "sd1_controlnet / sdxl_controlnet: a ControlNet for the tiny sd1 / sdxl model (--controlnet).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def tiny_model(out: str, kind: str, seed: int) -> None:
     """Write a tiny random-weight Stable Diffusion checkpoint (diffusers folder) to OUT, for trying
