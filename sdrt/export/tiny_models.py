@@ -141,11 +141,14 @@ def build_tiny_controlnet(kind: str, out: str | Path, seed: int = 0) -> Path:
     net = ControlNetModel.from_unet(_unet(base), conditioning_embedding_out_channels=(8, 8, 16, 16),
                                     load_weights_from_unet=False).eval()
     gen = torch.Generator().manual_seed(seed + 2000)
+    # the conditioning embedding gets a larger gain too, so that the control image visibly matters
+    embedding = [net.controlnet_cond_embedding.conv_in, *net.controlnet_cond_embedding.blocks]
     zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
     with torch.no_grad():
-        for conv in zeroed:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.3 / conv.weight[0].numel() ** 0.5)
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.05)
+        for convs, gain in ((embedding, 2.0), (zeroed, 0.3)):
+            for conv in convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * gain / conv.weight[0].numel() ** 0.5)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.05)
     net.save_pretrained(out, safe_serialization=True)
     (out / "sdrt_tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
     return out
