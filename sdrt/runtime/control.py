@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backends.engine import Engine, run_engine
 from ..errors import UserError
-from .images import check_image_mode, converted
+from .images import check_image_mode, converted, deep_gray_levels, resized_levels
 
 PREPROCESSORS = ("none", "canny")
 CANNY_DEFAULTS = (100, 200)  # AUTOMATIC1111 ControlNet extension's canny low / high thresholds
@@ -89,12 +89,20 @@ def canny(image: Any, low: float = CANNY_DEFAULTS[0], high: float = CANNY_DEFAUL
 
 
 def control_pixels(spec: ControlSpec, width: int, height: int) -> np.ndarray:
-    """float32 [1, 3, height, width] in [0, 1]: the ControlNet's conditioning image."""
+    """float32 [1, 3, height, width] in [0, 1]: the ControlNet's conditioning image. 16-bit and float
+    grayscale maps (depth) keep their levels (images.deep_gray_levels) instead of Pillow's clipping."""
     from PIL import Image
 
-    image = converted(spec.image, "RGB", "control image")
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=Image.LANCZOS)
+    levels = deep_gray_levels(spec.image, "control image")
+    if levels is not None:
+        gray = resized_levels(levels, width, height)
+        if spec.preprocess != "canny":
+            return np.ascontiguousarray(np.repeat(gray[None, None], 3, axis=1))
+        image = Image.fromarray(np.round(gray * 255).astype(np.uint8)).convert("RGB")
+    else:
+        image = converted(spec.image, "RGB", "control image")
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=Image.LANCZOS)
     if spec.preprocess == "canny":
         image = canny(image, spec.low_threshold, spec.high_threshold)
     pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)

@@ -175,9 +175,9 @@ class UNetBatch:
             sample[used:] = sample[:1]
             timesteps[used:] = timesteps[0]
         feeds = {"sample": sample, "timestep": self._timestep_feed(timesteps), **self._conditioning(gens, total)}
+        t0 = time.perf_counter()  # ControlNet runs count as UNet time
         if self.residual_inputs:
             feeds.update(self._residuals(gens, sample, timesteps, total))
-        t0 = time.perf_counter()
         out = run_engine(self.engine, feeds)["out_sample"]
         return out, time.perf_counter() - t0
 
