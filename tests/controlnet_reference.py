@@ -35,8 +35,9 @@ def controlnet_pipeline(base_folder: Path, kind: str, nets: Sequence[Path], task
             diffusers.StableDiffusionXLControlNetPipeline
         pipe = cls(**parts, controlnet=control, add_watermarker=False)
     else:
-        cls = diffusers.StableDiffusionControlNetImg2ImgPipeline if task == "img2img" else \
-            diffusers.StableDiffusionControlNetPipeline
+        cls = {"img2img": diffusers.StableDiffusionControlNetImg2ImgPipeline,
+               "inpaint": diffusers.StableDiffusionControlNetInpaintPipeline}.get(
+                   task, diffusers.StableDiffusionControlNetPipeline)
         pipe = cls(**parts, controlnet=control, safety_checker=None, feature_extractor=None,
                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

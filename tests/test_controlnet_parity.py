@@ -15,7 +15,7 @@ from sdrt.runtime import GenerationRequest, Pipeline
 from sdrt.runtime.control import ControlSpec
 
 from controlnet_reference import controlnet_pipeline, run_controlnet_diffusers
-from test_runtime_parity import NEGATIVE, PROMPT, compare, make_image
+from test_runtime_parity import NEGATIVE, PROMPT, compare, make_image, make_mask
 
 STEPS = 6
 
@@ -98,3 +98,24 @@ def test_img2img_controlnet_parity(controlnet_bundle, tiny_model, tiny_controlne
                                    image=make_image(), control_image=spec.image, strength=0.6,
                                    controlnet_conditioning_scale=1.2, control_guidance_end=0.8)
     check("controlnet sd1 img2img strength 0.6, end 0.8", ours, plain, ref)
+
+
+def test_inpaint_controlnet_parity(controlnet_bundle, tiny_model, tiny_controlnet) -> None:
+    """4-channel U-Net inpainting (latent blend) with a ControlNet: StableDiffusionControlNetInpaintPipeline."""
+    from runtime_reference import Queue
+
+    pipe = pipeline(controlnet_bundle, "sd1")
+    rng = np.random.default_rng(32)
+    latents, vae_noise = (rng.standard_normal((1, 4, 8, 8), dtype=np.float32) for _ in range(2))
+    spec = ControlSpec(control_map(seed=15), 1.0, 0.0, 1.0, "edges")
+    request = GenerationRequest(PROMPT, steps=STEPS, sampler="euler", cfg=7.0, latents=latents,
+                                init_image=make_image(), mask=make_mask(), controls=[spec])
+    ours = pipe.generate(request, noise=Queue([vae_noise]))
+    plain = pipe.generate(GenerationRequest(**{**request.__dict__, "controls": []}), noise=Queue([vae_noise]))
+    unused = np.zeros_like(vae_noise)  # diffusers also encodes the masked image, unused for 4 channels
+    ref_pipe = controlnet_pipeline(tiny_model("sd1"), "sd1", [tiny_controlnet("sd1", "edges", 0)], task="inpaint")
+    ref = run_controlnet_diffusers(ref_pipe, "euler", latents=latents, vae_noise=[vae_noise, unused], prompt=PROMPT,
+                                   num_inference_steps=STEPS, guidance_scale=7.0, image=make_image(),
+                                   mask_image=make_mask(), control_image=spec.image,
+                                   controlnet_conditioning_scale=1.0)  # this pipeline's default is 0.5
+    check("controlnet sd1 inpaint (4-channel blend)", ours, plain, ref)
