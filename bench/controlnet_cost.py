@@ -8,7 +8,9 @@ run alternately in one process; prints the ratios.
 Models: bench/compare.py's tiny (sd1 tiny, 256x256) and mid (SD 1.5 channel widths 320/640/1280, three levels,
 128x128), each with a ControlNet made from its U-Net by diffusers' ControlNetModel.from_unet. Both bundles fp32
 on ONNX Runtime CPU, Euler, CFG 7.5, batch 1, the same seed. Reported per model: the median request time and the
-median U-Net time per call of each bundle, and controlnet / plain ratios (target <= 1.02).
+median U-Net time per call of each bundle, controlnet / plain ratios (target <= 1.02): of the medians, the
+median of the per-pair ratios, and of `--pairs` single U-Net calls run back to back (the figure least moved by
+a busy machine).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def prepare(name: str, workdir: Path) -> tuple[Path, Path]:
     return bundles["plain"], bundles["controlnet"]
 
 
-def measure(name: str, plain: Path, controlled: Path, runs: int, steps: int, threads: int) -> dict:
+def measure(name: str, plain: Path, controlled: Path, runs: int, steps: int, threads: int, pairs: int) -> dict:
     from sdrt.runtime import GenerationRequest, Pipeline
 
     height, width = compare.SIZES[name]
@@ -80,12 +82,35 @@ def measure(name: str, plain: Path, controlled: Path, runs: int, steps: int, thr
             unet[kind].append(result.timings.unet / result.timings.unet_calls)
             images[kind] = result.images[0]
     same = bool((images["plain"] == images["controlnet"]).all())
+    pair_ratios = [c / p for p, c in zip(totals["plain"], totals["controlnet"])]
+    unet_pairs = paired_unet_calls(pipes, request, pairs)
     med = {k: statistics.median(v) for k, v in totals.items()}
     med_unet = {k: statistics.median(v) for k, v in unet.items()}
     return {"model": name, "size": f"{width}x{height}", "steps": steps, "runs": runs,
             "request_s": totals, "unet_call_s": unet, "median_request_s": med, "median_unet_call_s": med_unet,
             "request_ratio": med["controlnet"] / med["plain"], "unet_ratio": med_unet["controlnet"] / med_unet["plain"],
+            "request_pair_ratio_median": statistics.median(pair_ratios), "unet_pairs": unet_pairs,
             "identical_images": same}
+
+
+def paired_unet_calls(pipes: dict, request, pairs: int) -> dict:
+    """One UNet call of each bundle (the ControlNet bundle's with its zero residuals, as a plain request feeds
+    them), back to back in alternating order, `pairs` times: the median of the per-pair ratios, which a
+    machine's changing load affects far less than a ratio of separate medians."""
+    from sdrt.runtime.generation import UNetBatch
+
+    gens = {k: p.prepare(request) for k, p in pipes.items()}
+    batches = {k: UNetBatch(p.engine("unet")) for k, p in pipes.items()}
+    seconds: dict[str, list[float]] = {k: [] for k in pipes}
+    for i in range(pairs + 2):
+        for kind in (list(pipes) if i % 2 == 0 else list(reversed(pipes))):
+            _, s = batches[kind].evaluate([gens[kind]])
+            if i >= 2:  # the first two pairs warm the buffers
+                seconds[kind].append(s)
+    ratios = sorted(c / p for p, c in zip(seconds["plain"], seconds["controlnet"]))
+    q = len(ratios) // 4
+    return {"pairs": pairs, "median_ratio": statistics.median(ratios), "quartiles": [ratios[q], ratios[-q - 1]],
+            "median_s": {k: statistics.median(v) for k, v in seconds.items()}}
 
 
 def main() -> None:
@@ -94,6 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=60, help="paired single UNet calls per model")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "sdrt-controlnet-cost")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -103,16 +129,18 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         plain, controlled = prepare(name, args.workdir)
-        rows.append(measure(name, plain, controlled, args.runs, args.steps, args.threads))
+        rows.append(measure(name, plain, controlled, args.runs, args.steps, args.threads, args.pairs))
     facts = machine_facts()
     print(f"plain request on a ControlNet bundle vs the plain bundle (ORT CPU fp32, {args.threads} threads, "
           f"load {facts['load_average']})")
-    print(f"{'model':6s} {'size':8s} {'plain s':>9s} {'cn-bundle s':>12s} {'ratio':>7s} {'UNet ms plain':>14s} "
-          f"{'UNet ms cn':>11s} {'ratio':>7s}  same image")
+    print(f"{'model':6s} {'size':8s} {'plain s':>9s} {'cn-bundle s':>12s} {'ratio':>7s} {'pair ratio':>11s} "
+          f"{'UNet ms plain':>14s} {'UNet ms cn':>11s} {'paired UNet ratio (quartiles)':>30s}  same image")
     for r in rows:
-        m, u = r["median_request_s"], r["median_unet_call_s"]
+        m, u = r["median_request_s"], r["unet_pairs"]
         print(f"{r['model']:6s} {r['size']:8s} {m['plain']:9.3f} {m['controlnet']:12.3f} {r['request_ratio']:7.3f} "
-              f"{u['plain'] * 1e3:14.2f} {u['controlnet'] * 1e3:11.2f} {r['unet_ratio']:7.3f}  {r['identical_images']}")
+              f"{r['request_pair_ratio_median']:11.3f} {u['median_s']['plain'] * 1e3:14.2f} "
+              f"{u['median_s']['controlnet'] * 1e3:11.2f} {u['median_ratio']:12.3f} "
+              f"({u['quartiles'][0]:.3f}-{u['quartiles'][1]:.3f})  {r['identical_images']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": facts, "rows": rows}, indent=2))
