@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import manifest_schema
-from .manifest_schema import COMPONENTS, FAMILIES, PRECISIONS, SCHEMA_VERSION  # noqa: F401 (public names)
+from .manifest_schema import (  # noqa: F401 (public names)
+    COMPONENTS, CONTROLNET_PREFIX, FAMILIES, PRECISIONS, SCHEMA_VERSION)
 
 MANIFEST_NAME = "manifest.json"
 
@@ -100,6 +101,17 @@ class ModelInfo:
     size_multiple: int = 8  # image height and width must be multiples of this many pixels
 
 
+@dataclass(frozen=True)
+class ControlNetInfo:
+    """One ControlNet exported with the model (`sdrt export --controlnet`); its graph is `component`."""
+
+    component: str  # controlnet_<name>
+    conditioning: str | None = None  # canny, depth, ... when its folder name or config says
+    conditioning_channels: int = 3
+    family: str = ""  # the base family it was exported for
+    source: str = ""
+
+
 @dataclass
 class Manifest:
     model: ModelInfo
@@ -109,6 +121,7 @@ class Manifest:
     files: dict[str, str]  # every file of the bundle except the manifest -> sha256
     export: dict[str, Any]  # opset, precisions, tool versions, settings, timestamps
     schema_version: int = SCHEMA_VERSION
+    controlnets: dict[str, ControlNetInfo] = field(default_factory=dict)  # name -> ControlNet (docs/controlnet.md)
 
     # ---- reading -------------------------------------------------------------------------------------
     @staticmethod
@@ -127,6 +140,7 @@ class Manifest:
             files=dict(m.files),
             export=dict(m.export),
             schema_version=m.schema_version,
+            controlnets={name: ControlNetInfo(**c.model_dump()) for name, c in m.controlnets.items()},
         )
 
     @staticmethod
@@ -145,7 +159,10 @@ class Manifest:
 
     # ---- writing -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.controlnets:
+            del data["controlnets"]  # a bundle without ControlNets reads exactly as before they existed
+        return data
 
     def save(self, bundle: str | os.PathLike) -> None:
         write_atomic(Path(bundle) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2).encode())

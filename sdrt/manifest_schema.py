@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "fp16")
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 LATENT_CHANNELS = 4  # the runtime's latents, its inpainting layout (4 + 1 + 4) and the VAE graphs assume 4
 FIX = "re-export the model (sdrt export)"
+CONTROLNET_PREFIX = "controlnet_"  # component name of an exported ControlNet: controlnet_<name>
 
 
 class SchemaError(ValueError):
@@ -51,6 +52,13 @@ def _latent_channels(value: int) -> int:
 def _unet_in_channels(value: int) -> int:
     if value not in (LATENT_CHANNELS, 2 * LATENT_CHANNELS + 1):
         raise ValueError(f"must be {LATENT_CHANNELS}, or {2 * LATENT_CHANNELS + 1} for an inpainting UNet")
+    return value
+
+
+def _component_name(value: str) -> str:
+    if value not in COMPONENTS and not re.fullmatch(CONTROLNET_PREFIX + r"[a-z0-9_-]{1,64}", value):
+        names = ", ".join(repr(c) for c in COMPONENTS)
+        raise ValueError(f"must be one of {names} or {CONTROLNET_PREFIX}NAME")
     return value
 
 
@@ -105,15 +113,24 @@ class ModelSchema(_Schema):
     size_multiple: Positive = 8
 
 
+class ControlNetSchema(_Schema):
+    component: Annotated[str, AfterValidator(_component_name)]
+    conditioning: str | None = None
+    conditioning_channels: Positive = 3
+    family: str = ""
+    source: str = ""
+
+
 class ManifestSchema(_Schema):
     schema_version: int
     model: ModelSchema
-    components: Annotated[dict[Literal[PRECISIONS], dict[Literal[COMPONENTS], ComponentSchema]],
-                          Field(min_length=1)]
+    components: Annotated[dict[Literal[PRECISIONS], dict[Annotated[str, AfterValidator(_component_name)],
+                                                         ComponentSchema]], Field(min_length=1)]
     tokenizers: dict[str, RelPath]
     scheduler: RelPath
     files: dict[RelPath, Sha256]
     export: dict[str, Any] = {}
+    controlnets: dict[str, ControlNetSchema] = {}  # absent in bundles exported without --controlnet
 
 
 def validate(data: Any) -> ManifestSchema:

@@ -72,3 +72,39 @@ def client(served):
 
     with httpx.Client(base_url=served.url, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`tiny_controlnet(kind, name, seed)` -> a tiny ControlNetModel folder named `name` (sd1 or sdxl base)."""
+    cache: dict[tuple, Path] = {}
+
+    def get(kind: str, name: str = "edges", seed: int = 0) -> Path:
+        key = (kind, name, seed)
+        if key not in cache:
+            _require_export_stack()
+            from sdrt.export.tiny_models import build_tiny_model
+
+            cache[key] = build_tiny_model(f"{kind}_controlnet", tmp_path_factory.mktemp(f"cn-{kind}") / name, seed=seed)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def controlnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_controlnet) -> Callable[[str], Path]:
+    """`controlnet_bundle(kind)` -> an fp32 bundle of tiny `kind` (sd1, sdxl) with ControlNets `edges` (seed 0)
+    and `depth` (seed 1)."""
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            from sdrt.export.bundle import ExportOptions, export_bundle
+
+            nets = [tiny_controlnet(kind, "edges", 0), tiny_controlnet(kind, "depth", 1)]
+            out = tmp_path_factory.mktemp(f"cnbundle-{kind}") / "bundle"
+            export_bundle(tiny_model(kind), out, ExportOptions(precisions=("fp32",), controlnets=nets))
+            cache[kind] = out
+        return cache[kind]
+
+    return get

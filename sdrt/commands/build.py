@@ -40,7 +40,7 @@ def build(
     from ..engines.profiles import AXIS_ROLES, format_shapes, parse_profile, pipeline_shapes
     from ..backends.gpu_detect import NO_GPU, detect_target, nvidia_gpu_present
     from ..errors import UserError
-    from ..manifest import Manifest
+    from ..manifest import CONTROLNET_PREFIX, Manifest
 
     if not bundle.exists():
         raise UserError(f"bundle {bundle} does not exist: pass the folder sdrt export wrote")
@@ -50,7 +50,7 @@ def build(
     available = manifest.components.get(precision, {})
     names = [c.strip() for c in components.split(",") if c.strip()] if components else [
         c for c in AXIS_ROLES if c in available
-    ]
+    ] + sorted(c for c in available if c.startswith(CONTROLNET_PREFIX))  # ControlNets: the U-Net's profiles
     if not names:
         have = ", ".join(manifest.components) or "none"
         raise UserError(f"bundle {bundle} has no {precision} graphs (it has: {have}): "

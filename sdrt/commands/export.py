@@ -12,7 +12,7 @@ from ..errors import UserError
 
 PRECISION_CHOICES = {"fp32": ("fp32",), "fp16": ("fp16",), "both": ("fp32", "fp16")}
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
-TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint")
+TINY_KIND_NAMES = ("sd1", "sd2v", "sdxl", "sd1_inpaint", "sd1_controlnet", "sdxl_controlnet")
 
 
 def _progress() -> Callable[[str], None]:
@@ -59,6 +59,9 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="A LoRA .safetensors (kohya or diffusers/PEFT keys) fused into the weights at SCALE "
                    "(default 1; repeatable). See docs/lora.md.")
+@click.option("--controlnet", "controlnets", multiple=True, metavar="DIR",
+              help="A diffusers ControlNetModel folder exported beside the model, named after the folder "
+                   "(repeatable). See docs/controlnet.md.")
 @click.option("--min-size", type=int, default=None, metavar="PIXELS",
               help="Smallest image side the bundle accepts (a multiple of the VAE scale factor, 8 for SD; "
                    "default: derived from the UNet's sample size, e.g. 128 for SD 1.5).")
@@ -69,7 +72,8 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
               help="Replace OUT if it is an sdrt bundle (only once the new bundle passed; never another folder).")
 def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
            cleanup: str, fuse: bool, config: str | None, prediction_type: str | None, vae: str | None,
-           embeddings: tuple[str, ...], loras: tuple[str, ...], min_size: int | None, max_size: int | None, overwrite: bool) -> None:
+           embeddings: tuple[str, ...], loras: tuple[str, ...], controlnets: tuple[str, ...], min_size: int | None,
+           max_size: int | None, overwrite: bool) -> None:
     """Export MODEL (a single-file .safetensors checkpoint or a diffusers folder) to the ONNX bundle folder
     OUT, checking every graph against torch on ONNX Runtime CPU."""
     from pathlib import Path
@@ -84,7 +88,7 @@ def export(model: str, out: str, precision: str, opset: int, components: tuple[s
                             config=Path(config) if config else None, overwrite=overwrite, min_size=min_size,
                             max_size=max_size, prediction_type=prediction_type,
                             vae=Path(vae) if vae else None, embeddings=parse_embedding_options(embeddings),
-                            loras=parse_lora_options(loras))
+                            loras=parse_lora_options(loras), controlnets=[Path(c) for c in controlnets])
     with quiet_third_party():
         manifest = export_bundle(model, out, options, progress=_progress())
     for prec, comps in manifest.components.items():
@@ -97,7 +101,8 @@ def export(model: str, out: str, precision: str, opset: int, components: tuple[s
 @click.command("tiny-model")
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--kind", type=click.Choice(TINY_KIND_NAMES), default="sd1", show_default=True,
-              help="sd1 (PNDM, epsilon), sd2v (v-prediction), sdxl (two text encoders), sd1_inpaint (9-ch UNet).")
+              help="sd1 (PNDM, epsilon), sd2v (v-prediction), sdxl (two text encoders), sd1_inpaint (9-ch UNet); "
+                   "sd1_controlnet / sdxl_controlnet: a ControlNet for the tiny sd1 / sdxl model (--controlnet).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def tiny_model(out: str, kind: str, seed: int) -> None:
     """Write a tiny random-weight Stable Diffusion checkpoint (diffusers folder) to OUT, for trying

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .control_options import control_options, control_specs
 from .options import engine_options, resolve_seed
 
 SCHEDULES = ("normal", "karras", "exponential", "ays")
@@ -52,6 +53,7 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
               help="Outpaint: extend --init-image by these pixels (rounded up to the size multiple; docs/outpaint.md).")
 @click.option("--outpaint-fill", default="edge", show_default=True, type=click.Choice(["edge", "noise", "blur"]),
               help="What the new area starts as (matters at --strength < 1).")
+@control_options
 @engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
@@ -64,7 +66,9 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
              no_prompt_weighting: bool, seed: int | None, batch: int,
              width: int | None, height: int | None, init_image: Path | None, strength: float | None,
              mask: Path | None, outpaint: tuple[int, int, int, int] | None, outpaint_fill: str,
-             backend: str, engines_dir: Path | None, precision: str | None, threads: int,
+             control_images: tuple[Path, ...], control_scales: tuple[float, ...], control_starts: tuple[float, ...],
+             control_ends: tuple[float, ...], control_preprocess: tuple[str, ...], controlnets: tuple[str, ...],
+             canny_low: int, canny_high: int, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
              spin: bool | None, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE.
 
@@ -91,6 +95,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,
         outpaint=outpaint, outpaint_fill=outpaint_fill,
+        controls=control_specs(control_images, control_scales, control_starts, control_ends, control_preprocess,
+                               controlnets, canny_low, canny_high),
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
                          engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)

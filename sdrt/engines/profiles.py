@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ..errors import UserError
-from ..manifest import BundleError, Manifest, ModelInfo, TensorSpec
+from ..manifest import CONTROLNET_PREFIX, BundleError, Manifest, ModelInfo, TensorSpec
 
 CFG_MODES = ("on", "off", "both")
 
@@ -159,6 +159,37 @@ AXIS_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "vae_encoder": {"image": ("image_batch", "image_channels", "height", "width")},
 }
 
+# A ControlNet (`controlnet_<name>`) takes the U-Net's inputs, its own latent channels (4 even beside a 9-channel
+# inpainting U-Net) and the control image; it is built with the U-Net's batch and sizes, so the two always pair.
+CONTROLNET_ROLES: dict[str, tuple[str, ...]] = {
+    **AXIS_ROLES["unet"],
+    "sample": ("unet_batch", "control_latent_channels", "latent_height", "latent_width"),
+    "controlnet_cond": ("unet_batch", "control_channels", "height", "width"),
+}
+
+
+def input_roles(component: str, tensor: TensorSpec) -> tuple[str, ...] | None:
+    """The axis roles of one graph input (None: not a layout sdrt builds engines for). ControlNet residuals
+    (`down_block_res_*`, `mid_block_res`; in ControlNet bundles' U-Net) are at latent size / F, rounded up,
+    where their dims are named `height_divF`."""
+    if tensor.name.startswith(("down_block_res_", "mid_block_res")) and len(tensor.shape) == 4:
+        sides = [str(d) for d in tensor.shape[2:]]
+        return ("unet_batch", "residual_channels", *(f"latent_{d}" for d in sides))
+    if component.startswith(CONTROLNET_PREFIX):
+        return CONTROLNET_ROLES.get(tensor.name)
+    return AXIS_ROLES.get(component, {}).get(tensor.name)
+
+
+def _derived(ranges: dict[str, DimRange], role: str) -> DimRange:
+    """Ranges of the roles that role_ranges does not list: latent sides over F, and model axes (their
+    numbers come from the manifest, so any placeholder does)."""
+    if role.startswith(("latent_height_div", "latent_width_div")):
+        side, factor = role.rsplit("_div", 1)
+        r, f = ranges[side], int(factor)
+        return DimRange(-(-r.min // f), -(-r.opt // f), -(-r.max // f))
+    return ranges.get(role, DimRange(1, 1, 1))
+
+
 # guidance multiplier of (min, opt, max) batch for each cfg mode
 _CFG_FACTORS = {"on": (2, 2, 2), "off": (1, 1, 1), "both": (1, 2, 2)}
 
@@ -201,19 +232,19 @@ def component_shapes(
     what the ONNX graph pinned, so a disagreement is an error naming the axis, not a silent clamp.
     """
     spec = manifest.component(component, precision)
-    roles_of = AXIS_ROLES.get(component)
+    roles_of = CONTROLNET_ROLES if component.startswith(CONTROLNET_PREFIX) else AXIS_ROLES.get(component)
     if roles_of is None:
         raise BundleError(f"component {component} has no known profile layout: re-export with this sdrt version")
     ranges = role_ranges(profile, manifest.model)
     shapes: dict[str, ShapeRange] = {}
     for tensor in spec.inputs:
-        roles = roles_of.get(tensor.name)
+        roles = input_roles(component, tensor)
         if roles is None or len(roles) != len(tensor.shape):
             raise BundleError(
                 f"{component} input {tensor.name} {list(tensor.shape)} is not the layout sdrt builds engines "
                 f"for ({', '.join(roles_of)}): re-export the model with this sdrt version (sdrt export)"
             )
-        dims = [_axis_range(component, tensor, axis, role, ranges[role]) for axis, role in enumerate(roles)]
+        dims = [_axis_range(component, tensor, axis, role, _derived(ranges, role)) for axis, role in enumerate(roles)]
         shapes[tensor.name] = ShapeRange(
             tuple(d.min for d in dims), tuple(d.opt for d in dims), tuple(d.max for d in dims)
         )
@@ -222,7 +253,8 @@ def component_shapes(
 
 # Axes that describe the model, not the request: the manifest's number wins over our default.
 MODEL_AXES = frozenset(
-    {"text_len", "unet_channels", "latent_channels", "image_channels", "text_dim", "pooled_dim", "time_ids_dim"}
+    {"text_len", "unet_channels", "latent_channels", "image_channels", "text_dim", "pooled_dim", "time_ids_dim",
+     "residual_channels", "control_channels", "control_latent_channels"}
 )
 
 

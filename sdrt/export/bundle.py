@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
-from ..manifest import MANIFEST_NAME, ComponentSpec, Manifest, ModelInfo, TensorSpec, sha256_file, write_atomic
+from ..manifest import (MANIFEST_NAME, ComponentSpec, ControlNetInfo, Manifest, ModelInfo, TensorSpec, sha256_file,
+                        write_atomic)
 from .checkpoint_file import refuse_pickle
 from .cleanup import CLEANUP_METHODS, cleanup_graph
+from .controlnets import check_controlnet_folders, load_controlnets
 from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
 from .fusion import cpu_fusions
 from .gate import THRESHOLDS, check_graph, torch_references
@@ -60,6 +62,7 @@ class ExportOptions:
     vae: Path | None = None  # a VAE .safetensors (LDM or diffusers layout) replacing the checkpoint's
     embeddings: list[EmbeddingOption] = field(default_factory=list)  # textual inversions baked in
     loras: list[LoraOption] = field(default_factory=list)  # adapters fused into the weights before tracing
+    controlnets: list[Path] = field(default_factory=list)  # diffusers ControlNetModel folders (docs/controlnet.md)
     thresholds: dict[str, dict[str, float]] = field(default_factory=lambda: {k: dict(v) for k, v in THRESHOLDS.items()})
 
 
@@ -72,8 +75,10 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
     inputs = {"the model": model, "the --config folder": options.config, "the --vae file": options.vae}
     inputs.update({f"the embedding {e.name}": e.path for e in options.embeddings})
     inputs.update({f"the LoRA {o.path.name}": o.path for o in options.loras})
+    inputs.update({f"the ControlNet {Path(p).name}": p for p in options.controlnets})
     check_output_folder(out, options.overwrite, inputs)
     adapters = _check_input_files(model, options)
+    controlnets = check_controlnet_folders([Path(p) for p in options.controlnets])
     out = Path(out).absolute()
     remove_stale_partials(out, say)
     with sigterm_raises() as guard:
@@ -82,6 +87,9 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
             say(f"loading {model}")
             source = load_source_model(model, options.config, options.prediction_type, options.vae is not None, say)
             _customise(source, options, adapters, say)
+            if controlnets:
+                load_controlnets(controlnets, source.unet.config, source.family, say)
+                source.controlnets = controlnets
             manifest = _build(source, staging, options, say)
             release_staging(staging)
             with guard.deferred():
@@ -198,6 +206,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
             "tools": _tool_versions(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 2),
         },
+        controlnets={c.name: ControlNetInfo(**c.record(source.family)) for c in source.controlnets},
     )
     manifest.files = {p.relative_to(root).as_posix(): sha256_file(p)
                       for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_FILE)}

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from ..manifest import clip_skip_output
+from .controlnets import residual_dims, residual_layout, residual_torch_shape
 from .loading import SourceModel
 
 TEXT_LENGTH = 77
@@ -82,14 +83,25 @@ def _torch_modules():
             return (out.last_hidden_state, out.hidden_states[-2], *pooled, *skipped)
 
     class UNetGraph(torch.nn.Module):
-        def __init__(self, unet: Any, sdxl: bool):
+        """The U-Net; with `residuals` > 0 (ControlNet bundles) its last inputs are the ControlNet residuals
+        (down blocks..., mid block), added inside the U-Net as diffusers does."""
+
+        def __init__(self, unet: Any, sdxl: bool, residuals: int = 0):
             super().__init__()
             self.unet = unet
             self.sdxl = sdxl
+            self.residuals = residuals
 
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        def forward(self, sample, timestep, encoder_hidden_states, *rest):
+            text_embeds, time_ids = rest[:2] if self.sdxl else (None, None)
+            residuals = rest[2:] if self.sdxl else rest
             added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.sdxl else None
-            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+            extra = {}
+            if self.residuals:
+                extra = {"down_block_additional_residuals": tuple(residuals[:-1]),
+                         "mid_block_additional_residual": residuals[-1]}
+            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False,
+                             **extra)[0]
 
     class VaeDecoderGraph(torch.nn.Module):
         def __init__(self, vae: Any):
@@ -111,6 +123,24 @@ def _torch_modules():
             return posterior.mean, posterior.std
 
     return TextEncoderGraph, UNetGraph, VaeDecoderGraph, VaeEncoderGraph
+
+
+def _controlnet_module(net: Any, sdxl: bool) -> Any:
+    """A ControlNet returning its residuals unscaled (conditioning_scale 1; the runtime applies the scale)."""
+    import torch
+
+    class ControlNetGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds=None, time_ids=None):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids} if sdxl else None
+            down, mid = self.net(sample, timestep, encoder_hidden_states, controlnet_cond, added_cond_kwargs=added,
+                                 return_dict=False)
+            return (*down, mid)
+
+    return ControlNetGraph()
 
 
 def _randn(gen: Any, *shape: int):
@@ -184,10 +214,16 @@ def build_component_graphs(source: SourceModel, names: list[str] | None = None) 
                       torch.tensor([ids], dtype=torch.float32).repeat(s.batch, 1)]
         return tuple(feeds)
 
+    layout = residual_layout(ucfg) if source.controlnets else []
+    residual_specs = [IOSpec(name, "float32", residual_dims(ch, f)) for name, ch, f in layout]
+
+    def residuals_for(s: ShapeCase, g: Any) -> tuple:
+        return tuple(_randn(g, *residual_torch_shape(s.batch, ch, f, s.height, s.width)) * 0.3 for _, ch, f in layout)
+
     graphs.append(ComponentGraph(
-        name="unet", module=UNetGraph(source.unet, source.is_sdxl), inputs=unet_inputs,
+        name="unet", module=UNetGraph(source.unet, source.is_sdxl, len(layout)), inputs=unet_inputs + residual_specs,
         outputs=[IOSpec("out_sample", "float32", ["batch", ucfg.out_channels, "height", "width"])],
-        make_inputs=unet_inputs_for,
+        make_inputs=lambda s, g: unet_inputs_for(s, g) + residuals_for(s, g),
     ))
 
     zc = source.vae.config.latent_channels
@@ -211,5 +247,23 @@ def build_component_graphs(source: SourceModel, names: list[str] | None = None) 
             have = ", ".join(g.name for g in graphs)
             raise UserError(f"component(s) {', '.join(unknown)} not in this model: choose from {have}")
         graphs = [g for g in graphs if g.name in names]
+    for control in source.controlnets:
+        cond_channels = int(control.config.get("conditioning_channels", 3))
+        control_in = int(control.config.get("in_channels", 4))
+        latent = [IOSpec("sample", "float32", ["batch", control_in, "height", "width"])]
+        sdxl_inputs = unet_inputs[3:]
+
+        def control_inputs_for(s: ShapeCase, g: Any, c: int = cond_channels, c_in: int = control_in) -> tuple:
+            feeds = unet_inputs_for(s, g)
+            image = torch.rand(s.batch, c, 8 * s.height, 8 * s.width, generator=g)
+            return (feeds[0][:, :c_in], *feeds[1:3], image, *feeds[3:])
+
+        graphs.append(ComponentGraph(
+            name=control.component, module=_controlnet_module(control.module, source.is_sdxl),
+            inputs=[*latent, *unet_inputs[1:3],
+                    IOSpec("controlnet_cond", "float32", ["batch", cond_channels, "image_height", "image_width"]),
+                    *sdxl_inputs],
+            outputs=residual_specs, make_inputs=control_inputs_for,
+        ))
     return graphs
 

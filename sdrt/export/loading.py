@@ -40,6 +40,7 @@ class SourceModel:
     embeddings: list[dict[str, Any]] = field(default_factory=list)  # --embedding records
     prompt_expansions: dict[str, str] = field(default_factory=dict)  # multi-vector NAME -> "NAME NAME_1 ..."
     loras: dict[str, Any] | None = None  # --lora: the adapters fused in (lora_fusion.py)
+    controlnets: list[Any] = field(default_factory=list)  # --controlnet: ControlNetSource (controlnets.py)
 
     @property
     def is_sdxl(self) -> bool:

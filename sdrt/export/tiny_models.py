@@ -15,6 +15,8 @@ from ..errors import UserError
 from .clip_vocab import EOS_TOKEN, build_clip_tokenizer
 
 TINY_KINDS = ("sd1", "sd2v", "sdxl", "sd1_inpaint")
+# ControlNets shaped for the tiny base models above (sd1_controlnet: sd1, sd2v's sizes differ; sdxl_controlnet: sdxl).
+CONTROLNET_KINDS = {"sd1_controlnet": "sd1", "sdxl_controlnet": "sdxl"}
 
 # Scheduler configs shaped like the released checkpoints' scheduler/scheduler_config.json.
 _SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -81,8 +83,10 @@ def _vae(kind: str):
 
 def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
     """Create a tiny diffusers folder of `kind` (sd1, sd2v, sdxl, sd1_inpaint) at `out` and return its path."""
+    if kind in CONTROLNET_KINDS:
+        return build_tiny_controlnet(kind, out, seed)
     if kind not in TINY_KINDS:
-        raise UserError(f"unknown tiny model kind {kind!r}: choose one of {', '.join(TINY_KINDS)}")
+        raise UserError(f"unknown tiny model kind {kind!r}: choose one of {', '.join(TINY_KINDS + tuple(CONTROLNET_KINDS))}")
     import diffusers
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -117,5 +121,34 @@ def build_tiny_model(kind: str, out: str | Path, seed: int = 0) -> Path:
         pipeline = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                                      requires_safety_checker=False)
     pipeline.save_pretrained(out, safe_serialization=True)
+    (out / "sdrt_tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
+    return out
+
+
+def build_tiny_controlnet(kind: str, out: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight diffusers ControlNetModel folder matching the tiny base model of `kind`.
+
+    diffusers zero-initialises the ControlNet's output convolutions (a fresh ControlNet changes nothing);
+    these get small random weights instead, so the residuals are non-zero and tests can see them.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = CONTROLNET_KINDS[kind]
+    torch.manual_seed(seed + 1000)
+    net = ControlNetModel.from_unet(_unet(base), conditioning_embedding_out_channels=(8, 8, 16, 16),
+                                    load_weights_from_unet=False).eval()
+    gen = torch.Generator().manual_seed(seed + 2000)
+    # the conditioning embedding gets a larger gain too, so that the control image visibly matters
+    embedding = [net.controlnet_cond_embedding.conv_in, *net.controlnet_cond_embedding.blocks]
+    zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for convs, gain in ((embedding, 2.0), (zeroed, 0.3)):
+            for conv in convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * gain / conv.weight[0].numel() ** 0.5)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.05)
+    net.save_pretrained(out, safe_serialization=True)
     (out / "sdrt_tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
     return out

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..backends.engine import Engine, engine_lock, run_engine
 from ..schedulers import ModelCall, Sampler
+from .control import Controls, is_residual, residual_shape
 from .denoise import NoiseSource, Progress, StepEnd, fill_rows, guide
 from .guidance import uses_cfg
 from .request import GenerationRequest
@@ -74,6 +75,7 @@ class Generation:
         self._loop_started = time.perf_counter()
         self.call: ModelCall | None = None
         self.composite: Callable[[np.ndarray], np.ndarray] | None = None  # on each decoded image (outpainting)
+        self.controls: Controls | None = None  # its ControlNets (sdrt.runtime.control), set by Pipeline.prepare
         self._advance(lambda: next(self._loop))
 
     @property
@@ -88,10 +90,11 @@ class Generation:
 
     @property
     def group(self) -> tuple:
-        """What must agree for generations to share a UNet run: input channels, latent size, text length."""
+        """What must agree for generations to share a UNet run: input channels, latent size, text length;
+        a generation with ControlNets runs alone (its own residuals; the simplest rule that is always right)."""
         assert self.call is not None
         return (self.channels, *self.call.x.shape[2:], self.cond.hidden_states.shape[1:],
-                self.cond.text_embeds is not None)
+                self.cond.text_embeds is not None, None if self.controls is None else self.serial)
 
     def fill(self, sample: np.ndarray, timesteps: np.ndarray) -> None:
         """Write this generation's rows of a UNet call (`sample` and `timesteps` are its slices)."""
@@ -151,6 +154,9 @@ class UNetBatch:
         self._cond: dict[str, np.ndarray] = {}
         self._sample: np.ndarray | None = None
         self._timesteps = np.empty(0, dtype=np.float32)
+        # ControlNet bundles: the UNet's residual inputs (zeros for generations without ControlNets)
+        self.residual_inputs = {n: spec.shape for n, spec in engine.inputs.items() if is_residual(n)}
+        self._zeros: tuple[tuple, dict[str, np.ndarray]] = ((), {})
 
     def run(self, gens: Sequence[Generation], rows: int | None = None) -> float:
         """One UNet evaluation for all `gens` (padded to `rows` rows when given); returns its seconds.
@@ -158,8 +164,9 @@ class UNetBatch:
         The UNet output is read once: each generation's guidance reads its rows straight from the engine's
         output buffer (under the engine's lock), with no stacked copy first; then the samplers step."""
         feeds = self._feeds(gens, rows)
+        t0 = time.perf_counter()  # ControlNet runs count as UNet time
+        self._add_residuals(gens, feeds)  # before the UNet's lock: a TensorRT session shares one lock
         with engine_lock(self.engine):
-            t0 = time.perf_counter()
             out = self.engine.run(feeds)["out_sample"]
             seconds = time.perf_counter() - t0
             guided, offset = [], 0
@@ -174,6 +181,7 @@ class UNetBatch:
         """The stacked UNet output (the caller's own array; rows in the order of `gens`) and its seconds."""
         feeds = self._feeds(gens, rows)
         t0 = time.perf_counter()
+        self._add_residuals(gens, feeds)
         out = run_engine(self.engine, feeds)["out_sample"]
         return out, time.perf_counter() - t0
 
@@ -196,6 +204,45 @@ class UNetBatch:
             sample[used:] = sample[:1]
             timesteps[used:] = timesteps[0]
         return {"sample": sample, "timestep": self._timestep_feed(timesteps), **self._conditioning(gens, total)}
+
+    def _add_residuals(self, gens: Sequence[Generation], feeds: dict[str, np.ndarray]) -> None:
+        """ControlNet bundles: the UNet's residual inputs, from the generations' ControlNets or zeros."""
+        if self.residual_inputs:
+            sample = feeds["sample"]
+            feeds.update(self._residuals(gens, sample, self._timesteps[:len(sample)], len(sample)))
+
+    def _residuals(self, gens: Sequence[Generation], sample: np.ndarray, timesteps: np.ndarray,
+                   total: int) -> dict[str, np.ndarray]:
+        """Each generation's ControlNet residual rows (zeros where none acts), stacked like its UNet rows."""
+        spatial = sample.shape[2:]
+        parts, offset = [], 0
+        for gen in gens:
+            rows = slice(offset, offset + gen.rows)
+            offset += gen.rows
+            parts.append(None if gen.controls is None else gen.controls.residuals(
+                sample[rows], timesteps[rows], gen.feeds, gen.call.step - gen.start, gen.total))
+        if all(part is None for part in parts):
+            return self._zero_residuals(total, *spatial)
+        stacked = {}
+        for name, shape in self.residual_inputs.items():
+            blocks = [part[name] if part is not None else np.zeros(residual_shape(shape, gen.rows, *spatial),
+                                                                    dtype=np.float32)
+                      for gen, part in zip(gens, parts)]
+            if total > offset:
+                blocks.append(np.zeros(residual_shape(shape, total - offset, *spatial), dtype=np.float32))
+            stacked[name] = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        return stacked
+
+    def _zero_residuals(self, rows: int, height: int, width: int) -> dict[str, np.ndarray]:
+        """Read-only zeros, kept while the shape repeats (engines then do not copy them again)."""
+        key = (rows, height, width)
+        if self._zeros[0] != key:
+            zeros = {n: np.zeros(residual_shape(shape, rows, height, width), dtype=np.float32)
+                     for n, shape in self.residual_inputs.items()}
+            for array in zeros.values():
+                array.setflags(write=False)
+            self._zeros = (key, zeros)
+        return self._zeros[1]
 
     def _timestep_feed(self, timesteps: np.ndarray) -> np.ndarray:
         if self.per_row_timestep:

@@ -103,7 +103,7 @@ def check_image_mode(image, what: str = "image") -> None:
         converted(image.crop((0, 0, 1, 1)), "RGB", what)  # one pixel tells whether the mode converts
 
 
-def _resized_levels(levels: np.ndarray, width: int, height: int) -> np.ndarray:
+def resized_levels(levels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Float levels resized with Lanczos in Pillow's float mode, clipped to [0, 1] as 8-bit data is."""
     from PIL import Image
 
@@ -118,7 +118,7 @@ def image_to_array(image, width: int, height: int, what: str = "image") -> np.nd
 
     levels = deep_gray_levels(image, what)
     if levels is not None:
-        pixels = np.repeat(_resized_levels(levels, width, height)[..., None], 3, axis=2)
+        pixels = np.repeat(resized_levels(levels, width, height)[..., None], 3, axis=2)
     else:
         image = converted(image, "RGB", what)
         if image.size != (width, height):
@@ -133,7 +133,7 @@ def mask_to_array(mask, width: int, height: int) -> np.ndarray:
 
     values = deep_gray_levels(mask, "mask")
     if values is not None:
-        values = _resized_levels(values, width, height)
+        values = resized_levels(values, width, height)
     else:
         mask = converted(mask, "L", "mask")
         if mask.size != (width, height):

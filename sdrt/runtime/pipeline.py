@@ -25,6 +25,7 @@ from ..schedulers import NoiseSchedule, Sampler, Temperature
 from .bundle import Bundle
 from ..backends.engine import Engine, run_engine
 from .denoise import LatentBlend, Progress
+from .control import ActiveControl, Controls, aspect_notes, control_pixels
 from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
@@ -176,6 +177,8 @@ class Pipeline:
                                 extra_channels, timings, started, progress)
         if request.outpaint:
             generation.composite = self._outpaint_composite(request)
+        if request.controls:
+            generation.controls = self._controls(request, height, width, generation.rows)
         timings.vae_encode = time.perf_counter() - t0
         return generation
 
@@ -214,6 +217,10 @@ class Pipeline:
     def notes(self, request: GenerationRequest) -> list[str]:
         """One-line remarks about a valid request that the user should see (the CLI prints "note: ...")."""
         notes = []
+        if request.controls:
+            height, width = (outpaint.outpaint_size(request.init_image.size, request.outpaint, self.model)
+                             if request.outpaint else resolve_size(request, self.model))
+            notes += aspect_notes(request.controls, width, height)
         if request.schedule == "ays" and self.model.family not in ("sd1", "sdxl"):
             family = {"sd2": "SD 2.x"}.get(self.model.family, self.model.family)
             notes.append(f"--schedule ays uses SD 1.5's noise levels on this {family} bundle: Align Your Steps "
@@ -243,7 +250,36 @@ class Pipeline:
         self.prompt_encoder.check_clip_skip(request.clip_skip)  # also builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
+        for name in self.controlnet_names(request):
+            self.engine(self.bundle.manifest.controlnets[name].component)
         return sampler, size
+
+    def controlnet_names(self, request: GenerationRequest) -> list[str]:
+        """The bundle's ControlNet for each of the request's controls, or a one-line UserError."""
+        nets = self.bundle.manifest.controlnets
+        if request.controls and not nets:
+            raise UserError("this bundle has no ControlNet: re-export the model with `sdrt export --controlnet DIR`, "
+                            "or drop --control-image")
+        names = []
+        for spec in request.controls:
+            name = spec.controlnet
+            if name is None and len(nets) > 1:
+                raise UserError(f"this bundle has {len(nets)} ControlNets ({', '.join(sorted(nets))}): choose one per "
+                                "control image with --controlnet NAME")
+            name = next(iter(nets)) if name is None else name
+            if name not in nets:
+                raise UserError(f"unknown ControlNet {name!r}: this bundle has {', '.join(sorted(nets))}")
+            names.append(name)
+        return names
+
+    def _controls(self, request: GenerationRequest, height: int, width: int, rows: int) -> Controls:
+        active = []
+        for spec, name in zip(request.controls, self.controlnet_names(request)):
+            image = np.repeat(control_pixels(spec, width, height), rows, axis=0)
+            image.setflags(write=False)
+            engine = self.engine(self.bundle.manifest.controlnets[name].component)
+            active.append(ActiveControl(engine, image, float(spec.scale), float(spec.start), float(spec.end)))
+        return Controls(active)
 
     def _sampler(self, request: GenerationRequest) -> Sampler:
         try:
@@ -340,6 +376,10 @@ class Pipeline:
             settings["Temperature"] = request.temperature
             settings["Temperature method"] = request.temperature_method.upper()
         settings["Clip skip"] = request.clip_skip if request.clip_skip > 1 else None  # A1111 writes it when > 1
+        for i, (spec, name) in enumerate(zip(request.controls, self.controlnet_names(request))):
+            # the AUTOMATIC1111 ControlNet extension's key and layout
+            settings[f"ControlNet {i}"] = (f"Module: {spec.preprocess}, Model: {name}, Weight: {spec.scale:g}, "
+                                           f"Guidance Start: {spec.start:g}, Guidance End: {spec.end:g}")
         if not request.prompt_weighting and any(has_syntax(t or "") for t in (request.prompt, request.negative)):
             settings["Emphasis"] = "None"  # A1111's key when brackets were taken literally
         return format_parameters(request.prompt, request.negative, settings)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import ModelInfo
+from .control import ControlSpec, check_controls
 from .images import check_image_mode
 from .outpaint import check_request as check_outpaint
 
@@ -46,6 +47,7 @@ class GenerationRequest:
     outpaint_fill: str = "edge"  # edge | noise | blur: the new area before sampling
     prompt_weighting: bool = True  # read A1111's (word:1.2) / [word] / BREAK syntax; False: text taken literally
     clip_skip: int = 1  # A1111 numbering: 1 = the text encoder's last layer, 2 = the penultimate, ...
+    controls: list[ControlSpec] = field(default_factory=list)  # ControlNets to apply (sdrt.runtime.control)
 
     @property
     def task(self) -> str:
@@ -159,6 +161,7 @@ def validate(request: GenerationRequest) -> None:
         check_image_mode(request.init_image, "init image")
     if request.mask is not None:
         check_image_mode(request.mask, "mask")
+    check_controls(request.controls)
 
 
 def check_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

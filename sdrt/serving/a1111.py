@@ -30,6 +30,8 @@ from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..schedulers import REGISTRY
 from .api_errors import ApiError, error_responses, invalid
+from .controlnet_api import AlwaysOnScripts, control_specs
+from .controlnet_api import ignored as ignored_scripts
 from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
@@ -86,6 +88,8 @@ class Txt2ImgRequest(BaseModel):
     send_images: bool = True
     clip_skip: int | None = Field(None, ge=1, description=CLIP_SKIP_EXTRA)
     override_settings: OverrideSettings | None = Field(None, description=OVERRIDES)
+    alwayson_scripts: AlwaysOnScripts | None = Field(None, description="sd-webui-controlnet's ControlNet units "
+                                                     "(docs/controlnet.md); other scripts are ignored.")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -124,7 +128,7 @@ def ignored_fields(body: Txt2ImgRequest, sampler: str) -> list[str]:
     names |= {k for k in SAMPLER_OPTIONS if getattr(body, k) is not None and k not in REGISTRY[sampler].options}
     if body.override_settings is not None:
         names |= {f"override_settings.{k}" for k in body.override_settings.model_extra or ()}
-    return sorted(names)
+    return sorted(names | ignored_scripts(body.alwayson_scripts))
 
 
 def clip_skip_of(body: Txt2ImgRequest) -> tuple[int, str]:
@@ -176,11 +180,12 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     clip_skip, source = clip_skip_of(body)
     check_clip_skip(model, source, clip_skip)
     seed = resolve_seed(body.seed)
+    controls = control_specs(body.alwayson_scripts, limits)
     requests = [GenerationRequest(
         prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
         height=body.height, init_image=init_image, strength=strength, mask=mask, sampler_options=options,
-        clip_skip=clip_skip)
+        clip_skip=clip_skip, controls=controls)
         for k in range(body.n_iter)]
     return requests, sampler, schedule
 
