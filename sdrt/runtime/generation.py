@@ -88,10 +88,11 @@ class Generation:
 
     @property
     def group(self) -> tuple:
-        """What must agree for generations to share a UNet run: input channels, latent size, text length."""
+        """What must agree for generations to share a UNet run: input channels, latent size, text length, and
+        the LoRA adapter set (one UNet weight set per run)."""
         assert self.call is not None
         return (self.channels, *self.call.x.shape[2:], self.cond.hidden_states.shape[1:],
-                self.cond.text_embeds is not None)
+                self.cond.text_embeds is not None, tuple(self.request.loras))
 
     def fill(self, sample: np.ndarray, timesteps: np.ndarray) -> None:
         """Write this generation's rows of a UNet call (`sample` and `timesteps` are its slices)."""
