@@ -89,6 +89,7 @@ class OrtEngine:
         if settings.backend == "ort-trt" and cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the EP creates only the last folder level
         self.session = self._open(settings, cache_dir, profiles)
+        self._arrays = {}  # in the session now (free the copy; adapted engines are made from the base engine)
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
@@ -105,8 +106,14 @@ class OrtEngine:
         def make(graph: bool) -> Any:
             providers = providers_for(settings.backend, cache_dir, profiles, graph, settings.device_id)
             source, options = self._source(settings)
-            return self._ort.InferenceSession(source, sess_options=options, providers=[p for p, _ in providers],
-                                              provider_options=[o for _, o in providers])
+            session = self._ort.InferenceSession(source, sess_options=options, providers=[p for p, _ in providers],
+                                                 provider_options=[o for _, o in providers])
+            if not isinstance(source, str) and hasattr(session, "_model_bytes"):
+                # onnxruntime's Python class keeps the graph bytes it was given (to rebuild the session if
+                # providers are reset, which sdrt never does): a second copy of the weights for the session's
+                # life, measured +1.2 GB on a 1.2 GB UNet. The session itself holds what it needs.
+                session._model_bytes = None
+            return session
 
         try:
             return make(self.cuda_graph)

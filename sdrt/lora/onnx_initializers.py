@@ -99,7 +99,7 @@ class OnnxInitializers:
         """(the graph's bytes with the inline initializers among `values` replaced, the values of those stored
         in external data). Replacing bytes in place keeps every offset: the new value has the old dtype and
         shape, so the same byte count."""
-        data = bytearray(self._map)
+        pieces: list[tuple[int, int, bytes]] = []  # (start, end, new bytes), assembled in one copy below
         external = {}
         for name, value in values.items():
             entry = self._entries[name]
@@ -109,11 +109,16 @@ class OnnxInitializers:
             if entry.external is not None:
                 external[name] = value
             elif entry.raw is not None:
-                data[entry.raw[0]:entry.raw[1]] = value.tobytes()
+                pieces.append((*entry.raw, value.tobytes()))
             else:
                 raise BundleError(f"initializer {name} of {self.path.name} is not stored as raw bytes, which sdrt "
                                   "needs to replace it: re-export the model with this sdrt (sdrt export)")
-        return bytes(data), external
+        view, parts, pos = memoryview(self._map), [], 0
+        for start, end, new in sorted(pieces):
+            parts += [view[pos:start], new]
+            pos = end
+        parts.append(view[pos:])
+        return b"".join(parts), external
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:
