@@ -9,7 +9,8 @@ parameters; see compare.py), exported with fp32 graphs. Adapters: random LoRAs i
 with numpy at --rank on every attention projection (q, k, v, out), feed-forward and proj_in/out Linear of
 the UNet and every q/k/v/out/fc Linear of the text encoder - the modules SD 1.5 LoRAs train.
 Timed (median of --runs, each on a fresh Pipeline so nothing is cached unless stated):
-- reload: a new ONNX Runtime session of the base UNet from its file;
+- reload: new ONNX Runtime sessions of the base UNet and text encoder from their files (the components the
+  adapters change: what loading a bundle with the adapters fused in would cost);
 - first use: `pipe.with_loras([A])` on a pipeline that never saw A: read the file, compute the deltas, build
   the adapted UNet and text encoder sessions;
 - cached: `pipe.with_loras([A])` again (the LRU hit), and switching A -> B -> A with both cached;
@@ -86,7 +87,7 @@ def step_seconds(engines: list, feeds: dict, runs: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def measure(name: str, bundle: Path, workdir: Path, runs: int, rank: int, side: int) -> dict:
+def measure(name: str, bundle: Path, workdir: Path, runs: int, rank: int, side: int, alternate: bool) -> dict:
     from sdrt.backends.ort_engine import OrtEngine
     from sdrt.backends.ort_options import SessionSettings
     from sdrt.lora.options import LoraOption
@@ -100,15 +101,17 @@ def measure(name: str, bundle: Path, workdir: Path, runs: int, rank: int, side: 
     a, b = LoraOption(files[0], 0.8), LoraOption(files[1], 0.6)
     unet_file = bundle / "fp32" / "unet.onnx"
 
-    reload, first, cached, alternate = [], [], [], []
+    reload, first, cached, switches = [], [], [], []
     for _ in range(runs):
-        reload.append(timed(lambda: OrtEngine("unet", unet_file, settings=SessionSettings(spin=False)))[0])
+        reload.append(timed(lambda: [OrtEngine(c, bundle / "fp32" / f"{c}.onnx", settings=SessionSettings(spin=False))
+                                     for c in ("unet", "text_encoder")])[0])
         pipe = Pipeline.load(str(bundle), spin=False)
         pipe.engine("unet"), pipe.engine("text_encoder")
         first.append(timed(lambda: pipe.with_loras([a]))[0])
         cached.append(timed(lambda: pipe.with_loras([a]))[0])
-        pipe.with_loras([b])
-        alternate.append(timed(lambda: (pipe.with_loras([a]), pipe.with_loras([b]), pipe.with_loras([a])))[0] / 3)
+        if alternate:  # a second adapted session held at once: the weights' size again in memory
+            pipe.with_loras([b])
+            switches.append(timed(lambda: (pipe.with_loras([a]), pipe.with_loras([b]), pipe.with_loras([a])))[0] / 3)
         del pipe
         gc.collect()
     pipe = Pipeline.load(str(bundle), spin=False)
@@ -117,8 +120,8 @@ def measure(name: str, bundle: Path, workdir: Path, runs: int, rank: int, side: 
     med = statistics.median
     row = {"model": name, "unet_mb": round(unet_file.stat().st_size / 2**20, 1), "adapter_modules": modules[0],
            "rank": rank, "reload_s": med(reload), "first_use_s": med(first), "cached_s": med(cached),
-           "alternate_cached_s": med(alternate), "unet_step_base_s": base_step, "unet_step_adapted_s": adapted_step,
-           "runs": {"reload": reload, "first_use": first, "cached": cached, "alternate": alternate}}
+           "alternate_cached_s": med(switches) if switches else None, "unet_step_base_s": base_step, "unet_step_adapted_s": adapted_step,
+           "runs": {"reload": reload, "first_use": first, "cached": cached, "alternate": switches}}
     row["first_use_vs_reload"] = row["first_use_s"] / row["reload_s"]
     row["cached_vs_reload"] = row["cached_s"] / row["reload_s"]
     row["adapted_step_vs_base"] = adapted_step / base_step
@@ -126,15 +129,19 @@ def measure(name: str, bundle: Path, workdir: Path, runs: int, rank: int, side: 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | UNet file | adapter | reload UNet session | first use (UNet + text encoder) | cached | "
+    lines = ["| model | UNet file | adapter | reload UNet + text encoder sessions | first use (UNet + text encoder) | cached | "
              "A->B->A cached, per switch | first use / reload | cached / reload | UNet step adapted / base |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['unet_mb']:.0f} MiB | {r['adapter_modules']} modules, rank {r['rank']} | "
                      f"{r['reload_s'] * 1e3:.0f} ms | {r['first_use_s'] * 1e3:.0f} ms | {r['cached_s'] * 1e6:.0f} us | "
-                     f"{r['alternate_cached_s'] * 1e6:.0f} us | {r['first_use_vs_reload']:.2f}x | "
+                     f"{_us(r['alternate_cached_s'])} | {r['first_use_vs_reload']:.2f}x | "
                      f"{r['cached_vs_reload']:.5f}x | {r['adapted_step_vs_base']:.2f}x |")
     return "\n".join(lines)
+
+
+def _us(seconds: float | None) -> str:
+    return "not run" if seconds is None else f"{seconds * 1e6:.0f} us"
 
 
 def main() -> None:
@@ -145,6 +152,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels for the UNet step timing")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "sdrt" / "bench-lora")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-alternate", default="", metavar="MODELS",
+                        help="models on which A->B->A is not timed (it holds two adapted sessions in memory)")
     args = parser.parse_args()
 
     from compare import prepare
@@ -153,7 +162,8 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         _, bundle, _ = prepare(name, args.workdir)
-        rows.append(measure(name, bundle, args.workdir, args.runs, args.rank, args.size))
+        rows.append(measure(name, bundle, args.workdir, args.runs, args.rank, args.size,
+                            name not in args.no_alternate.split(",")))
         print(f"{name}: done", file=sys.stderr)
     load = os.getloadavg()
     print(table(rows))

@@ -228,3 +228,35 @@ def test_request_loras_are_checked(pipelines, tmp_path: Path) -> None:
         with pytest.raises(UserError) as info:
             pipe.generate(GenerationRequest(PROMPT, steps=1, loras=loras))
         assert str(info.value) == message
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_numpy_onnx_reader_matches_onnx(tiny_bundle, tmp_path: Path, precision: str) -> None:
+    """The runtime's protobuf reader (no `onnx` package) gives every initializer onnx gives, bit for bit,
+    inline and from external data, and patches values in place without moving anything else."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sdrt.export.onnx_files import save_model
+    from sdrt.lora.onnx_initializers import OnnxInitializers
+
+    path = tiny_bundle("sd1") / precision / "unet.onnx"
+    model = onnx.load(str(path))
+    save_model(model, tmp_path / "ext" / "unet.onnx", force_external=True)
+    for graph in (path, tmp_path / "ext" / "unet.onnx"):
+        reader = OnnxInitializers(graph)
+        for init in onnx.load(str(path)).graph.initializer:
+            expected = numpy_helper.to_array(init)
+            got = reader.array(init.name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, init.name
+            np.testing.assert_array_equal(got, expected)
+    reader = OnnxInitializers(path)
+    name = max(reader._entries, key=lambda n: np.prod(reader.shape(n)))
+    new = np.full(reader.shape(name), 0.25, dtype=reader.dtype(name))
+    data, external = reader.patched({name: new})
+    patched = onnx.load_from_string(data)
+    assert external == {} and len(data) == path.stat().st_size
+    for init in patched.graph.initializer:
+        want = new if init.name == name else reader.array(init.name)
+        np.testing.assert_array_equal(numpy_helper.to_array(init), want)
+    assert [n.name for n in patched.graph.node] == [n.name for n in model.graph.node]

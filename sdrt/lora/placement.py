@@ -72,7 +72,7 @@ class BundleWeights:
                 name = entry["initializer"]
                 base = inits.array(name)
                 change = delta.T if entry["transposed"] else delta
-                out[name] = (base.astype(np.float32) + change).astype(base.dtype)
+                out[name] = (base.astype(np.float32, copy=False) + change).astype(base.dtype, copy=False)
         return values
 
 
