@@ -260,3 +260,36 @@ def test_numpy_onnx_reader_matches_onnx(tiny_bundle, tmp_path: Path, precision: 
         want = new if init.name == name else reader.array(init.name)
         np.testing.assert_array_equal(numpy_helper.to_array(init), want)
     assert [n.name for n in patched.graph.node] == [n.name for n in model.graph.node]
+
+
+def test_building_a_new_set_does_not_block_cached_sets(tiny_bundle, adapters, monkeypatch) -> None:
+    """While one request's new set builds (seconds on a large UNet), other threads still get cached sets: the
+    serving loop keeps switching. (A deadlock or a held cache lock would leave the lookup thread waiting.)"""
+    import threading
+
+    from sdrt.runtime import lora_sets
+
+    peft_file, kohya_file, _ = adapters("sd1")
+    pipe = Pipeline.load(str(tiny_bundle("sd1")))
+    cached = pipe.with_loras([LoraOption(peft_file, 0.5)])
+    entered, release = threading.Event(), threading.Event()
+    real = lora_sets.adapt_engine
+
+    def slow(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lora_sets, "adapt_engine", slow)
+    builder = threading.Thread(target=pipe.with_loras, args=([LoraOption(kohya_file, 1.0)],))
+    builder.start()
+    assert entered.wait(60)
+    got = []
+    lookup = threading.Thread(target=lambda: got.append(pipe.with_loras([LoraOption(peft_file, 0.5)])))
+    lookup.start()
+    lookup.join(30)
+    alive = lookup.is_alive()
+    release.set()
+    builder.join(60)
+    lookup.join(60)
+    assert not alive and got == [cached]

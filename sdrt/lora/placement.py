@@ -70,9 +70,13 @@ class BundleWeights:
             for param, delta in by_param.items():
                 entry = self.map[component][param]
                 name = entry["initializer"]
-                base = inits.array(name)
+                value = inits.array(name)  # a copy of the bundle's value
                 change = delta.T if entry["transposed"] else delta
-                out[name] = (base.astype(np.float32, copy=False) + change).astype(base.dtype, copy=False)
+                if value.dtype == np.float32:
+                    value += change
+                    out[name] = value
+                else:  # float16 graphs: the sum in float32, rounded once
+                    out[name] = (value.astype(np.float32) + change).astype(value.dtype)
         return values
 
 

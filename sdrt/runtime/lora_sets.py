@@ -51,13 +51,15 @@ class LoraSets:
         self._adapters: LruCache[Adapter] = LruCache(16)
         self.engines: LruCache[Engine] = LruCache(capacity)  # (component, key) -> adapted engine
         self._views: LruCache[Any] = LruCache(capacity)  # set key -> AdaptedPipeline
+        self._building: dict[tuple, threading.Lock] = {}  # set key -> held while that set is built
 
     @property
     def weights(self) -> BundleWeights:
-        if self._weights is None:
-            bundle = self.pipeline.bundle
-            self._weights = BundleWeights(bundle.root, bundle.manifest, bundle.precision)
-        return self._weights
+        with self._lock:
+            if self._weights is None:
+                bundle = self.pipeline.bundle
+                self._weights = BundleWeights(bundle.root, bundle.manifest, bundle.precision)
+            return self._weights
 
     def adapter(self, option: LoraOption) -> Adapter:
         key = file_key(option.path)
@@ -68,7 +70,10 @@ class LoraSets:
         return adapter
 
     def view(self, loras: Sequence[LoraOption]) -> Pipeline:
-        """The pipeline with these adapters (the base pipeline itself for none)."""
+        """The pipeline with these adapters (the base pipeline itself for none).
+
+        A new set is built under its own lock, not the cache's: while one request's set builds (seconds for a
+        large UNet), the serving loop keeps switching between the sets already cached."""
         options = check_loras(loras)
         if not options:
             return self.pipeline
@@ -77,25 +82,37 @@ class LoraSets:
             keys = by_component(adapters, lambda a, s: (*file_key(a.path), s))
             set_key = tuple(sorted(keys.items()))
             view = self._views.get(set_key)
+            if view is not None:
+                return view
+            building = self._building.setdefault(set_key, threading.Lock())
+        with building:  # one build per set: a second request for it waits for the first
+            with self._lock:
+                view = self._views.get(set_key)
             if view is None:
                 view = AdaptedPipeline(self.pipeline, self._engines_for(adapters, keys), tuple(options))
-                self._views.put(set_key, view)
-            return view
+                with self._lock:
+                    self._views.put(set_key, view)
+        with self._lock:
+            self._building.pop(set_key, None)
+        return view
 
     def _engines_for(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple]) -> dict[str, Engine]:
         wanted = {c: k for c, k in keys.items() if k}
-        missing = {c for c, k in wanted.items() if self.engines.get((c, k)) is None}
+        with self._lock:
+            found = {c: self.engines.get((c, k)) for c, k in wanted.items()}
+        missing = {c for c, engine in found.items() if engine is None}
         values = {}
         if missing:
             touching = [(a, s) for a, s in adapters if any(m.component in missing for m in a.modules)]
             values = self.weights.adapted(touching)  # one-line UserError unless every adapter fits
         engines = {}
         for component, key in wanted.items():
-            engine = self.engines.get((component, key))
+            engine = found[component]
             if engine is None:
                 engine = adapt_engine(self.pipeline.engine(component), values.get(component, {}), key, self.weights,
                                       component)
-                self.engines.put((component, key), engine)
+                with self._lock:
+                    self.engines.put((component, key), engine)
             engines[component] = engine
         return engines
 
