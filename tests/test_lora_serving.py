@@ -98,3 +98,13 @@ def test_different_adapter_sets_are_never_stacked(pipelines, lora_dir) -> None:
     # a run mixing two sets would give one set's rows the other's UNet weights: different images
     for request, result in zip(requests, results):
         np.testing.assert_array_equal(result.images[0], pipelines("sd1").generate(request).images[0])
+
+
+def test_serve_lora_dir_must_be_a_folder(tiny_bundle, tmp_path, capsys) -> None:
+    from cli_helpers import run_cli
+
+    bundle = tiny_bundle("sd1")
+    capsys.readouterr()  # the fixture's own output
+    code, _, err = run_cli("serve", [str(bundle), "--lora-dir", str(tmp_path / "nope")], capsys)
+    assert (code, err.strip().splitlines()) == (2, [f"error: --lora-dir {tmp_path / 'nope'} is not a folder: pass the "
+                                                    "folder that holds the LoRA .safetensors files"])
