@@ -16,6 +16,11 @@ mistake would pass silently otherwise (docs/gpu.md has the table of what they do
   serves at most one execution context at a time;
 - tensor dtypes are TensorRT DataType values mapped by nptype() like trt.nptype (BF16 has no numpy type:
   TypeError).
+- refitting (LoRA): the engine's y = scale * x + bias reads named weights `scale` and `bias` at launch; a plan
+  built refittable takes new ones through `Refitter`: set_named_weights returns False for a name the engine
+  does not have or a value of another size or dtype (TensorRT logs an error and returns False), weights the
+  build combined (plan "combined": groups of names) must be set together - get_missing_weights() names the
+  rest, and refit_cuda_engine() returns False while any is missing; a non-refittable engine refuses a Refitter.
 """
 
 from __future__ import annotations
@@ -232,7 +237,9 @@ class FakeContext:
             shape, src, dst = self.shapes["x"], self.addresses["x"], self.addresses["y"]
             n = math.prod(shape) * dtype.itemsize
             x = self.cuda.memory[src][:n].view(dtype)
-            self.cuda.memory[dst][:n] = np.frombuffer((x * 2 + 1).astype(dtype).tobytes(), np.uint8)
+            w = self.engine.weights
+            y = (x * w["scale"].astype(dtype)[0] + w["bias"].astype(dtype)[0]).astype(dtype)
+            self.cuda.memory[dst][:n] = np.frombuffer(y.tobytes(), np.uint8)
 
         if self.cuda.capturing is not None:
             if self.changed or self.shapes["x"] in self.fail_capture_for:
@@ -251,7 +258,12 @@ class FakeEngine:
 
     num_io_tensors = 2
 
-    def __init__(self, profiles: list, activation_bytes: int, cuda: FakeCuda, dtype: str = "FLOAT") -> None:
+    def __init__(self, profiles: list, activation_bytes: int, cuda: FakeCuda, dtype: str = "FLOAT",
+                 refittable: bool = False, combined: list | None = None) -> None:
+        self.refittable = refittable
+        self.weights = {n: np.array([v], dtype=nptype(DTYPES[dtype])) for n, v in (("scale", 2), ("bias", 1))}
+        self.combined = [set(g) for g in combined or []]
+        self.refits = 0
         self.profiles = [tuple(tuple(s) for s in p) for p in profiles]
         self.num_optimization_profiles = len(self.profiles)
         self.device_memory_size_v2 = activation_bytes
@@ -282,8 +294,36 @@ class FakeEngine:
         return ctx
 
 
-def plan_bytes(profiles: list, activation_bytes: int = 4096, dtype: str = "FLOAT") -> bytes:
-    return json.dumps({"profiles": profiles, "activation": activation_bytes, "dtype": dtype}).encode()
+def plan_bytes(profiles: list, activation_bytes: int = 4096, dtype: str = "FLOAT", refittable: bool = False,
+               combined: list | None = None) -> bytes:
+    return json.dumps({"profiles": profiles, "activation": activation_bytes, "dtype": dtype,
+                       "refittable": refittable, "combined": combined or []}).encode()
+
+
+class Refitter:
+    def __init__(self, engine: FakeEngine, logger: Any) -> None:
+        if not engine.refittable:
+            raise RuntimeError("Refitter: the engine was not built with BuilderFlag.REFIT")
+        self.engine, self.pending = engine, {}
+
+    def set_named_weights(self, name: str, weights: Any) -> bool:
+        have = self.engine.weights.get(name)
+        value = weights.array
+        if have is None or value.size != have.size or value.dtype != have.dtype:
+            return False
+        self.pending[name] = value
+        return True
+
+    def get_missing_weights(self) -> list[str]:
+        return sorted({n for g in self.engine.combined if g & set(self.pending) for n in g} - set(self.pending))
+
+    def refit_cuda_engine(self) -> bool:
+        if self.get_missing_weights():
+            return False
+        for name, value in self.pending.items():
+            self.engine.weights[name] = value.reshape(-1).copy()
+        self.engine.refits += 1
+        return True
 
 
 def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespace:
@@ -296,7 +336,8 @@ def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespa
                 d = json.loads(data)
             except ValueError:
                 return None
-            return FakeEngine(d["profiles"], d["activation"], cuda, d.get("dtype", "FLOAT"))
+            return FakeEngine(d["profiles"], d["activation"], cuda, d.get("dtype", "FLOAT"), d.get("refittable", False),
+                              d.get("combined"))
 
     class Logger:
         WARNING = 2
@@ -312,4 +353,6 @@ def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespa
         nptype=nptype,
         Logger=Logger,
         Runtime=Runtime,
+        Refitter=Refitter,
+        Weights=lambda array: SimpleNamespace(array=array),  # like trt.Weights(ndarray): no copy
     )

@@ -144,3 +144,15 @@ def to_sgm_names(kohya_file: Path, out: Path, layers: int) -> Path:
     assert not any("down_blocks" in k or "up_blocks" in k or "mid_block" in k for k in tensors)
     save_file(tensors, str(out))
     return out
+
+
+def loaded_pipe(model: Path, adapters: list[tuple[Path, float]]) -> Any:
+    """A diffusers pipeline with the adapters loaded (load_lora_weights) and active at their scales
+    (set_adapters), not fused: diffusers' own run-time LoRA path, the reference for run-time switching."""
+    allow_installed_peft()
+    pipe = load_pipe(model)
+    names = [f"a{i}" for i in range(len(adapters))]
+    for name, (path, _) in zip(names, adapters):
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    pipe.set_adapters(names, adapter_weights=[s for _, s in adapters])
+    return pipe

@@ -37,6 +37,10 @@ class FakeConfig:
         self.profiles: list = []
         self.cache: FakeCache | None = None
         self.progress_monitor: Any = None
+        self.flags: set[str] = set()
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.add(flag)
 
     def set_memory_pool_limit(self, pool: str, size: int) -> None:
         self.pools[pool] = size
@@ -124,6 +128,7 @@ def fake_tensorrt(world: SimpleNamespace) -> SimpleNamespace:
         Builder=Builder, OnnxParser=Parser, IProgressMonitor=IProgressMonitor,
         MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),  # TensorRT 10/11's enum value
+        BuilderFlag=SimpleNamespace(REFIT="REFIT"),
         __version__=world.version,
     )
 
@@ -165,8 +170,11 @@ def test_profiles_and_options_reach_the_builder_config(world, tmp_path) -> None:
     ]
     assert lines[0] == "  Building engine (2 steps)" and lines[1] == "    Tactic timing (100 steps)"
     assert lines[2].startswith("    Tactic timing done in ") and lines[3].startswith("  Building engine done in ")
+    assert world.config.flags == set()  # not refittable unless asked
     build_engine(onnx_file(tmp_path, "vae.onnx"), PROFILES[:1], BuildOptions(), None, lines.append)
     assert world.config.pools == {}  # no --workspace: TensorRT's default
+    build_engine(onnx_file(tmp_path, "unet.onnx"), PROFILES[:1], BuildOptions(refittable=True), None, lines.append)
+    assert world.config.flags == {"REFIT"}  # sdrt build --refittable
 
 
 def test_timing_cache_is_reused_and_merged_with_the_file_on_disk(world, tmp_path) -> None:

@@ -68,8 +68,11 @@ class OrtEngine:
     def __init__(self, name: str, path: str | os.PathLike, spec: ComponentSpec | None = None,
                  settings: SessionSettings = SessionSettings(), cache_dir: str | Path | None = None,
                  profiles: Sequence[Mapping[str, ShapeRange]] = (), cuda_graph: bool = True,
-                 max_graphs: int = 8) -> None:
+                 max_graphs: int = 8, initializers: Mapping[str, np.ndarray] | None = None) -> None:
         ort = import_onnxruntime()
+        self._args = (spec, settings, cache_dir, profiles, cuda_graph, max_graphs)  # for with_initializers
+        self._arrays = dict(initializers or {})  # LoRA: initializers replaced (see _source)
+        self._keep: list = []  # OrtValues ORT reads for the session's lifetime
         self._ort = ort
         self.name = name
         self.path = str(path)
@@ -86,6 +89,7 @@ class OrtEngine:
         if settings.backend == "ort-trt" and cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the EP creates only the last folder level
         self.session = self._open(settings, cache_dir, profiles)
+        self._arrays = {}  # in the session now (free the copy; adapted engines are made from the base engine)
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
@@ -101,9 +105,15 @@ class OrtEngine:
         """The session; without CUDA graphs when ORT cannot capture this model; BundleError for a bad file."""
         def make(graph: bool) -> Any:
             providers = providers_for(settings.backend, cache_dir, profiles, graph, settings.device_id)
-            return self._ort.InferenceSession(self.path, sess_options=session_options(settings),
-                                              providers=[p for p, _ in providers],
-                                              provider_options=[o for _, o in providers])
+            source, options = self._source(settings)
+            session = self._ort.InferenceSession(source, sess_options=options, providers=[p for p, _ in providers],
+                                                 provider_options=[o for _, o in providers])
+            if not isinstance(source, str) and hasattr(session, "_model_bytes"):
+                # onnxruntime's Python class keeps the graph bytes it was given (to rebuild the session if
+                # providers are reset, which sdrt never does): a second copy of the weights for the session's
+                # life, measured +1.2 GB on a 1.2 GB UNet. The session itself holds what it needs.
+                session._model_bytes = None
+            return session
 
         try:
             return make(self.cuda_graph)
@@ -120,9 +130,43 @@ class OrtEngine:
             raise BundleError(f"cannot load {self.path} into onnxruntime ({first_line[:200]}): the file is "
                               "corrupt or incomplete, re-export the model (sdrt export)") from None
 
+    def _source(self, settings: SessionSettings) -> tuple[Any, Any]:
+        """(the graph: its path, or its bytes with replaced initializers; the session options).
+
+        Why bytes and not `SessionOptions.add_initializer`: ORT's optimizers build new initializers from the
+        graph's own values (NCHWc reorders Conv weights; on CPU, fp16 weights are cast to fp32 and folded), and
+        those ignore `add_initializer`'s replacements - measured: adapted sessions silently ran the base conv
+        weights, and fp16 graphs all base weights. A graph whose bytes hold the new values is optimized like
+        the base one. Initializers in external data go through `add_external_initializers`, which ORT injects
+        before optimizing."""
+        options = session_options(settings)
+        if not self._arrays:
+            return self.path, options
+        from ..lora.onnx_initializers import OnnxInitializers  # noqa: PLC0415
+
+        graph = OnnxInitializers(self.path)
+        data, external = graph.patched(self._arrays)
+        if graph.has_external_data:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(Path(self.path).parent.resolve()))
+        if external:
+            values = [self._ort.OrtValue.ortvalue_from_numpy(v) for v in external.values()]
+            self._keep = [external, values]
+            options.add_external_initializers(list(external), values)
+        return data, options
+
     @property
     def providers(self) -> list[str]:
         return list(self._providers)
+
+    def with_initializers(self, values: Mapping[str, np.ndarray], tag: str) -> "OrtEngine":
+        """A second session of this graph, on the same provider, with these initializers replaced (LoRA
+        switching); this engine is untouched. `tag` names the adapter set: the TensorRT EP gets its own engine
+        cache folder for it, since its cache is keyed by the graph, not by replaced initializers."""
+        spec, settings, cache_dir, profiles, cuda_graph, max_graphs = self._args
+        cache = Path(cache_dir) / f"lora-{tag}" if cache_dir is not None else None
+        return OrtEngine(self.name, self.path, spec, settings, cache, profiles, cuda_graph, max_graphs,
+                         {**self._arrays, **values})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:

@@ -125,6 +125,7 @@ class TrtEngine:
             for p in range(engine.num_optimization_profiles)
         ]
         self._version = str(getattr(trt, "__version__", "?"))
+        self.switch = None  # LoRA: the RefitSwitch of a refittable engine once adapters used it (trt_refit.py)
         self.cuda_graphs = cuda_graphs
         self.graphs: LruCache[cuda_rt.Graph] = LruCache(max_graphs if cuda_graphs else 0, lambda g: g.destroy())
         self._uncapturable: set[ShapeKey] = set()
@@ -265,6 +266,8 @@ class TrtEngine:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
+            if self.switch is not None:
+                self.switch.apply((), {})  # a plain run runs the base weights (LoRA views refit their own)
             return self._run_locked(feeds)
 
     def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

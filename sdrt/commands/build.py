@@ -28,11 +28,13 @@ PROFILE_HELP = (
 @click.option("--engines", "engines_dir", type=click.Path(path_type=Path), default=None,
               help="Engine cache folder; default: BUNDLE/engines.")
 @click.option("--force", is_flag=True, help="Rebuild even when a matching engine exists.")
+@click.option("--refittable", is_flag=True,
+              help="Build refittable engines, so `--lora` adapters switch in without a rebuild (docs/lora.md).")
 @click.option("--dry-run", is_flag=True, help="Print each component's profile shapes and stop (no GPU needed).")
 def build(
     bundle: Path, sizes: tuple[str, ...], batch: str, prompt_chunks: str, cfg: str, precision: str,
     components: str | None, opt_level: int, workspace: float | None, engines_dir: Path | None,
-    force: bool, dry_run: bool,
+    force: bool, dry_run: bool, refittable: bool = False,
 ) -> None:
     """Build TensorRT engines (fp16 by default) for BUNDLE on this GPU; matching engines are reused."""
     from ..engines.build_plan import plan_builds, run_builds
@@ -61,7 +63,7 @@ def build(
             raise UserError(f"bundle {bundle}'s {precision} {c} graph has ONNX Runtime CPU fusions "
                             f"({', '.join(fused)}), which TensorRT cannot parse: build --precision fp16, or "
                             "re-export with sdrt export --no-fuse")
-    options = BuildOptions(opt_level=opt_level, workspace_gb=workspace)
+    options = BuildOptions(opt_level=opt_level, workspace_gb=workspace, refittable=refittable)
     height, width = manifest.model.default_size
     profiles = [parse_profile(s, manifest.model, batch, prompt_chunks, cfg) for s in (sizes or (f"{width}x{height}",))]
     manifest.verify_files(bundle)
@@ -75,6 +77,6 @@ def build(
     root = engines_dir or bundle / "engines"
     click.echo(f"building for {target.describe()} into {root / target.dir_name}")
     started = time.perf_counter()
-    planned = plan_builds(bundle, manifest, names, precision, profiles, root, target, force)
+    planned = plan_builds(bundle, manifest, names, precision, profiles, root, target, force, refittable)
     run_builds(planned, root, options, build_engine, click.echo, profiles)
     click.echo(f"done in {time.perf_counter() - started:.1f} s")

@@ -54,6 +54,9 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
 @click.option("--outpaint-fill", default="edge", show_default=True, type=click.Choice(["edge", "noise", "blur"]),
               help="What the new area starts as (matters at --strength < 1).")
 @control_options
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="LoRA adapter (.safetensors, kohya or diffusers/PEFT) applied at run time with strength SCALE "
+                   "(default 1; repeatable). See docs/lora.md.")
 @engine_options
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before running.")
 @click.option("-o", "--output", default=None, type=click.Path(path_type=Path),
@@ -68,13 +71,15 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
              mask: Path | None, outpaint: tuple[int, int, int, int] | None, outpaint_fill: str,
              control_images: tuple[Path, ...], control_scales: tuple[float, ...], control_starts: tuple[float, ...],
              control_ends: tuple[float, ...], control_preprocess: tuple[str, ...], controlnets: tuple[str, ...],
-             canny_low: int, canny_high: int, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
+             canny_low: int, canny_high: int, loras: tuple[str, ...], backend: str, engines_dir: Path | None,
+             precision: str | None, threads: int,
              spin: bool | None, verify: bool, output: Path | None, quiet: bool) -> None:
     """Generate images from PROMPT with the exported model in BUNDLE.
 
     PROMPT and --negative may weight words in AUTOMATIC1111's syntax: (word) x1.1, ((word)) x1.21,
     (word:1.4), [word] /1.1, \\( for a literal bracket, BREAK to start a new 75-token window."""
     from ..errors import UserError
+    from ..lora.options import parse_lora_options
     from ..runtime import GenerationRequest, Pipeline, open_image
     from ..runtime.cpu_policy import spin_for_this_machine
     from ..runtime.images import png_bytes
@@ -94,7 +99,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         seed=seed, batch=batch, width=width, height=height, strength=strength,
         init_image=open_image(init_image, "init image") if init_image is not None else None,
         mask=open_image(mask, "mask") if mask is not None else None,
-        outpaint=outpaint, outpaint_fill=outpaint_fill,
+        outpaint=outpaint, outpaint_fill=outpaint_fill, loras=parse_lora_options(loras),
         controls=control_specs(control_images, control_scales, control_starts, control_ends, control_preprocess,
                                controlnets, canny_low, canny_high),
     )

@@ -40,6 +40,8 @@ DEFAULT_LIMITS = Limits()
               help="Most pixels (width * height) per image.")
 @click.option("--max-prompt-tokens", default=DEFAULT_LIMITS.max_prompt_tokens, show_default=True,
               type=click.IntRange(min=1), help="Most CLIP tokens in a prompt or negative prompt.")
+@click.option("--lora-dir", default=None, type=click.Path(path_type=Path),
+              help="Folder of LoRA .safetensors files that requests may name (docs/lora.md); none by default.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
 @click.option("--ray", "use_ray", is_flag=True,
@@ -60,7 +62,7 @@ DEFAULT_LIMITS = Limits()
 def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
           threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
           request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,
-          log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
+          lora_dir: Path | None, log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
           cpus_per_replica: float | None, gpus_per_replica: float | None, ray_address: str | None) -> None:
     """Serve BUNDLE over HTTP: A1111's /sdapi/v1/txt2img and img2img, OpenAI's /v1/images/generations (with
     Server-Sent-Events progress), /v1/models, /healthz, /readyz and /metrics.
@@ -79,7 +81,7 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     settings = ServeSettings(
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels,
                       max_prompt_tokens=max_prompt_tokens),
-        request_timeout=request_timeout, api_keys=keys)
+        request_timeout=request_timeout, api_keys=keys, lora_dir=_lora_dir(lora_dir))
     if use_ray:
         scale = ray_scale(replicas, autoscale, cpus_per_replica, gpus_per_replica, backend)
         config = ReplicaConfig(bundle=str(bundle), settings=settings, backend=backend,
@@ -172,3 +174,13 @@ def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, bac
     finally:
         engine.close()
         pipe.close()
+
+
+def _lora_dir(path: Path | None) -> str | None:
+    from ..errors import UserError
+
+    if path is None:
+        return None
+    if not path.is_dir():
+        raise UserError(f"--lora-dir {path} is not a folder: pass the folder that holds the LoRA .safetensors files")
+    return str(path.resolve())

@@ -39,6 +39,7 @@ def plan_builds(
     engines_root: str | Path,
     target: GpuTarget,
     force: bool = False,
+    refittable: bool = False,
 ) -> list[PlannedEngine]:
     shapes = pipeline_shapes(manifest, components, precision, profiles)
     planned = []
@@ -49,6 +50,7 @@ def plan_builds(
             precision=precision,
             profiles_digest=profiles_digest(shapes[c]),
             target=target,
+            refittable=refittable,
         )
         action, reason = ("build", "--force given") if force else build_decision(engines_root, key)
         onnx = Path(bundle) / manifest.component(c, precision).file

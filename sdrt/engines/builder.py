@@ -36,6 +36,7 @@ class BuildOptions:
 
     opt_level: int = 3
     workspace_gb: float | None = None
+    refittable: bool = False  # BuilderFlag.REFIT: LoRA adapters switched in by the Refitter (trt_refit.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.opt_level <= 5:
@@ -44,7 +45,7 @@ class BuildOptions:
             raise UserError(f"--workspace {self.workspace_gb} GB must be positive (for example 4)")
 
     def to_json(self) -> dict[str, Any]:
-        return {"opt_level": self.opt_level, "workspace_gb": self.workspace_gb}
+        return {"opt_level": self.opt_level, "workspace_gb": self.workspace_gb, "refittable": self.refittable}
 
 
 def import_tensorrt() -> Any:
@@ -147,6 +148,8 @@ def build_engine(
     network, parser = _parse(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
     config.builder_optimization_level = options.opt_level
+    if options.refittable:  # weights may be replaced after the build (strongly typed: in their own types)
+        config.set_flag(trt.BuilderFlag.REFIT)
     if options.workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
     for i, profile in enumerate(profiles):

@@ -115,7 +115,7 @@ def find_engines(
             continue
         if key.model_hash != model_hash or key.component != component or key.precision != precision:
             continue
-        wanted = EngineKey(model_hash, component, precision, key.profiles_digest, target)
+        wanted = EngineKey(model_hash, component, precision, key.profiles_digest, target, key.refittable)
         diff = key_differences(key, wanted)
         if diff:
             raise UserError(

@@ -77,11 +77,13 @@ class EngineKey:
     precision: str
     profiles_digest: str
     target: GpuTarget
+    refittable: bool = False  # built with --refittable (its own plan: the flag changes the build)
 
     @property
     def stem(self) -> str:
         """File name without extension: unet.fp16.<model 12 hex>.<profiles 12 hex>."""
-        return f"{self.component}.{self.precision}.{self.model_hash[:12]}.{self.profiles_digest[:12]}"
+        stem = f"{self.component}.{self.precision}.{self.model_hash[:12]}.{self.profiles_digest[:12]}"
+        return f"{stem}.refit" if self.refittable else stem
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +96,7 @@ class EngineKey:
             precision=d["precision"],
             profiles_digest=d["profiles_digest"],
             target=GpuTarget(**d["target"]),
+            refittable=bool(d.get("refittable", False)),  # metadata written before --refittable: not refittable
         )
 
 
@@ -107,6 +110,8 @@ def key_differences(have: EngineKey, want: EngineKey) -> list[str]:
             out.append(f"{field} {getattr(have, field)} (wanted {getattr(want, field)})")
     if have.profiles_digest != want.profiles_digest:
         out.append("other profiles")
+    if have.refittable != want.refittable:
+        out.append("a refittable engine" if have.refittable else "a non-refittable engine (wanted --refittable)")
     t, u = have.target, want.target
     if t.tensorrt_version != u.tensorrt_version:
         out.append(f"TensorRT {t.tensorrt_version} (this machine has {u.tensorrt_version})")

@@ -9,31 +9,14 @@ peft, whose PyPI release is older than transformers 5 accepts for text encoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from ..lora.adapter import Adapter, parse_lora_option, read_adapter
+from ..lora.adapter import Adapter, read_adapter
 from ..lora.deltas import adapter_deltas
+from ..lora.options import LoraOption, parse_lora_options
 from ..manifest import sha256_file
 
-
-@dataclass(frozen=True)
-class LoraOption:
-    path: Path
-    scale: float
-
-
-def parse_lora_options(values: tuple[str, ...] | list[str]) -> list[LoraOption]:
-    options = [LoraOption(*parse_lora_option(v)) for v in values]
-    seen: list[Path] = []
-    for option in options:
-        key = option.path.resolve()
-        if key in seen:
-            raise UserError(f"LoRA {option.path.name} is given twice: pass each adapter once, with the scale you want")
-        seen.append(key)
-    return options
+__all__ = ["LoraOption", "parse_lora_options", "check_lora_files", "lora_modules", "fuse_loras"]
 
 
 def check_lora_files(options: list[LoraOption]) -> list[Adapter]:

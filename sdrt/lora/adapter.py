@@ -130,6 +130,10 @@ def parse_lora_option(value: str) -> tuple[Path, float]:
             raise UserError(f"--lora takes FILE[:SCALE], got {value!r}: the scale {tail!r} is not a number "
                             "(e.g. --lora style.safetensors:0.8)") from None
         file = head
-    if not math.isfinite(scale):
-        raise UserError(f"LoRA scale {scale} for {Path(file).name} is not finite: pass a number such as 0.8")
+    check_scale(Path(file), scale)
     return Path(file), scale
+
+
+def check_scale(path: Path, scale: object) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise UserError(f"LoRA scale {scale} for {Path(path).name} is not finite: pass a number such as 0.8")

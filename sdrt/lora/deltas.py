@@ -76,7 +76,7 @@ def _spellings(key: str) -> tuple[str, ...]:
 def module_delta(module: LoraModule, scale: float, shape: tuple[int, ...]) -> np.ndarray:
     up = module.up.reshape(module.up.shape[0], -1)
     down = module.down.reshape(module.rank, -1)
-    return ((up @ down) * np.float32(scale * module.alpha / module.rank)).astype(np.float32).reshape(shape)
+    return ((up @ down) * np.float32(scale * module.alpha / module.rank)).astype(np.float32, copy=False).reshape(shape)
 
 
 def adapter_deltas(adapters: list[tuple[Adapter, float]], params: ParamShapes) -> dict[str, dict[str, np.ndarray]]:

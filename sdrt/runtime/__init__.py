@@ -16,8 +16,9 @@ from .images import open_image, save_png
 from .noise import SeededNoise, batch_seeds
 from .pipeline import GenerationResult, Pipeline, Timings
 from .request import GenerationRequest
+from ..lora.options import LoraOption
 
 __all__ = [
-    "BACKENDS", "Bundle", "Engine", "GenerationRequest", "GenerationResult", "IOSpec", "OrtEngine", "Pipeline",
+    "BACKENDS", "Bundle", "Engine", "GenerationRequest", "GenerationResult", "IOSpec", "LoraOption", "OrtEngine", "Pipeline",
     "SeededNoise", "SessionSettings", "Timings", "batch_seeds", "open_image", "save_png",
 ]

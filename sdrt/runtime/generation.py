@@ -90,11 +90,13 @@ class Generation:
 
     @property
     def group(self) -> tuple:
-        """What must agree for generations to share a UNet run: input channels, latent size, text length;
-        a generation with ControlNets runs alone (its own residuals; the simplest rule that is always right)."""
+        """What must agree for generations to share a UNet run: input channels, latent size, text length, the
+        LoRA adapter set (one UNet weight set per run); a generation with ControlNets runs alone (its own
+        residuals; the simplest rule that is always right)."""
         assert self.call is not None
         return (self.channels, *self.call.x.shape[2:], self.cond.hidden_states.shape[1:],
-                self.cond.text_embeds is not None, None if self.controls is None else self.serial)
+                self.cond.text_embeds is not None, tuple(self.request.loras),
+                None if self.controls is None else self.serial)
 
     def fill(self, sample: np.ndarray, timesteps: np.ndarray) -> None:
         """Write this generation's rows of a UNet call (`sample` and `timesteps` are its slices)."""

@@ -68,6 +68,7 @@ class Pipeline:
         self._gpu = None  # GpuEngines holding device memory, for GPU backends
         self.backend_choice = f"backend {bundle.settings.backend}"
         self._create_lock = threading.RLock()  # engines and the prompt encoder are created once, on first use
+        self._lora_sets = None  # run-time LoRA adapter sets (sdrt.runtime.lora_sets), made on first use
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
@@ -142,12 +143,26 @@ class Pipeline:
             self._prompt_encoder = PromptEncoder(branches, self.model.force_zeros_for_empty_prompt)
         return self._prompt_encoder
 
+    def with_loras(self, loras: Sequence) -> "Pipeline":
+        """This pipeline with LoRA adapters (LoraOption) applied at run time; itself for none. Cached per
+        adapter set; the base engines are never changed (sdrt.runtime.lora_sets)."""
+        if not loras:
+            return self
+        with self._create_lock:
+            if self._lora_sets is None:
+                from .lora_sets import LoraSets  # noqa: PLC0415  (it subclasses Pipeline)
+
+                self._lora_sets = LoraSets(self)
+        return self._lora_sets.view(loras)
+
     # ---- generation: prepare -> step (UNetBatch) -> finish ---------------------------------------------
     def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
                  progress: Progress | None = None) -> GenerationResult:
         """Run one request. `noise(shape)` overrides the seeded generator (tests feed diffusers' noise).
 
         The same three stages the serving loop runs for many requests at once (sdrt.serving.batcher)."""
+        if (adapted := self.with_loras(request.loras)) is not self:
+            return adapted.generate(request, noise, progress)
         generation = self.prepare(request, noise, progress)
         unet = UNetBatch(self.engine("unet"))
         while not generation.done:
@@ -158,6 +173,8 @@ class Pipeline:
                 progress: Progress | None = None, cond: Conditioning | None = None) -> Generation:
         """Everything before the first UNet call: checks, text conditioning (unless `cond`, from
         `conditioning`, is given), initial latents, the img2img / inpaint start and extra channels."""
+        if (adapted := self.with_loras(request.loras)) is not self:
+            return adapted.prepare(request, noise, progress, cond)
         started = time.perf_counter()
         sampler, (height, width) = self.check(request)
         seeds = batch_seeds(request.seed, request.batch)
@@ -230,6 +247,8 @@ class Pipeline:
     def check(self, request: GenerationRequest) -> tuple[Sampler, tuple[int, int]]:
         """Validate the request against the bundle and create the engines it needs, so every user error and
         every unreadable graph surfaces before any work; returns the sampler and (height, width)."""
+        if (adapted := self.with_loras(request.loras)) is not self:
+            return adapted.check(request)  # the adapters fit, and their engines exist
         validate(request)
         size = (outpaint.outpaint_size(request.init_image.size, request.outpaint, self.model) if request.outpaint
                 else resolve_size(request, self.model))

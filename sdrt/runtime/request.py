@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import UserError
+from ..lora.options import LoraOption, check_loras
 from ..manifest import ModelInfo
 from .control import ControlSpec, check_controls
 from .images import check_image_mode
@@ -48,6 +49,7 @@ class GenerationRequest:
     prompt_weighting: bool = True  # read A1111's (word:1.2) / [word] / BREAK syntax; False: text taken literally
     clip_skip: int = 1  # A1111 numbering: 1 = the text encoder's last layer, 2 = the penultimate, ...
     controls: list[ControlSpec] = field(default_factory=list)  # ControlNets to apply (sdrt.runtime.control)
+    loras: Sequence[LoraOption] = ()  # LoRA adapters applied at run time (sdrt.runtime.lora_sets)
 
     @property
     def task(self) -> str:
@@ -134,6 +136,7 @@ def validate(request: GenerationRequest) -> None:
     if not _is_whole(request.clip_skip) or request.clip_skip < 1:
         raise UserError(f"clip skip must be a whole number >= 1 (1 = the last layer, 2 = the penultimate), "
                         f"got {request.clip_skip!r}")
+    check_loras(request.loras)
     if not isinstance(request.prompt_weighting, bool):
         raise UserError(f"prompt weighting must be true or false, got {request.prompt_weighting!r}")
     if not _is_whole(request.steps) or request.steps < 1:

@@ -35,6 +35,7 @@ from .controlnet_api import ignored as ignored_scripts
 from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .loras import from_prompt
 from .model_info import ServedModel, json_number
 from .runner import ServerState, Submission
 from .sampler_names import SCHEDULER_LABELS, aliases, sampler_and_schedule
@@ -153,7 +154,8 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     limits, model = state.settings.limits, state.model
     check_steps(limits, "steps", body.steps)
     check_images(limits, "batch_size" if body.n_iter == 1 else "n_iter", body.batch_size * body.n_iter)
-    check_tokens(limits, model.count_tokens, "prompt", body.prompt)
+    prompt, loras = from_prompt(body.prompt, state.settings.lora_dir)  # <lora:name:scale> tags taken out
+    check_tokens(limits, model.count_tokens, "prompt", prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
     sampler, schedule = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler,
                                              "sampler_name" if body.sampler_name else "sampler_index", "scheduler")
@@ -182,10 +184,10 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     seed = resolve_seed(body.seed)
     controls = control_specs(body.alwayson_scripts, limits)
     requests = [GenerationRequest(
-        prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
+        prompt=prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
         height=body.height, init_image=init_image, strength=strength, mask=mask, sampler_options=options,
-        clip_skip=clip_skip, controls=controls)
+        clip_skip=clip_skip, controls=controls, loras=loras)
         for k in range(body.n_iter)]
     return requests, sampler, schedule
 

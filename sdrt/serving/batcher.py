@@ -274,10 +274,19 @@ class BatchingEngine:
             self._prepare(admitted)
 
     def _prepare(self, admitted: list[_Waiting]) -> None:
-        """Text encoding for all admitted jobs in one run per encoder, then each job's own start."""
+        """Text encoding for the admitted jobs in one run per encoder and LoRA adapter set (adapters may
+        change the text encoders), then each job's own start."""
+        by_set: dict[tuple, list[_Waiting]] = {}
+        for waiting in admitted:
+            by_set.setdefault(tuple(waiting.job.request.loras), []).append(waiting)
+        for same_set in by_set.values():
+            self._prepare_set(same_set)
+
+    def _prepare_set(self, admitted: list[_Waiting]) -> None:
         t0 = time.perf_counter()
         try:
-            conds = self.pipeline.conditioning([w.job.request for w in admitted], [w.size for w in admitted])
+            pipeline = self.pipeline.with_loras(admitted[0].job.request.loras)
+            conds = pipeline.conditioning([w.job.request for w in admitted], [w.size for w in admitted])
         except Exception as exc:  # noqa: BLE001
             for waiting in admitted:
                 self._report_failure(waiting.job, waiting.submitted, exc, _kind(exc))
@@ -311,9 +320,13 @@ class BatchingEngine:
         if key is None:
             return
         members = sorted((r for r in live if r.generation.group == key), key=lambda r: (r.served, r.order))
-        engine = self.pipeline.engine("unet")
-        self._unets = {k: u for k, u in self._unets.items() if u.engine is engine and k in self._groups}
-        unet = self._unets.setdefault(key, UNetBatch(engine))
+        # the UNet of the group's LoRA adapter set (a cached set: switching costs a dict lookup on ONNX Runtime,
+        # a refit before the run on TensorRT)
+        engine = self.pipeline.with_loras(members[0].generation.request.loras).engine("unet")
+        self._unets = {k: u for k, u in self._unets.items() if k in self._groups}
+        if key not in self._unets or self._unets[key].engine is not engine:
+            self._unets[key] = UNetBatch(engine)
+        unet = self._unets[key]
         same_run = None if unet.per_row_timestep else (
             lambda a, b: a.generation.call.timestep == b.generation.call.timestep)
         cap = self.row_cap

@@ -28,6 +28,7 @@ from .features import CLIP_SKIP_HELP, OUTPAINT_REFUSALS, check_clip_skip, check_
 from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
 from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .loras import LoraRef, resolve as resolve_loras
 from .model_info import ServedModel, sampler_descriptions, schedules
 from .runner import ServerState, Submission
 from .sampler_names import resolve_sampler, resolve_schedule
@@ -76,6 +77,8 @@ class ImageGenerationRequest(BaseModel):
                           "size multiple); the canvas sets the size, so no size or mask.")
     outpaint_fill: Literal[FILLS] = Field("edge", description="The new area before sampling: the border pixels "
                                                               "repeated, random colours, or the border blurred.")
+    loras: list[LoraRef] = Field(default_factory=list, description="LoRA adapters of the server's --lora-dir, by "
+                                                                   "name, each with its scale.")
 
 
 class ImageData(BaseModel):
@@ -186,7 +189,8 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
         temperature=body.temperature, temperature_method=body.temperature_method,
         seed=resolve_seed(body.seed), batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
         strength=body.strength, clip_skip=body.clip_skip, prompt_weighting=body.prompt_weighting,
-        outpaint=tuple(body.outpaint) if body.outpaint is not None else None, outpaint_fill=body.outpaint_fill)
+        outpaint=tuple(body.outpaint) if body.outpaint is not None else None, outpaint_fill=body.outpaint_fill,
+        loras=resolve_loras(((r.name, r.scale) for r in body.loras), state.settings.lora_dir, "loras"))
 
 
 def images_response(result: GenerationResult) -> dict[str, Any]:

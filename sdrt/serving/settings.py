@@ -26,3 +26,4 @@ class ServeSettings:
     request_timeout: float = 300.0  # seconds from admission to the last image; then the job is cancelled: 504
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     retry_after: int = 1  # seconds, sent with 429 when the engine's QueueFull gives none
+    lora_dir: str | None = None  # --lora-dir: the LoRA adapters requests may name (sdrt/serving/loras.py)
