@@ -92,19 +92,19 @@ def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
 
 
 @pytest.fixture(scope="session")
-def controlnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_controlnet) -> Callable[[str], Path]:
-    """`controlnet_bundle(kind)` -> an fp32 bundle of tiny `kind` (sd1, sdxl) with ControlNets `edges` (seed 0)
-    and `depth` (seed 1)."""
-    cache: dict[str, Path] = {}
+def controlnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_controlnet) -> Callable[..., Path]:
+    """`controlnet_bundle(kind, fuse=True)` -> an fp32 bundle of tiny `kind` (sd1, sdxl) with ControlNets `edges`
+    (seed 0) and `depth` (seed 1); fuse=False keeps the graphs standard ONNX (what TensorRT parses)."""
+    cache: dict[tuple[str, bool], Path] = {}
 
-    def get(kind: str) -> Path:
-        if kind not in cache:
+    def get(kind: str, fuse: bool = True) -> Path:
+        if (kind, fuse) not in cache:
             from sdrt.export.bundle import ExportOptions, export_bundle
 
             nets = [tiny_controlnet(kind, "edges", 0), tiny_controlnet(kind, "depth", 1)]
             out = tmp_path_factory.mktemp(f"cnbundle-{kind}") / "bundle"
-            export_bundle(tiny_model(kind), out, ExportOptions(precisions=("fp32",), controlnets=nets))
-            cache[kind] = out
-        return cache[kind]
+            export_bundle(tiny_model(kind), out, ExportOptions(precisions=("fp32",), controlnets=nets, fuse=fuse))
+            cache[kind, fuse] = out
+        return cache[kind, fuse]
 
     return get

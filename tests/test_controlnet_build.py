@@ -29,7 +29,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_dry_run_lists_controlnets_with_the_unet_profiles(controlnet_bundle, capsys) -> None:
-    code, out, _ = run_cli(capsys, "build", str(controlnet_bundle("sd1")), "--precision", "fp32", "--dry-run",
+    code, out, _ = run_cli(capsys, "build", str(controlnet_bundle("sd1", fuse=False)), "--precision", "fp32", "--dry-run",
                            "--profile", "64x64-128@96", "--batch", "1-2", "--cfg", "on")
     assert code == 0
     blocks = {b.split(" profile")[0]: b for b in out.split("\n") if " profile 0 " in b}
