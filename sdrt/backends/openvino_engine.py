@@ -8,8 +8,13 @@ Precision: "f32" (INFERENCE_PRECISION_HINT f32: exact, within 1e-6 relative of O
 "bf16" on request (CPUs with AVX512_BF16 or AMX run it natively), checked by openvino_gate.py before use.
 A CPU that would silently run f32 instead is refused, so "bf16" never means something else.
 
-Shapes: one compiled model with the graph's dynamic shapes serves every request size (see docs/runtime.md,
-"OpenVINO", for the static-vs-dynamic measurement). Outputs are copied into buffers the engine owns, one set
+Shapes: one compiled model with the graph's dynamic shapes serves every request size. Reshaping to each
+request's static shape was measured no faster (mid UNet, 256x256, 1 thread: 1384 vs 1376 ms) and costs a
+full copy of the weights and a compile per shape (+1.28 GB RSS and 1.8 s per shape on the mid UNet; OpenVINO
+shares no constants between compiled models). OpenVINO 2026.4 defect seen on the tiny test UNet: when a
+compiled model's FIRST inference has a 1x1 feature map inside (2x2 latents there), later larger shapes give
+wrong outputs (f32: errors of 0.6, bf16: NaN). Real bundles' size ranges never reach a 1x1 map; sdrt's own
+probes (bf16 gate, auto's measurement) run at the default size or the request's. Outputs are copied into buffers the engine owns, one set
 per input-shape signature, which keeps the Engine buffer contract (valid until the next run with the same
 shapes) although OpenVINO reuses its own output tensors on every inference.
 
@@ -93,12 +98,15 @@ class OpenVinoEngine:
                 cpu = core.get_property(DEVICE, "FULL_DEVICE_NAME")
                 raise UserError(f"--precision bf16: OpenVINO would run {ran} on this CPU ({cpu}; bf16 needs "
                                 "AVX512_BF16 or AMX): use --precision fp32")
-        self.inputs = {_port_name(p): _io(p) for p in self._compiled.inputs}
-        self.outputs = {_port_name(p): _io(p) for p in self._compiled.outputs}
+        wanted = {t.name for t in (spec.inputs + spec.outputs)} if spec is not None else set()
+        in_ports = {_port_name(p, wanted): p for p in self._compiled.inputs}
+        self._out_ports = {_port_name(p, wanted): p for p in self._compiled.outputs}
+        self.inputs = {name: _io(name, p) for name, p in in_ports.items()}
+        self.outputs = {name: _io(name, p) for name, p in self._out_ports.items()}
+        self._in_index = {name: index for index, name in enumerate(in_ports)}  # infer() takes positions
         if spec is not None:
             check_against_manifest(name, spec, self.inputs, self.outputs)
         self._request = self._compiled.create_infer_request()
-        self._out_ports = {name: self._compiled.output(name) for name in self.outputs}
         self._buffers: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
         self.lock = threading.RLock()
 
@@ -113,7 +121,8 @@ class OpenVinoEngine:
             if buffers is None or len(feeds) != len(self.inputs):
                 check_feeds(self.name, self.inputs, feeds)
                 check_dtypes(self.name, self.inputs, feeds)
-            prepared = {name: np.ascontiguousarray(feeds[name], dtype=spec.dtype) for name, spec in self.inputs.items()}
+            prepared = {self._in_index[name]: np.ascontiguousarray(feeds[name], dtype=spec.dtype)
+                        for name, spec in self.inputs.items()}
             # share_inputs: OpenVINO reads the arrays in place (no copy); the results are its own tensors,
             # copied below into ours
             result = self._request.infer(prepared, share_inputs=True, share_outputs=True)
@@ -130,13 +139,17 @@ class OpenVinoEngine:
             return buffers
 
 
-def _port_name(port: Any) -> str:
-    return port.get_any_name()
+def _port_name(port: Any, wanted: set[str]) -> str:
+    """A port may carry several tensor names (OpenVINO keeps the ONNX name and names of fused producers):
+    the one the manifest uses, else the ONNX-style one (not a "/"-path of an inner node)."""
+    names = sorted(port.get_names())
+    return next((n for n in names if n in wanted), None) or next((n for n in names if not n.startswith("/")),
+                                                                  port.get_any_name())
 
 
-def _io(port: Any) -> IOSpec:
+def _io(name: str, port: Any) -> IOSpec:
     shape = tuple(d.get_length() if d.is_static else "dynamic" for d in port.get_partial_shape())
-    return IOSpec(_port_name(port), np.dtype(port.get_element_type().to_dtype()), shape)
+    return IOSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,22 +16,21 @@ from ..engines.profiles import AXIS_ROLES
 from ..manifest import BundleError, ComponentSpec, ModelInfo
 
 
-def role_sizes(model: ModelInfo, height: int, width: int, guidance: bool = True) -> dict[str, int]:
-    """Size of each request axis for one image of height x width pixels (batch 2 under CFG)."""
+def role_sizes(model: ModelInfo, height: int, width: int, batch: int = 2) -> dict[str, int]:
+    """Size of each request axis at height x width pixels; `batch` is the UNet's (2 for one image under CFG)."""
     scale = model.vae_scale_factor
-    batch = 2 if guidance else 1
     return {"text_batch": batch, "unet_batch": batch, "image_batch": 1, "text_seq": model.text_max_length,
             "text_len": model.text_max_length, "latent_height": height // scale, "latent_width": width // scale,
             "height": height, "width": width}
 
 
 def component_feeds(component: str, spec: ComponentSpec, model: ModelInfo, height: int, width: int,
-                    guidance: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+                    batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Input name -> array for `component` at height x width; fixed dims keep the manifest's numbers."""
     roles_of = AXIS_ROLES.get(component)
     if roles_of is None:
         raise BundleError(f"component {component} has no known input layout: re-export with this sdrt version")
-    sizes = role_sizes(model, height, width, guidance)
+    sizes = role_sizes(model, height, width, batch)
     rng = np.random.default_rng(seed)
     feeds = {}
     for tensor in spec.inputs:
