@@ -183,3 +183,11 @@ def test_auto_without_openvino_uses_onnx_runtime_and_stores_nothing(tiny_bundle,
     assert pipe.backend_choice == ("backend ort-cpu: auto chose ONNX Runtime on CPU (OpenVINO is not installed "
                                    "(import openvino failed); pip install 'sdrt[openvino]')")
     assert decision_files(own_cache) == []
+
+
+def test_bench_runs_on_openvino_as_a_cpu_backend(tiny_bundle, capsys) -> None:
+    """OpenVINO is a CPU device: the benchmark reports no VRAM for it (and needs no CUDA library)."""
+    code, out, err = run_cli("bench", [str(tiny_bundle("sd1")), "--backend", "openvino", "--runs", "1", "--warmup",
+                                       "0", "--steps", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert "on openvino [OpenVINO CPU f32]" in out and "n/a (CPU)" in out
