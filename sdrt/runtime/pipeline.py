@@ -74,9 +74,10 @@ class Pipeline:
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
              verify: bool = False, engines_dir: str | None = None, spin: bool = True) -> "Pipeline":
-        """Open a bundle on a backend: ort-cpu (this module's ONNX Runtime engine), or auto / trt / ort-cuda /
-        ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA graphs).
-        `backend_choice` says what runs and why (auto may settle on ort-cpu)."""
+        """Open a bundle on a backend: ort-cpu or openvino (CPU engines the bundle opens), or auto / trt /
+        ort-cuda / ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA
+        graphs). `backend_choice` says what runs and why; auto without a GPU measures ort-cpu against openvino
+        on the first request (sdrt.runtime.cpu_auto)."""
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
         if backend in CPU_BACKENDS:
