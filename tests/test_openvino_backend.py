@@ -191,3 +191,28 @@ def test_bench_runs_on_openvino_as_a_cpu_backend(tiny_bundle, capsys) -> None:
                                        "0", "--steps", "2", "--quiet"], capsys)
     assert code == 0, err
     assert "on openvino [OpenVINO CPU f32]" in out and "n/a (CPU)" in out
+
+
+def test_a_corrupt_graph_is_one_bundle_error(tiny_bundle, tmp_path) -> None:
+    import shutil
+
+    from sdrt.manifest import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("sd1"), bundle)
+    unet = bundle / "fp32" / "unet.onnx"
+    unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])
+    pipe = Pipeline.load(str(bundle), backend="openvino")
+    with pytest.raises(BundleError) as exc:
+        pipe.check(GenerationRequest(PROMPT, steps=2))
+    assert str(exc.value).startswith(f"OpenVINO cannot load {unet} (")
+    assert str(exc.value).endswith("): the file is corrupt or incomplete, re-export the model (sdrt export)")
+    assert "\n" not in str(exc.value)
+
+
+def test_an_unwritable_cache_folder_only_turns_the_blob_cache_off(tiny_bundle, tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")  # the cache root is a file: no folder can be made under it
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(blocker))
+    pipe = Pipeline.load(str(tiny_bundle("sd1")), backend="openvino")
+    assert pipe.generate(GenerationRequest(PROMPT, steps=2)).images

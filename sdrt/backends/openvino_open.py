@@ -8,6 +8,7 @@ safe to delete (the next load recompiles). SDRT_OPENVINO_CACHE=off turns the cac
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,12 +19,20 @@ from .openvino_engine import OpenVinoEngine, import_openvino
 from .openvino_gate import bf16_gate, gate_key
 
 CACHE_SWITCH = "SDRT_OPENVINO_CACHE"
+log = logging.getLogger(__name__)
 
 
 def compiled_cache_dir(model_hash: str) -> Path | None:
+    """The blob folder for one graph; None (compile every time) when switched off or not writable."""
     if os.environ.get(CACHE_SWITCH, "").lower() in ("0", "off", "no", "false"):
         return None
-    return cache_root() / "openvino" / "compiled" / model_hash[:24]
+    folder = cache_root() / "openvino" / "compiled" / model_hash[:24]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("OpenVINO compiled-model cache off: cannot create %s (%s)", folder, exc.strerror or exc)
+        return None
+    return folder
 
 
 def gate_folder() -> Path:

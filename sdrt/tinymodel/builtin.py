@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..user_cache import CACHE_ENV_VAR, cache_root  # noqa: F401  (re-exported: demo, tests)
+from ..user_cache import cache_root
 from ..export.clip_vocab import BPE_FILE_NAME
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tinyshapes"
