@@ -214,5 +214,21 @@ def test_an_unwritable_cache_folder_only_turns_the_blob_cache_off(tiny_bundle, t
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")  # the cache root is a file: no folder can be made under it
     monkeypatch.setenv("SDRT_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("SDRT_OPENVINO_CACHE", "on")
     pipe = Pipeline.load(str(tiny_bundle("sd1")), backend="openvino")
     assert pipe.generate(GenerationRequest(PROMPT, steps=2)).images
+
+
+def test_blob_cache_is_opt_in_and_kept_apart_per_precision(tiny_bundle, pipelines, own_cache, monkeypatch) -> None:
+    bundle = str(tiny_bundle("sd1"))
+    images(Pipeline.load(bundle, backend="openvino"))
+    assert not (own_cache / "openvino" / "compiled").exists()  # off by default
+    monkeypatch.setenv("SDRT_OPENVINO_CACHE", "on")
+    bf16 = images(Pipeline.load(bundle, backend="openvino", precision="bf16"))
+    f32 = images(Pipeline.load(bundle, backend="openvino"))  # after bf16, on the same cache: still f32
+    assert int(np.abs(f32 - images(pipelines("sd1"))).max()) <= 1
+    assert int(np.abs(bf16 - f32).max()) > 1
+    folders = {p.name for p in (own_cache / "openvino" / "compiled").glob("*/*") if any(p.glob("*.blob"))}
+    assert folders == {"f32", "bf16"}
+    gate = [json.loads(p.read_text()) for p in (own_cache / "openvino" / "bf16-gate").glob("*.json")]
+    assert all(r["rel"] > 0 and r["key"]["reference"] == "f32 compiled uncached" for r in gate)

@@ -18,9 +18,9 @@ probes (bf16 gate, auto's measurement) run at the default size or the request's.
 per input-shape signature, which keeps the Engine buffer contract (valid until the next run with the same
 shapes) although OpenVINO reuses its own output tensors on every inference.
 
-Compiled-model cache: OpenVINO's CACHE_DIR (a compiled blob per model and compile settings) in a folder the
-caller names per graph content (openvino_open.py: under the per-user cache folder, never inside the bundle).
-Measured on the mid UNet (316 M parameters): load 3.8 s without, 0.63 s from the blob (docs/runtime.md).
+Compiled-model cache: OpenVINO's CACHE_DIR, when the caller names a folder (openvino_open.py: off by default
+after an unexplained cross-precision blob mix-up; docs/runtime.md). Measured on the mid UNet (316 M
+parameters): load 3.8 s without, 0.63 s from the blob.
 """
 
 from __future__ import annotations

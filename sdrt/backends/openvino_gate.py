@@ -27,7 +27,8 @@ BF16_THRESHOLDS = {"rel": 5e-2, "cosine": 0.999}
 
 
 def gate_key(component: str, model_hash: str, openvino_version: str) -> dict:
-    return {"check": "openvino-bf16-gate", "component": component, "model": model_hash,
+    return {"check": "openvino-bf16-gate", "reference": "f32 compiled uncached", "component": component,
+            "model": model_hash,
             "openvino": openvino_version, "cpu": cpu_model(), "thresholds": BF16_THRESHOLDS}
 
 
