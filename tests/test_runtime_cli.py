@@ -93,7 +93,7 @@ def error_cases(tmp_path: Path, bundle: Path) -> list[tuple[list[str], str]]:
         (["--backend", "ort-cuda"], None),  # the reason depends on the machine: checked by prefix
         (["--sampler-option", "eta"], "sampler option 'eta' is not KEY=NUMBER: write e.g. --sampler-option eta=0.5"),
         (["--sampler-option", "nope=1"], "sampler 'ddim' has no option 'nope' (options: eta)"),
-        (["--backend", "cuda"], "unknown backend 'cuda': choose one of ort-cpu, auto, trt, ort-cuda, ort-trt"),
+        (["--backend", "cuda"], "unknown backend 'cuda': choose one of ort-cpu, openvino, auto, trt, ort-cuda, ort-trt"),
     ]
 
 
