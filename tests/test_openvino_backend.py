@@ -151,7 +151,7 @@ def test_auto_measures_once_and_stores_the_keyed_decision(tiny_bundle, own_cache
     assert set(record["seconds"]) == {"ort-cpu", "openvino"} and record["backend"] in record["seconds"]
     assert record["backend"] == min(record["seconds"], key=record["seconds"].get)
     assert pipe.bundle.settings.backend == record["backend"]
-    assert pipe.backend_choice.endswith("(measured now)") and "ONNX Runtime " in pipe.backend_choice
+    assert "(measured now); no GPU: " in pipe.backend_choice and "ONNX Runtime " in pipe.backend_choice
 
     # a second run reads the file: make it name the other backend with made-up timings, and see them used
     other = "openvino" if record["backend"] == "ort-cpu" else "ort-cpu"
@@ -180,8 +180,8 @@ def test_auto_without_openvino_uses_onnx_runtime_and_stores_nothing(tiny_bundle,
     pipe = Pipeline.load(str(tiny_bundle("sd1")), backend="auto")
     pipe.check(GenerationRequest(PROMPT, steps=2))
     assert pipe.bundle.settings.backend == "ort-cpu"
-    assert pipe.backend_choice == ("backend ort-cpu: auto chose ONNX Runtime on CPU (OpenVINO is not installed "
-                                   "(import openvino failed); pip install 'sdrt[openvino]')")
+    assert pipe.backend_choice.startswith("backend ort-cpu: auto chose ONNX Runtime on CPU (OpenVINO is not "
+                                          "installed (import openvino failed); pip install 'sdrt[openvino]'); no GPU: ")
     assert decision_files(own_cache) == []
 
 

@@ -32,5 +32,5 @@ def decide(bundle: Bundle, height: int, width: int, unet_batch: int) -> CpuDecis
     unet_hash = component_model_hash(bundle.manifest, "unet", bundle.precision)
     decision = choose_cpu_backend(unet_hash, feeds, bundle.settings.threads,
                                   lambda backend: bundle.engine("unet", backend), decision_folder())
-    log.info("%s", decision.line(bundle.settings.threads))
+    log.info("sdrt --backend auto: %s", decision.line(bundle.settings.threads))
     return decision

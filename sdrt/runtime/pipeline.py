@@ -69,7 +69,8 @@ class Pipeline:
         self._gpu = None  # GpuEngines holding device memory, for GPU backends
         self.backend_choice = f"backend {bundle.settings.backend}"
         self._create_lock = threading.RLock()  # engines and the prompt encoder are created once, on first use
-        self._cpu_auto_pending = False  # auto without a GPU: the CPU backend is measured on first use (cpu_auto)
+        self._cpu_auto_pending: str | None = None  # auto without a GPU: why no GPU; the CPU backend is then
+        # measured on first use (cpu_auto)
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
@@ -93,10 +94,9 @@ class Pipeline:
         choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
         if choice.name == "ort-cpu":
             pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, spin=spin))
-            pipe._cpu_auto_pending = backend == "auto"
-            if pipe._cpu_auto_pending:
-                pipe.backend_choice = cpu_auto.PENDING.format(why=choice.reason.removeprefix("auto chose ONNX "
-                                                                                          "Runtime on CPU: "))
+            if backend == "auto":
+                pipe._cpu_auto_pending = choice.reason.removeprefix("auto chose ONNX Runtime on CPU: ")
+                pipe.backend_choice = cpu_auto.PENDING.format(why=pipe._cpu_auto_pending)
                 return pipe
         else:
             pipe = cls(probe)
@@ -115,7 +115,7 @@ class Pipeline:
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
         with self._create_lock:
-            if self._cpu_auto_pending:  # an engine asked for before any request: decide at the default size
+            if self._cpu_auto_pending is not None:  # an engine wanted before any request: decide at the default size
                 self._settle_cpu_backend(*self.model.default_size, 2)
             if name not in self._engines:
                 self._engines[name] = self.bundle.engine(name)
@@ -124,13 +124,13 @@ class Pipeline:
     def _settle_cpu_backend(self, height: int, width: int, unet_batch: int) -> None:
         """auto on CPU: switch the bundle to the measured winner (once), keeping the UNet engine it timed."""
         with self._create_lock:
-            if not self._cpu_auto_pending:
+            if self._cpu_auto_pending is None:
                 return
             decision = cpu_auto.decide(self.bundle, height, width, unet_batch)
             self.bundle.settings = replace(self.bundle.settings, backend=decision.backend)
             self._engines.update({"unet": e for e in decision.engines.values()})
-            self.backend_choice = decision.line(self.bundle.settings.threads)
-            self._cpu_auto_pending = False
+            self.backend_choice = f"{decision.line(self.bundle.settings.threads)}; no GPU: {self._cpu_auto_pending}"
+            self._cpu_auto_pending = None
 
     @property
     def on_gpu(self) -> bool:
@@ -249,7 +249,7 @@ class Pipeline:
         size = (outpaint.outpaint_size(request.init_image.size, request.outpaint, self.model) if request.outpaint
                 else resolve_size(request, self.model))
         sampler = self._sampler(request)
-        if self._cpu_auto_pending:
+        if self._cpu_auto_pending is not None:
             self._settle_cpu_backend(*size, request.batch * (2 if uses_cfg(request.cfg) else 1))
         if request.init_image is not None and sampler.spec.strength_schedule is None:
             try:
