@@ -1,22 +1,29 @@
-"""sdrt (ONNX Runtime CPU) vs diffusers' PyTorch pipeline vs optimum's ORTStableDiffusionPipeline on the same
-weights, settings and initial noise, run alternately in one session; prints latency ratios.
+"""sdrt (ONNX Runtime CPU, and OpenVINO f32 / bf16) vs diffusers' PyTorch pipeline vs optimum's
+ORTStableDiffusionPipeline on the same weights, settings and initial noise, run alternately in one session;
+prints latency ratios, image differences and each worker's peak RSS.
 
     python bench/compare.py --optimum-python VENV/bin/python | --no-optimum
-                            [--models tiny,mid] [--runs 5] [--warmup 1] [--threads 2] [--no-spin]
-                            [--workdir DIR] [--json bench/results/compare_DATE.json]
+                            [--models tiny,mid,mid512] [--runs 5] [--warmup 1] [--threads 1,2] [--no-spin]
+                            [--frameworks sdrt,sdrt-openvino,sdrt-openvino-bf16,diffusers,optimum]
+                            [--steps N] [--workdir DIR] [--json bench/results/compare_DATE.json]
 
 Models (random weights, built with the real diffusers / transformers classes, saved as diffusers folders):
 - tiny: sdrt.export.tiny_models kind sd1 (its UNet config's sample_size raised to 32 so that 256x256 is
-  inside the exported bundle's size range; the weights are unchanged), 256x256;
+  inside the exported bundle's size range; the weights are unchanged), 256x256, 20 steps;
 - mid: a UNet with SD 1.5's channel widths (320, 640, 1280), cross-attention width 768 and 8 heads but one
   layer per block and three levels instead of four (316 M parameters, SD 1.5's has 860 M), at 128x128
-  (16x16 latents); a 4-layer CLIP text encoder of width 768; a VAE at half SD's widths. Compute dominates
-  here, unlike the tiny model.
-Settings: 20 steps, Euler (diffusers' EulerDiscreteScheduler from the model's scheduler config; sdrt's
-`euler`), CFG 7.5, batch 1, the same prompt and the same initial noise for every framework.
-sdrt uses its bundle (`sdrt export`, fp32); optimum exports the diffusers folder itself with its own exporter
+  (16x16 latents), 20 steps; a 4-layer CLIP text encoder of width 768; a VAE at half SD's widths. Compute
+  dominates here, unlike the tiny model;
+- mid512: the same mid model at 512x512 (64x64 latents), 4 steps; its bundle is exported with
+  --max-size 512 (the mid model's derived range ends at 256).
+Settings: Euler (diffusers' EulerDiscreteScheduler from the model's scheduler config; sdrt's `euler`),
+CFG 7.5, batch 1, the same prompt and the same initial noise for every framework; one comparison per
+--threads value. sdrt uses its bundle (`sdrt export`, fp32): "sdrt" runs it on ONNX Runtime,
+"sdrt-openvino" on OpenVINO f32 and "sdrt-openvino-bf16" on OpenVINO bf16 (not exact: its image difference
+is reported, not held to 1/255). optimum exports the diffusers folder itself with its own exporter
 (optimum-onnx) on first use, in its own venv (--optimum-python). Every framework runs in its own worker
 process (bench/compare_worker.py); the order rotates each round. Timed: the pipeline call inside the worker.
+Peak RSS: each worker's own high-water mark (Linux VmHWM) after its last run, loading included.
 """
 
 from __future__ import annotations
@@ -39,7 +46,13 @@ warnings.simplefilter("ignore")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's sdrt, not an installed one
 WORKER = Path(__file__).with_name("compare_worker.py")
-SIZES = {"tiny": (256, 256), "mid": (128, 128)}
+SIZES = {"tiny": (256, 256), "mid": (128, 128), "mid512": (512, 512)}
+STEPS = {"tiny": 20, "mid": 20, "mid512": 4}  # default --steps per model: 512x512 on the mid model costs ~10 s a step
+SOURCE = {"tiny": "tiny", "mid": "mid", "mid512": "mid"}  # the diffusers model each case runs
+SDRT_FRAMEWORKS = ("sdrt", "sdrt-openvino", "sdrt-openvino-bf16")  # sdrt is ONNX Runtime; see compare_worker
+FRAMEWORKS = (*SDRT_FRAMEWORKS, "diffusers", "optimum")
+INEXACT = {"sdrt-openvino-bf16"}  # its image difference is reported, not held to 1/255
+MAX_SIZE = {"mid512": 512}  # export size range widened to cover the case (the mid model's own range ends at 256)
 
 
 def build_tiny(out: Path) -> Path:
@@ -91,15 +104,16 @@ def prepare(name: str, workdir: Path) -> tuple[Path, Path, dict]:
     """The diffusers folder and the sdrt bundle for one model (reused from workdir when present)."""
     from sdrt.export.bundle import ExportOptions, export_bundle
 
-    model, bundle = workdir / f"{name}-diffusers", workdir / f"{name}-bundle"
+    source = SOURCE[name]
+    model, bundle = workdir / f"{source}-diffusers", workdir / f"{name}-bundle"
     facts: dict = {}
     if not (model / "model_index.json").is_file():
         start = time.perf_counter()
-        (build_tiny if name == "tiny" else build_mid)(model)
+        (build_tiny if source == "tiny" else build_mid)(model)
         facts["build_s"] = time.perf_counter() - start
     if not (bundle / "manifest.json").is_file():
         start = time.perf_counter()
-        export_bundle(model, bundle, ExportOptions(precisions=("fp32",), overwrite=True))
+        export_bundle(model, bundle, ExportOptions(precisions=("fp32",), overwrite=True, max_size=MAX_SIZE.get(name)))
         facts["sdrt_export_s"] = time.perf_counter() - start
     facts["unet_params_m"] = unet_params(model) / 1e6
     return model, bundle, facts
@@ -171,21 +185,32 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def compare_model(name: str, workdir: Path, args) -> dict:
+def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
     model, bundle, facts = prepare(name, workdir)
     width, height = SIZES[name]
-    common = ["--model", str(model), "--threads", str(args.threads), "--steps", str(args.steps),
+    steps = args.steps or STEPS[name]
+    common = ["--model", str(model), "--threads", str(threads), "--steps", str(steps),
               "--size", f"{width}x{height}", *(["--no-spin"] if args.no_spin else [])]
     # --no-spin: no framework's idle threads busy-wait (ORT: allow_spinning 0; torch: OMP_WAIT_POLICY=PASSIVE)
     passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
-    workers = [Worker("sdrt", sys.executable, [*common, "--bundle", str(bundle)]),
-               Worker("diffusers", sys.executable, common, passive)]
-    failures = {}
-    if not args.no_optimum:
+    # bf16 gate records (and OpenVINO's blobs with SDRT_OPENVINO_CACHE=on) go to the workdir, not the user's cache
+    workers, failures = [], {}
+    for framework in SDRT_FRAMEWORKS:
+        if framework in args.frameworks:
+            try:
+                workers.append(Worker(framework, sys.executable, [*common, "--bundle", str(bundle)],
+                                      {"SDRT_CACHE_DIR": str(workdir / "sdrt-cache")}))
+            except RuntimeError as exc:  # e.g. OpenVINO not installed, or bf16 refused by its gate
+                if framework == "sdrt":
+                    raise
+                failures[framework] = str(exc)
+    if "diffusers" in args.frameworks:
+        workers.append(Worker("diffusers", sys.executable, common, passive))
+    if "optimum" in args.frameworks and not args.no_optimum:
         try:
             legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
             workers.append(Worker("optimum", str(args.optimum_python),
-                                  [*legacy, "--optimum-dir", str(workdir / f"{name}-optimum")], passive))
+                                  [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-optimum")], passive))
         except (RuntimeError, OSError) as exc:
             failures["optimum"] = str(exc)
     noise = np.random.default_rng(0).standard_normal((1, 4, height // 8, width // 8)).astype(np.float32)
@@ -193,6 +218,7 @@ def compare_model(name: str, workdir: Path, args) -> dict:
     np.save(noise_path, noise)
     times: dict[str, list[float]] = {w.framework: [] for w in workers}
     unet: dict[str, list[float]] = {w.framework: [] for w in workers}
+    rss: dict[str, int] = {}
     calls: dict[str, int] = {}
     images: dict[str, np.ndarray] = {}
     loads = [load_average()]
@@ -205,6 +231,7 @@ def compare_model(name: str, workdir: Path, args) -> dict:
                 times[worker.framework].append(reply["seconds"])
                 unet[worker.framework].append(reply["unet_s"])
             calls[worker.framework] = reply["unet_calls"]
+            rss[worker.framework] = reply["peak_rss_bytes"]
             images[worker.framework] = np.load(image_path)
         loads.append(load_average())
         print(f"  {name} round {round_index + 1}/{args.warmup + args.runs}: "
@@ -215,8 +242,8 @@ def compare_model(name: str, workdir: Path, args) -> dict:
     for worker in workers:
         worker.close()
 
-    result = {"model": name, "size": f"{width}x{height}", "steps": args.steps, "runs": args.runs,
-              "warmup": args.warmup, "threads": args.threads, "no_spin": args.no_spin,
+    result = {"model": name, "size": f"{width}x{height}", "steps": steps, "runs": args.runs,
+              "warmup": args.warmup, "threads": threads, "no_spin": args.no_spin,
               "load_average_per_round": loads, **facts, "frameworks": {}, "failures": failures}
     for framework, values in times.items():
         median_unet = statistics.median(unet[framework])
@@ -226,10 +253,19 @@ def compare_model(name: str, workdir: Path, args) -> dict:
             "unet_median_s": median_unet, "unet_calls": calls[framework],
             "outside_unet_s": median_total - median_unet,
             "max_abs_diff_vs_sdrt": int(np.abs(images[framework].astype(int) - images["sdrt"].astype(int)).max()),
+            "peak_rss_bytes": rss[framework],
             **infos[framework],
         }
     sdrt_median = result["frameworks"]["sdrt"]["median_s"]
     result["speedup_vs"] = {fw: r["median_s"] / sdrt_median for fw, r in result["frameworks"].items() if fw != "sdrt"}
+    if "optimum" in result["frameworks"]:
+        optimum = result["frameworks"]["optimum"]["median_s"]
+        result["optimum_over"] = {fw: optimum / r["median_s"] for fw, r in result["frameworks"].items()
+                                  if fw.startswith("sdrt")}
+    exact = {fw: r["max_abs_diff_vs_sdrt"] for fw, r in result["frameworks"].items() if fw not in INEXACT}
+    result["exact_images_within_1_255"] = all(d <= 1 for d in exact.values())
+    result["inexact_max_abs_diff"] = {fw: r["max_abs_diff_vs_sdrt"] for fw, r in result["frameworks"].items()
+                                      if fw in INEXACT}
     host = sorted(h for _, h in split)
     result["sdrt_host_overhead_per_step_median_s"] = statistics.median(host)
     result["sdrt_step_split"] = split
@@ -241,15 +277,22 @@ def table(result: dict) -> str:
              f"{result['steps']} steps Euler, CFG 7.5, {result['threads']} threads"
              f"{', no spin-waiting' if result.get('no_spin') else ''}, median of {result['runs']} "
              f"runs; load avg {result['load_average_per_round'][0][0]} -> {result['load_average_per_round'][-1][0]}",
-             f"{'framework':<11}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
-             f"{'sdrt speedup':>14}{'max|img diff|':>15}"]
+             f"{'framework':<20}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
+             f"{'sdrt speedup':>14}{'max|img diff|':>15}{'peak RSS':>12}"]
     for framework, r in result["frameworks"].items():
         speedup = result["speedup_vs"].get(framework)
         per_call = r["unet_median_s"] / max(r["unet_calls"], 1)
-        lines.append(f"{framework:<11}{r['median_s']:>9.3f}s{r['min_s']:>9.3f}s{r['unet_median_s']:>9.3f}s"
+        lines.append(f"{framework:<20}{r['median_s']:>9.3f}s{r['min_s']:>9.3f}s{r['unet_median_s']:>9.3f}s"
                      f"{per_call * 1e3:>8.1f} ms{r['outside_unet_s']:>9.3f}s"
                      f"{'' if speedup is None else f'{speedup:.2f}x':>14}"
-                     f"{r['max_abs_diff_vs_sdrt']:>15}")
+                     f"{r['max_abs_diff_vs_sdrt']:>15}{r['peak_rss_bytes'] / 2**20:>8.0f} MiB")
+    if "optimum_over" in result:
+        lines.append("vs optimum (optimum median / ours): " + ", ".join(
+            f"{fw} {ratio:.2f}x" for fw, ratio in result["optimum_over"].items()))
+    lines.append(f"images: exact frameworks within 1/255 of sdrt: "
+                 f"{'yes' if result['exact_images_within_1_255'] else 'NO'}"
+                 + "".join(f"; {fw}: {d}/255 (not exact, reported, not judged)"
+                           for fw, d in result["inexact_max_abs_diff"].items()))
     lines.append(f"sdrt host overhead per step (step clock): "
                  f"{result['sdrt_host_overhead_per_step_median_s'] * 1e6:.0f} us median")
     for framework, why in result["failures"].items():
@@ -275,8 +318,10 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,mid")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--steps", type=int, default=None, help="default: 20 (tiny, mid), 4 (mid512)")
+    parser.add_argument("--threads", default="1,2", help="comma list; one comparison per thread count")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                        help=f"comma list of {', '.join(FRAMEWORKS)} (sdrt, the reference, always runs)")
     parser.add_argument("--no-optimum", action="store_true")
     parser.add_argument("--no-spin", action="store_true",
                         help="idle threads sleep in every framework (for a shared, busy CPU)")
@@ -285,6 +330,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keeps models, bundles and exports for reruns")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.frameworks = {"sdrt", *args.frameworks.split(",")}
+    args.no_optimum = args.no_optimum or "optimum" not in args.frameworks
+    unknown = args.frameworks - set(FRAMEWORKS)
+    if unknown or args.models and set(args.models.split(",")) - set(SIZES):
+        print(f"error: unknown --frameworks {sorted(unknown)} or --models: choose from {', '.join(FRAMEWORKS)} "
+              f"and {', '.join(SIZES)}", file=sys.stderr)
+        sys.exit(2)
     problem = optimum_python_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -294,9 +346,10 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.models.split(","):
-        results.append(compare_model(name, workdir, args))
-        print(table(results[-1]), flush=True)
-        print(flush=True)
+        for threads in (int(t) for t in args.threads.split(",")):
+            results.append(compare_model(name, workdir, args, threads))
+            print(table(results[-1]), flush=True)
+            print(flush=True)
     from sdrt.manifest import write_atomic
 
     path = args.json or ROOT / "bench" / "results" / f"compare_{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,13 +1,13 @@
 """One framework in its own process, driven by bench/compare.py over stdin/stdout (one JSON object a line).
 
-    python bench/compare_worker.py sdrt|diffusers|optimum --model DIR [--bundle DIR] [--optimum-dir DIR]
+    python bench/compare_worker.py sdrt|sdrt-openvino|sdrt-openvino-bf16|diffusers|optimum --model DIR [--bundle DIR] [--optimum-dir DIR]
                                    --threads N --steps N --size WxH [--no-spin]
 
 Each framework gets its own process so that its thread pools, allocator and import side effects cannot slow
 the others; the driver sends `run` requests alternately. A `run` names a .npy file of initial noise
 [1, 4, h, w] (standard normal) and gets back the seconds of the pipeline call (no IPC inside), the UNet time
-and call count, and a .npy of the uint8 image. The optimum worker runs under optimum's own venv, so this
-file imports sdrt only for the sdrt framework.
+and call count, a .npy of the uint8 image and the worker's peak RSS so far (VmHWM). The optimum worker
+runs under optimum's own venv, so this file imports sdrt only for the sdrt frameworks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import numpy as np
 
 warnings.simplefilter("ignore")
 PROMPT = "a photograph of an astronaut riding a horse"
+SDRT_VARIANTS = {"sdrt": ("ort-cpu", "fp32"), "sdrt-openvino": ("openvino", "fp32"),
+                 "sdrt-openvino-bf16": ("openvino", "bf16")}  # framework -> sdrt --backend, --precision
 CFG = 7.5
 
 
@@ -76,7 +78,9 @@ def sdrt_runner(args):
     from sdrt.bench.timing import TimedPipeline, measure_run
     from sdrt.runtime import Bundle, GenerationRequest
 
-    pipe = TimedPipeline(Bundle.open(args.bundle, backend="ort-cpu", threads=args.threads, spin=not args.no_spin))
+    backend, precision = SDRT_VARIANTS[args.framework]
+    pipe = TimedPipeline(Bundle.open(args.bundle, backend=backend, precision=precision, threads=args.threads,
+                                     spin=not args.no_spin))
     width, height = args.size
 
     def run(noise: np.ndarray):
@@ -97,6 +101,11 @@ def sdrt_runner(args):
 
     pipe.check(GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height))
     spin = "off" if args.no_spin else "on"
+    if backend == "openvino":
+        import openvino
+
+        return run, run_split, {"threads": f"OpenVINO INFERENCE_NUM_THREADS={args.threads}, LATENCY hint, "
+                                           f"{pipe.bundle.compute}, openvino {openvino.__version__}"}
     return run, run_split, {"threads": f"ORT intra_op_num_threads={args.threads}, inter_op 1, sequential, spin {spin}"}
 
 
@@ -171,9 +180,28 @@ def optimum_runner(args):
     return run, None, info
 
 
+def peak_rss_bytes() -> int:
+    """This worker's peak resident set so far (its whole life: loading, export, every run).
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process's own memory. Not getrusage's
+    ru_maxrss there: Linux carries it over fork and exec, so every worker would report at least the
+    driver's peak (measured: all five workers showed the driver's 659 MiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("framework", choices=("sdrt", "diffusers", "optimum"))
+    parser.add_argument("framework", choices=(*SDRT_VARIANTS, "diffusers", "optimum"))
     parser.add_argument("--model", required=True)
     parser.add_argument("--bundle")
     parser.add_argument("--optimum-dir")
@@ -184,7 +212,8 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    runner = {"sdrt": sdrt_runner, "diffusers": diffusers_runner, "optimum": optimum_runner}[args.framework]
+    runner = {**dict.fromkeys(SDRT_VARIANTS, sdrt_runner), "diffusers": diffusers_runner,
+              "optimum": optimum_runner}[args.framework]
     run, run_split, info = runner(args)
     reply = {"ready": True, "load_s": time.perf_counter() - start, **info}
     print(json.dumps(reply), flush=True)
@@ -196,7 +225,8 @@ def main() -> None:
             continue
         seconds, unet, calls, image = run(noise)
         np.save(command["image"], image)
-        print(json.dumps({"seconds": seconds, "unet_s": unet, "unet_calls": calls}), flush=True)
+        print(json.dumps({"seconds": seconds, "unet_s": unet, "unet_calls": calls,
+                          "peak_rss_bytes": peak_rss_bytes()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_chart_is_a_png(bench_output) -> None:
     (["--size", "256"], "error: --size '256' is not WIDTHxHEIGHT: write it like 512x512"),
     (["--runs", "0"], "error: --runs 0 must be at least 1: the median needs one timed run"),
     (["--warmup", "-1"], "error: --warmup -1 must be 0 or more"),
-    (["--backend", "cuda"], "error: unknown backend 'cuda': choose one of ort-cpu, auto, trt, ort-cuda, ort-trt"),
+    (["--backend", "cuda"], "error: unknown backend 'cuda': choose one of ort-cpu, openvino, auto, trt, ort-cuda, ort-trt"),
     (["--sampler", "nope"], "error: unknown sampler 'nope': choose one of ddim,"),
     (["--size", "4096x64"], "error: width 4096 is outside this bundle's range"),
 ])

@@ -93,7 +93,7 @@ def error_cases(tmp_path: Path, bundle: Path) -> list[tuple[list[str], str]]:
         (["--backend", "ort-cuda"], None),  # the reason depends on the machine: checked by prefix
         (["--sampler-option", "eta"], "sampler option 'eta' is not KEY=NUMBER: write e.g. --sampler-option eta=0.5"),
         (["--sampler-option", "nope=1"], "sampler 'ddim' has no option 'nope' (options: eta)"),
-        (["--backend", "cuda"], "unknown backend 'cuda': choose one of ort-cpu, auto, trt, ort-cuda, ort-trt"),
+        (["--backend", "cuda"], "unknown backend 'cuda': choose one of ort-cpu, openvino, auto, trt, ort-cuda, ort-trt"),
     ]
 
 
@@ -155,10 +155,13 @@ def test_auto_backend_says_what_it_chose(bundle: Path, tmp_path: Path, capsys, m
     import sys
 
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # importlib.util.find_spec now answers None
+    monkeypatch.setitem(sys.modules, "openvino", None)  # no CPU backend to measure against (test_openvino_backend)
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(tmp_path / "cache"))
     code, out, err = run_cli([str(bundle), "a cat", "--steps", "2", "--sampler", SAMPLER, "--backend", "auto",
                               "-o", str(tmp_path / "x.png")], capsys)
     assert code == 0
-    assert err == ("backend ort-cpu: auto chose ONNX Runtime on CPU: cuda-python is not installed, so no GPU can be "
+    assert err == ("backend ort-cpu: auto chose ONNX Runtime on CPU (OpenVINO is not installed (import openvino "
+                   "failed); pip install 'sdrt[openvino]'); no GPU: cuda-python is not installed, so no GPU can be "
                    "used (pip install 'sdrt[gpu]')\n")
     assert out.startswith(f"wrote {tmp_path / 'x.png'} ") and " on CPUExecutionProvider; " in out
     assert (tmp_path / "x.png").exists()

@@ -24,6 +24,9 @@ from typing import ContextManager, Mapping, Protocol
 
 import numpy as np
 
+from ..errors import UserError
+from ..manifest import BundleError, ComponentSpec
+
 
 @dataclass(frozen=True)
 class IOSpec:
@@ -80,3 +83,21 @@ def check_feeds(engine_name: str, inputs: Mapping[str, IOSpec], feeds: Mapping[s
             isinstance(want, int) and want != got for want, got in zip(spec.shape, shape)
         ):
             raise ValueError(f"{engine_name}: input {name!r} has shape {shape}, the graph expects {spec.shape}")
+
+
+def check_dtypes(engine_name: str, inputs: Mapping[str, IOSpec], feeds: Mapping[str, np.ndarray]) -> None:
+    """Feeds are cast to the graph's dtypes, but only within a kind (float64 -> float32, not float -> int)."""
+    for name, value in feeds.items():
+        have, want = np.asarray(value).dtype, inputs[name].dtype
+        if have != want and not np.can_cast(have, want, "same_kind"):
+            raise UserError(f"{engine_name} input {name} must be {want}, got {have}")
+
+
+def check_against_manifest(name: str, spec: ComponentSpec, inputs: Mapping[str, IOSpec],
+                           outputs: Mapping[str, IOSpec]) -> None:
+    """The graph file must have the inputs and outputs the manifest promises: catches a swapped file."""
+    for kind, want, have in (("input", spec.inputs, inputs), ("output", spec.outputs, outputs)):
+        for t in want:
+            if t.name not in have:
+                raise BundleError(f"{name} graph has no {kind} {t.name!r} although the manifest lists it: "
+                                  "the bundle is inconsistent, re-export the model (sdrt export)")

@@ -33,9 +33,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..engines.profiles import ShapeRange
-from ..errors import UserError
 from ..manifest import BundleError, ComponentSpec
-from .engine import IOSpec, check_feeds
+from .engine import IOSpec, check_against_manifest as _check_against_manifest, check_dtypes, check_feeds
 from .provider_probe import preload_cuda_libraries
 from .ort_options import (
     SessionSettings, check_providers, graph_id_for, import_onnxruntime, providers_for, resolve_backend,
@@ -195,10 +194,7 @@ class OrtEngine:
         return self._results(binding)
 
     def _check_dtypes(self, feeds: Mapping[str, np.ndarray]) -> None:
-        for name, value in feeds.items():
-            have, want = np.asarray(value).dtype, self.inputs[name].dtype
-            if have != want and not np.can_cast(have, want, "same_kind"):
-                raise UserError(f"{self.name} input {name} must be {want}, got {have}")
+        check_dtypes(self.name, self.inputs, feeds)
 
     def _fill(self, target: Any, feed: np.ndarray, dtype: np.dtype) -> None:
         if self.device == "cpu":
@@ -265,12 +261,3 @@ def _info(node: Any) -> IOSpec:
 def _dim(d: object) -> int | str:
     return d if isinstance(d, int) else str(d)
 
-
-def _check_against_manifest(name: str, spec: ComponentSpec, inputs: Mapping[str, IOSpec],
-                            outputs: Mapping[str, IOSpec]) -> None:
-    """The graph file must have the inputs and outputs the manifest promises: catches a swapped file."""
-    for kind, want, have in (("input", spec.inputs, inputs), ("output", spec.outputs, outputs)):
-        for t in want:
-            if t.name not in have:
-                raise BundleError(f"{name} graph has no {kind} {t.name!r} although the manifest lists it: "
-                                  "the bundle is inconsistent, re-export the model (sdrt export)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..backends.openvino_engine import PROVIDER as OPENVINO_CPU
 from ..runtime.request import GenerationRequest
 from .memory import VramProbe, peak_rss_bytes
 from .stats import Report, RunRecord, summarize
@@ -20,8 +21,10 @@ def run_benchmark(pipe: TimedPipeline, request: GenerationRequest, runs: int, wa
         record = measure_run(pipe, request)
         if on_run is not None:
             on_run("warm-up", i + 1, record)
-    # Anything but ORT's CPU provider runs on the GPU (ORT CUDA/TensorRT EPs, sdrt's own TensorRT engines).
-    on_gpu = any(p and p[0] != "CPUExecutionProvider" for p in pipe.providers.values())
+    # Anything but the CPU backends (ORT's CPU provider, OpenVINO's CPU device) runs on the GPU (ORT
+    # CUDA/TensorRT EPs, sdrt's own TensorRT engines).
+    on_gpu = any(p and p[0] != "CPUExecutionProvider" and not p[0].startswith(OPENVINO_CPU)
+                 for p in pipe.providers.values())
     probe = VramProbe(on_gpu)
     records: list[RunRecord] = []
     with probe.measure():

@@ -14,11 +14,14 @@ RANDOM_SEED = -1  # what AUTOMATIC1111 users type for "random"
 
 ENGINE_OPTIONS = (
     click.option("--backend", default="ort-cpu", show_default=True,
-                 help="ort-cpu, auto (best available), trt (sdrt build engines), ort-cuda or ort-trt."),
+                 help="ort-cpu, openvino (OpenVINO on CPU: pip install 'sdrt[openvino]'), auto (best available; "
+                      "on CPU the faster of ort-cpu and openvino, measured once), trt (sdrt build engines), "
+                      "ort-cuda or ort-trt."),
     click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
                  help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines)."),
-    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
-                 help="Graph set to run (default: fp32 on CPU, fp16 on GPU)."),
+    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16"]),
+                 help="Graph set to run (default: fp32 on CPU, fp16 on GPU); bf16: --backend openvino computes "
+                      "the fp32 graphs in bfloat16 (faster, not exact; refused if it strays past its gate)."),
     click.option("--threads", default=0, show_default=True, type=int,
                  help="CPU threads per engine: 0 (ORT decides) or 1..4 per usable core."),
     click.option("--spin/--no-spin", default=None,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..manifest import BundleError, Manifest, bundle_file
 from ..manifest_schema import show_value
 from ..schedulers.scheduler_config import SchedulerConfigError, check_scheduler_config
@@ -31,13 +32,26 @@ class Bundle:
 
     root: Path
     manifest: Manifest
-    precision: str
+    precision: str  # the graph set: fp32 | fp16
     settings: SessionSettings
+    compute: str = "f32"  # OpenVINO's inference precision: f32, or bf16 for --precision bf16
 
     @classmethod
     def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
              threads: int = 0, verify: bool = False, spin: bool = True) -> "Bundle":
-        """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given)."""
+        """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given).
+
+        precision "bf16" is OpenVINO computing the fp32 graphs in bf16 (gated: openvino_gate.py)."""
+        compute = "f32"
+        if precision == "bf16":
+            if backend != "openvino":
+                raise UserError("--precision bf16 runs on --backend openvino only (OpenVINO computes the fp32 "
+                                "graphs in bf16): add --backend openvino, or use --precision fp32")
+            precision, compute = "fp32", "bf16"
+        if backend == "openvino":
+            from ..backends.openvino_engine import import_openvino  # noqa: PLC0415  (optional dependency)
+
+            import_openvino()  # the one-line "install sdrt[openvino]" before any other work
         root = Path(path)
         manifest = Manifest.load(root)
         if not manifest.files:
@@ -48,7 +62,7 @@ class Bundle:
                               f"({', '.join(REQUIRED)}): re-export with a supported model")
         if precision is None:
             available = list(manifest.components)
-            precision = "fp32" if backend == "ort-cpu" and "fp32" in available else (
+            precision = "fp32" if backend in ("ort-cpu", "openvino") and "fp32" in available else (
                 "fp16" if "fp16" in available else available[0])
         for name in REQUIRED[family]:
             manifest.component(name, precision)  # raises the one-line BundleError naming the fix
@@ -56,7 +70,7 @@ class Bundle:
         for rel in manifest.files:
             if (root / rel).stat().st_size == 0:
                 raise BundleError(f"bundle file {rel} is empty: re-export the model (sdrt export)")
-        bundle = cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin))
+        bundle = cls(root, manifest, precision, SessionSettings(backend=backend, threads=threads, spin=spin), compute)
         bundle.scheduler_config()  # a scheduler config sdrt cannot follow is refused now, before any work
         return bundle
 
@@ -67,13 +81,20 @@ class Bundle:
     def has(self, component: str) -> bool:
         return component in self.manifest.components.get(self.precision, {})
 
-    def engine(self, component: str) -> Engine:
-        """A new engine for one component (the pipeline keeps the ones it uses)."""
+    def engine(self, component: str, backend: str | None = None) -> Engine:
+        """A new engine for one component (the pipeline keeps the ones it uses), on the bundle's backend or
+        on `backend` (ort-cpu | openvino: auto's measurement opens the UNet on both)."""
         spec = self.manifest.component(component, self.precision)
         path = bundle_file(self.root, spec.file)
         if not path.is_file():
             raise BundleError(f"bundle file {spec.file} is missing from {self.root}: re-export the model")
-        return OrtEngine(component, path, spec, self.settings)
+        backend = backend or self.settings.backend
+        if backend == "openvino":
+            from ..backends.openvino_open import open_openvino_engine  # noqa: PLC0415  (optional dependency)
+
+            return open_openvino_engine(component, path, spec, self.manifest, self.precision,
+                                        self.settings.threads, self.compute)
+        return OrtEngine(component, path, spec, replace(self.settings, backend=backend))
 
     def scheduler_config(self) -> dict[str, Any]:
         """The diffusers scheduler config, refused unless sdrt's samplers follow every key in it that matters."""

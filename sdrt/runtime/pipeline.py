@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
+from . import cpu_auto
 from .bundle import Bundle
 from ..backends.engine import Engine, run_engine
 from .denoise import LatentBlend, Progress
@@ -37,7 +38,8 @@ from .request import GenerationRequest, check_latents, nonfinite_error, resolve_
 from .text import Conditioning, PromptEncoder, PromptSpec, TextBranch
 from .tokenizer import ClipTokenizer
 
-ALL_BACKENDS = ("ort-cpu", "auto", "trt", "ort-cuda", "ort-trt")
+ALL_BACKENDS = ("ort-cpu", "openvino", "auto", "trt", "ort-cuda", "ort-trt")
+CPU_BACKENDS = {"ort-cpu": "ONNX Runtime on CPU", "openvino": "OpenVINO on CPU"}
 NoiseSource = Callable[[tuple], np.ndarray]
 
 
@@ -69,19 +71,22 @@ class Pipeline:
         self.backend_choice = f"backend {bundle.settings.backend}"
         self._create_lock = threading.RLock()  # engines and the prompt encoder are created once, on first use
         self._lora_sets = None  # run-time LoRA adapter sets (sdrt.runtime.lora_sets), made on first use
+        self._cpu_auto_pending: str | None = None  # auto without a GPU: why no GPU; the CPU backend is then
+        # measured on first use (cpu_auto)
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
              verify: bool = False, engines_dir: str | None = None, spin: bool = True) -> "Pipeline":
-        """Open a bundle on a backend: ort-cpu (this module's ONNX Runtime engine), or auto / trt / ort-cuda /
-        ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA graphs).
-        `backend_choice` says what runs and why (auto may settle on ort-cpu)."""
+        """Open a bundle on a backend: ort-cpu or openvino (CPU engines the bundle opens), or auto / trt /
+        ort-cuda / ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA
+        graphs). `backend_choice` says what runs and why; auto without a GPU measures ort-cpu against openvino
+        on the first request (sdrt.runtime.cpu_auto)."""
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
-        if backend == "ort-cpu":
-            pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, verify=verify,
+        if backend in CPU_BACKENDS:
+            pipe = cls(Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify,
                                    spin=spin))
-            pipe.backend_choice = "backend ort-cpu: ONNX Runtime on CPU, as requested"
+            pipe.backend_choice = f"backend {backend}: {CPU_BACKENDS[backend]}, as requested"
             return pipe
         from ..backends.gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
 
@@ -91,6 +96,10 @@ class Pipeline:
         choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
         if choice.name == "ort-cpu":
             pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, spin=spin))
+            if backend == "auto":
+                pipe._cpu_auto_pending = choice.reason.removeprefix("auto chose ONNX Runtime on CPU: ")
+                pipe.backend_choice = cpu_auto.PENDING.format(why=pipe._cpu_auto_pending)
+                return pipe
         else:
             pipe = cls(probe)
             pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
@@ -108,9 +117,22 @@ class Pipeline:
     # ---- components ----------------------------------------------------------------------------------
     def engine(self, name: str) -> Engine:
         with self._create_lock:
+            if self._cpu_auto_pending is not None:  # an engine wanted before any request: decide at the default size
+                self._settle_cpu_backend(*self.model.default_size, 2)
             if name not in self._engines:
                 self._engines[name] = self.bundle.engine(name)
             return self._engines[name]
+
+    def _settle_cpu_backend(self, height: int, width: int, unet_batch: int) -> None:
+        """auto on CPU: switch the bundle to the measured winner (once), keeping the UNet engine it timed."""
+        with self._create_lock:
+            if self._cpu_auto_pending is None:
+                return
+            decision = cpu_auto.decide(self.bundle, height, width, unet_batch)
+            self.bundle.settings = replace(self.bundle.settings, backend=decision.backend)
+            self._engines.update({"unet": e for e in decision.engines.values()})
+            self.backend_choice = f"{decision.line(self.bundle.settings.threads)}; no GPU: {self._cpu_auto_pending}"
+            self._cpu_auto_pending = None
 
     @property
     def on_gpu(self) -> bool:
@@ -253,6 +275,8 @@ class Pipeline:
         size = (outpaint.outpaint_size(request.init_image.size, request.outpaint, self.model) if request.outpaint
                 else resolve_size(request, self.model))
         sampler = self._sampler(request)
+        if self._cpu_auto_pending is not None:
+            self._settle_cpu_backend(*size, request.batch * (2 if uses_cfg(request.cfg) else 1))
         if request.init_image is not None and sampler.spec.strength_schedule is None:
             try:
                 sampler.start_step(request.effective_strength)

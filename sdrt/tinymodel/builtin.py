@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..user_cache import cache_root
 from ..export.clip_vocab import BPE_FILE_NAME
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tinyshapes"
 WEIGHTS_FILE = "weights.safetensors"
 CONFIGS_FILE = "configs.json"
 COMPONENTS = ("text_encoder", "unet", "vae")
-CACHE_ENV_VAR = "SDRT_CACHE_DIR"
 DEFAULT_CFG = 5.0  # guidance scale the demo and the evaluation use
-
-
-def cache_root() -> Path:
-    """$SDRT_CACHE_DIR, else $XDG_CACHE_HOME/sdrt, else ~/.cache/sdrt."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sdrt"
 
 
 def shipped_files(data_dir: Path = DATA_DIR) -> dict[str, Path]:

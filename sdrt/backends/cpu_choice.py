@@ -1,0 +1,91 @@
+"""`--backend auto` on a machine without a usable GPU: the fastest EXACT CPU backend, by measurement.
+
+Which CPU backend wins depends on the model and the size (issue 16: OpenVINO f32 1.23x faster than ONNX
+Runtime on a mid UNet at 512x512, 0.94x on a tiny one), so no rule picks it; one UNet call per backend at
+the requested shape does. Each backend gets one untimed call (OpenVINO prepares its kernels for a new
+shape on the first inference) and one timed call. The decision is stored (decision_cache) under a key of
+everything that could change it: the UNet graph's content hash, the UNet input shape, the thread setting,
+the CPU and the library versions; so it is measured once, and re-measured when any of those change.
+
+Only exact backends compete: ONNX Runtime and OpenVINO f32 agree within 1e-6 relative; bf16 is a
+different result and is only ever chosen explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .decision_cache import cpu_model, read_record, record_path, write_record
+from .engine import Engine, run_engine
+from .openvino_engine import OPENVINO_MISSING, openvino_available
+
+NAMES = {"ort-cpu": "ONNX Runtime", "openvino": "OpenVINO f32"}
+
+
+@dataclass
+class CpuDecision:
+    backend: str  # ort-cpu | openvino
+    seconds: dict[str, float]  # backend -> one UNet call (empty when nothing was measured)
+    shape: tuple[int, ...]  # the UNet sample shape measured at
+    measured_now: bool  # False: read from the cache file
+    record: Path | None  # the cache file, when there is one
+    note: str = ""  # why only one backend took part
+    engines: dict[str, Engine] = field(default_factory=dict)  # the winner's UNet engine, when measured now
+
+    def line(self, threads: int) -> str:
+        """What auto chose and why, one line (the CLI prints it; the log records it)."""
+        if not self.seconds:
+            return f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU ({self.note})"
+        timings = ", ".join(f"{NAMES[b]} {s:.3f} s" for b, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        source = "measured now" if self.measured_now else f"measured before, {self.record}"
+        shape = "x".join(map(str, self.shape))
+        return (f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, the faster exact backend for "
+                f"one UNet call at {shape}, threads {threads or 'auto'}: {timings} ({source})")
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime  # noqa: PLC0415  (present whenever auto runs: the ORT engine needs it)
+
+    found = {"onnxruntime": onnxruntime.__version__}
+    if openvino_available():
+        import openvino  # noqa: PLC0415
+
+        found["openvino"] = openvino.__version__
+    return found
+
+
+def decision_key(unet_hash: str, shape: tuple[int, ...], threads: int) -> dict:
+    return {"check": "cpu-backend", "unet": unet_hash, "shape": list(shape), "threads": threads,
+            "cpu": cpu_model(), "versions": versions()}
+
+
+def choose_cpu_backend(unet_hash: str, feeds: Mapping[str, np.ndarray], threads: int,
+                       make_unet: Callable[[str], Engine], folder: str | Path) -> CpuDecision:
+    """Read the stored decision for this key, or measure one UNet call per available exact backend and store
+    it. `make_unet(backend)` opens the UNet on that backend; the winner's engine comes back for reuse."""
+    shape = tuple(np.shape(feeds["sample"]))
+    if not openvino_available():
+        return CpuDecision("ort-cpu", {}, shape, True, None, note=OPENVINO_MISSING.replace(": pip", "; pip"))
+    key = decision_key(unet_hash, shape, threads)
+    record = read_record(folder, key)
+    if record is not None:
+        return CpuDecision(record["backend"], dict(record["seconds"]), shape, False, record_path(folder, key))
+    seconds: dict[str, float] = {}
+    engines: dict[str, Engine] = {}
+    for backend in NAMES:
+        engine = make_unet(backend)
+        run_engine(engine, feeds)  # untimed: first-call preparation
+        start = time.perf_counter()
+        run_engine(engine, feeds)
+        seconds[backend] = time.perf_counter() - start
+        best = min(seconds, key=seconds.__getitem__)
+        engines = {best: engines.get(best, engine)}  # keep only the fastest so far: UNets are large
+    winner = min(seconds, key=seconds.__getitem__)
+    path = write_record(folder, key, {"backend": winner, "seconds": seconds,
+                                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return CpuDecision(winner, seconds, shape, True, path, engines=engines)

@@ -1,0 +1,157 @@
+"""OpenVINO backend of `Engine` on CPU: the bundle's own ONNX, read by OpenVINO directly.
+
+Why OpenVINO: on CPU its convolution and MatMul kernels beat ONNX Runtime's on SD-sized UNets (issue 16:
+1.23x in f32 on a mid UNet at 512x512, 2.2x in bf16), and it reads ONNX with its external data itself, so
+the bundle's ONNX stays the single source: no second export, no IR files.
+
+Precision: "f32" (INFERENCE_PRECISION_HINT f32: exact, within 1e-6 relative of ONNX Runtime) by default;
+"bf16" on request (CPUs with AVX512_BF16 or AMX run it natively), checked by openvino_gate.py before use.
+A CPU that would silently run f32 instead is refused, so "bf16" never means something else.
+
+Shapes: one compiled model with the graph's dynamic shapes serves every request size. Reshaping to each
+request's static shape was measured no faster (mid UNet, 256x256, 1 thread: 1384 vs 1376 ms) and costs a
+full copy of the weights and a compile per shape (+1.28 GB RSS and 1.8 s per shape on the mid UNet; OpenVINO
+shares no constants between compiled models). OpenVINO 2026.4 defect seen on the tiny test UNet: when a
+compiled model's FIRST inference has a 1x1 feature map inside (2x2 latents there), later larger shapes give
+wrong outputs (f32: errors of 0.6, bf16: NaN). Real bundles' size ranges never reach a 1x1 map; sdrt's own
+probes (bf16 gate, auto's measurement) run at the default size or the request's. Outputs are copied into buffers the engine owns, one set
+per input-shape signature, which keeps the Engine buffer contract (valid until the next run with the same
+shapes) although OpenVINO reuses its own output tensors on every inference.
+
+Compiled-model cache: OpenVINO's CACHE_DIR, when the caller names a folder (openvino_open.py: off by default
+after an unexplained cross-precision blob mix-up; docs/runtime.md). Measured on the mid UNet (316 M
+parameters): load 3.8 s without, 0.63 s from the blob.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import UserError
+from ..manifest import BundleError, ComponentSpec
+from .engine import IOSpec, check_dtypes, check_feeds, check_against_manifest
+
+OPENVINO_MISSING = "OpenVINO is not installed (import openvino failed): pip install 'sdrt[openvino]'"
+PRECISIONS = ("f32", "bf16")
+MAX_SIGNATURES = 8  # input-shape signatures whose output buffers are kept per engine
+DEVICE = "CPU"
+PROVIDER = "OpenVINO CPU"
+
+
+def import_openvino() -> Any:
+    """openvino, or the one-line error naming the extra (OpenVINO is optional: only --backend openvino and
+    auto's measurement use it)."""
+    try:
+        import openvino  # noqa: PLC0415
+    except ImportError:
+        raise UserError(OPENVINO_MISSING) from None
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        import_openvino()
+    except UserError:
+        return False
+    return True
+
+
+def compile_config(threads: int = 0, precision: str = "f32", cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """compile_model properties. threads=0 leaves INFERENCE_NUM_THREADS to OpenVINO (one per core)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return config
+
+
+class OpenVinoEngine:
+    """One ONNX graph compiled by OpenVINO for the CPU."""
+
+    def __init__(self, name: str, path: str | os.PathLike, spec: ComponentSpec | None = None, threads: int = 0,
+                 precision: str = "f32", cache_dir: str | os.PathLike | None = None) -> None:
+        ov = import_openvino()
+        self.name = name
+        self.path = str(path)
+        self.precision = precision
+        core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        try:  # from the path, not a read model: only then does a cached blob skip reading the ONNX
+            self._compiled = core.compile_model(self.path, DEVICE, compile_config(threads, precision, cache_dir))
+        except Exception as exc:  # noqa: BLE001  (OpenVINO raises RuntimeError and its own classes)
+            raise BundleError(f"OpenVINO cannot load {self.path} ({_first_line(exc)}): the file is corrupt or "
+                              "incomplete, re-export the model (sdrt export)") from None
+        if precision == "bf16":
+            hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+            ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+            if ran != "bf16":
+                cpu = core.get_property(DEVICE, "FULL_DEVICE_NAME")
+                raise UserError(f"--precision bf16: OpenVINO would run {ran} on this CPU ({cpu}; bf16 needs "
+                                "AVX512_BF16 or AMX): use --precision fp32")
+        wanted = {t.name for t in (spec.inputs + spec.outputs)} if spec is not None else set()
+        in_ports = {_port_name(p, wanted): p for p in self._compiled.inputs}
+        self._out_ports = {_port_name(p, wanted): p for p in self._compiled.outputs}
+        self.inputs = {name: _io(name, p) for name, p in in_ports.items()}
+        self.outputs = {name: _io(name, p) for name, p in self._out_ports.items()}
+        self._in_index = {name: index for index, name in enumerate(in_ports)}  # infer() takes positions
+        if spec is not None:
+            check_against_manifest(name, spec, self.inputs, self.outputs)
+        self._request = self._compiled.create_infer_request()
+        self._buffers: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self.lock = threading.RLock()
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"{PROVIDER} {self.precision}"]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.inputs)
+            buffers = self._buffers.get(key)
+            if buffers is None or len(feeds) != len(self.inputs):
+                check_feeds(self.name, self.inputs, feeds)
+                check_dtypes(self.name, self.inputs, feeds)
+            prepared = {self._in_index[name]: np.ascontiguousarray(feeds[name], dtype=spec.dtype)
+                        for name, spec in self.inputs.items()}
+            # share_inputs: OpenVINO reads the arrays in place (no copy); the results are its own tensors,
+            # copied below into ours
+            result = self._request.infer(prepared, share_inputs=True, share_outputs=True)
+            if buffers is None:
+                buffers = {name: np.empty(result[port].shape, dtype=self.outputs[name].dtype)
+                           for name, port in self._out_ports.items()}
+                self._buffers[key] = buffers
+                if len(self._buffers) > MAX_SIGNATURES:
+                    self._buffers.popitem(last=False)
+            else:
+                self._buffers.move_to_end(key)
+            for name, port in self._out_ports.items():
+                np.copyto(buffers[name], result[port], casting="same_kind")
+            return buffers
+
+
+def _port_name(port: Any, wanted: set[str]) -> str:
+    """A port may carry several tensor names (OpenVINO keeps the ONNX name and names of fused producers):
+    the one the manifest uses, else the ONNX-style one (not a "/"-path of an inner node)."""
+    names = sorted(port.get_names())
+    return next((n for n in names if n in wanted), None) or next((n for n in names if not n.startswith("/")),
+                                                                  port.get_any_name())
+
+
+def _io(name: str, port: Any) -> IOSpec:
+    shape = tuple(d.get_length() if d.is_static else "dynamic" for d in port.get_partial_shape())
+    return IOSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
