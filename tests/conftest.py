@@ -108,3 +108,17 @@ def controlnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny
         return cache[kind, fuse]
 
     return get
+
+
+@pytest.fixture()
+def cuda(monkeypatch):
+    """TensorRT and the CUDA runtime replaced by the stand-ins of tests/fake_trt.py (no GPU here); the
+    returned FakeCuda records allocations, copies and graph captures."""
+    import fake_trt
+
+    from sdrt.backends import trt_engine
+
+    fake = fake_trt.FakeCuda()
+    monkeypatch.setattr(trt_engine, "cuda_rt", fake)
+    monkeypatch.setattr(trt_engine, "_trt", lambda: fake_trt.fake_tensorrt(fake))
+    return fake

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Iterator
 
+import numpy as np
 from PIL import Image
 
 from sdrt.runtime.pipeline import Pipeline
@@ -133,3 +134,9 @@ def b64png(image: Image.Image, prefix: str = "") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return prefix + base64.b64encode(buffer.getvalue()).decode()
+
+
+def close_to(image: Image.Image, pixels: np.ndarray) -> bool:
+    """Within 2/255 of the Pipeline's own result (exact with the one-at-a-time engine; the batching engine
+    promises 2/255)."""
+    return np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - pixels.astype(np.int16)).max() <= 2

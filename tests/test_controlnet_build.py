@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from cli_helpers import run_cli
 
-from sdrt.cli import main
 from sdrt.engines.build_plan import plan_builds, run_builds
 from sdrt.engines.builder import BuildOptions
 from sdrt.engines.profiles import parse_profile
@@ -18,19 +17,9 @@ from sdrt.manifest import Manifest
 H200 = GpuTarget("10.9.0.34", "9.0", "NVIDIA H200")
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_dry_run_lists_controlnets_with_the_unet_profiles(controlnet_bundle, capsys) -> None:
-    code, out, _ = run_cli(capsys, "build", str(controlnet_bundle("sd1", fuse=False)), "--precision", "fp32", "--dry-run",
-                           "--profile", "64x64-128@96", "--batch", "1-2", "--cfg", "on")
+    code, out, _ = run_cli("build", [str(controlnet_bundle("sd1", fuse=False)), "--precision", "fp32", "--dry-run",
+                                     "--profile", "64x64-128@96", "--batch", "1-2", "--cfg", "on"], capsys)
     assert code == 0
     blocks = {b.split(" profile")[0]: b for b in out.split("\n") if " profile 0 " in b}
     assert list(blocks) == ["text_encoder", "unet", "vae_decoder", "vae_encoder", "controlnet_depth",

@@ -8,13 +8,12 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from sdrt.runtime import GenerationRequest, Pipeline
 from sdrt.runtime.control import ControlSpec
-from serving_adapter import b64png, gated_unet, png, running_server
+from serving_adapter import b64png, close_to, gated_unet, png, running_server
 
 from test_controlnet_parity import control_map
 
@@ -28,10 +27,6 @@ def pipe(controlnet_bundle) -> Pipeline:
 def served(pipe):
     with running_server(pipe) as server:
         yield server
-
-
-def close_to(image: Image.Image, pixels: np.ndarray) -> bool:
-    return np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - pixels.astype(np.int16)).max() <= 2
 
 
 def unit(image: Image.Image, **fields) -> dict:

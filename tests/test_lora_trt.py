@@ -27,14 +27,6 @@ STATIC = [[1, 4], [1, 4], [1, 4]]
 BASE = {"scale": np.array([2.0], np.float32), "bias": np.array([1.0], np.float32)}
 
 
-@pytest.fixture()
-def cuda(monkeypatch):
-    fake = fake_trt.FakeCuda()
-    monkeypatch.setattr(trt_engine, "cuda_rt", fake)
-    monkeypatch.setattr(trt_engine, "_trt", lambda: fake_trt.fake_tensorrt(fake))
-    return fake
-
-
 def _session(tmp_path, **plan) -> trt_engine.TrtSession:
     path = tmp_path / "unet.plan"
     path.write_bytes(fake_trt.plan_bytes([STATIC], **plan))

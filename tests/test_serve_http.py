@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sdrt.runtime import GenerationRequest, Pipeline
-from serving_adapter import b64png, png, running_server
+from serving_adapter import b64png, close_to, png, running_server
 
 TITLES = ["DDIM", "DDPM", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DPM2", "Euler", "Euler a", "Heun", "LCM", "LMS",
           "PLMS", "UniPC"]
@@ -28,12 +28,6 @@ def pipe(tiny_bundle) -> Pipeline:
 def served(pipe):
     with running_server(pipe) as server:
         yield server
-
-
-def close_to(image: Image.Image, pixels: np.ndarray) -> bool:
-    """Within 2/255 of the Pipeline's own result (exact with the one-at-a-time engine; the batching engine
-    promises 2/255)."""
-    return np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - pixels.astype(np.int16)).max() <= 2
 
 
 def test_txt2img_answers_in_a1111_shape_with_png_parameters_and_seeds(client, pipe) -> None:

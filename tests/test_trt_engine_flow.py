@@ -20,14 +20,6 @@ STATIC = [[1, 4], [1, 4], [1, 4]]
 DYNAMIC = [[1, 4], [2, 8], [4, 16]]
 
 
-@pytest.fixture()
-def cuda(monkeypatch):
-    fake = fake_trt.FakeCuda()
-    monkeypatch.setattr(trt_engine, "cuda_rt", fake)
-    monkeypatch.setattr(trt_engine, "_trt", lambda: fake_trt.fake_tensorrt(fake))
-    return fake
-
-
 def session(tmp_path, plans: dict[str, bytes], **kw) -> trt_engine.TrtSession:
     paths = {}
     for name, data in plans.items():
