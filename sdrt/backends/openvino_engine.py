@@ -170,9 +170,10 @@ def _replaced(ov: Any, model: Any, values: Mapping[str, np.ndarray], path: str) 
                           f"({len(unknown)} missing): re-export the model (sdrt export)")
     for name, value in values.items():
         old = constants[name]
+        shape = tuple(old.get_output_shape(0))
         array = np.ascontiguousarray(value, dtype=old.get_element_type().to_dtype())
-        if array.shape != tuple(old.get_output_shape(0)):
-            raise ValueError(f"{name}: new value of shape {array.shape}, the graph's is {tuple(old.get_output_shape(0))}")
+        if array.shape != shape:
+            raise ValueError(f"{name}: new value of shape {array.shape}, the graph's is {shape}")
         new = ov.op.Constant(array)
         new.set_friendly_name(old.get_friendly_name())
         new.output(0).set_names(old.output(0).get_names())
