@@ -18,6 +18,11 @@ probes (bf16 gate, auto's measurement) run at the default size or the request's.
 per input-shape signature, which keeps the Engine buffer contract (valid until the next run with the same
 shapes) although OpenVINO reuses its own output tensors on every inference.
 
+LoRA switching (`with_initializers`): a second compiled model of the same graph, read with `read_model` and
+each changed initializer's `Constant` replaced by one holding the new values (OpenVINO's ONNX frontend makes
+one Constant per initializer, its output tensor named like the initializer, in the initializer's own element
+type: an fp16 weight stays an fp16 Constant before its Convert). The base engine is untouched.
+
 Compiled-model cache: OpenVINO's CACHE_DIR, when the caller names a folder (openvino_open.py: off by default
 after an unexplained cross-precision blob mix-up; docs/runtime.md). Measured on the mid UNet (316 M
 parameters): load 3.8 s without, 0.63 s from the blob.
@@ -29,7 +34,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -78,19 +83,24 @@ class OpenVinoEngine:
     """One ONNX graph compiled by OpenVINO for the CPU."""
 
     def __init__(self, name: str, path: str | os.PathLike, spec: ComponentSpec | None = None, threads: int = 0,
-                 precision: str = "f32", cache_dir: str | os.PathLike | None = None) -> None:
+                 precision: str = "f32", cache_dir: str | os.PathLike | None = None,
+                 initializers: Mapping[str, np.ndarray] | None = None) -> None:
         ov = import_openvino()
+        self._args = (spec, threads, precision, cache_dir)  # for with_initializers
         self.name = name
         self.path = str(path)
         self.precision = precision
         core = ov.Core()
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        try:  # from the path, not a read model: only then does a cached blob skip reading the ONNX
-            self._compiled = core.compile_model(self.path, DEVICE, compile_config(threads, precision, cache_dir))
-        except Exception as exc:  # noqa: BLE001  (OpenVINO raises RuntimeError and its own classes)
-            raise BundleError(f"OpenVINO cannot load {self.path} ({_first_line(exc)}): the file is corrupt or "
-                              "incomplete, re-export the model (sdrt export)") from None
+        # from the path, not a read model: only then does a cached blob skip reading the ONNX. An adapted model
+        # gets no CACHE_DIR: a blob per adapter set would be a full copy of the weights on disk, and lora_sets
+        # keeps the recent sets compiled anyway
+        source = _replaced(ov, _load(lambda: core.read_model(self.path), self.path), initializers, self.path) \
+            if initializers else self.path
+        config = compile_config(threads, precision, None if initializers else cache_dir)
+        self._compiled = _load(lambda: core.compile_model(source, DEVICE, config), self.path)
+        del source
         if precision == "bf16":
             hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
             ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
@@ -113,6 +123,13 @@ class OpenVinoEngine:
     @property
     def providers(self) -> list[str]:
         return [f"{PROVIDER} {self.precision}"]
+
+    def with_initializers(self, values: Mapping[str, np.ndarray], tag: str) -> "OpenVinoEngine":
+        """This graph compiled again with these initializers' values replaced (LoRA switching), at the same
+        precision and thread count; this engine is untouched. `tag` (the adapter set) is unused: nothing is
+        cached on disk per set."""
+        spec, threads, precision, cache_dir = self._args
+        return OpenVinoEngine(self.name, self.path, spec, threads, precision, cache_dir, values)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
@@ -137,6 +154,39 @@ class OpenVinoEngine:
             for name, port in self._out_ports.items():
                 np.copyto(buffers[name], result[port], casting="same_kind")
             return buffers
+
+
+def _replaced(ov: Any, model: Any, values: Mapping[str, np.ndarray], path: str) -> Any:
+    """`model` with the Constant of each named initializer replaced by one holding the new value (same element
+    type and shape). A name with no such Constant raises: running the base weights instead would be silent."""
+    constants = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            for tensor in op.output(0).get_names():
+                constants.setdefault(tensor, op)
+    unknown = sorted(set(values) - set(constants))
+    if unknown:
+        raise BundleError(f"{Path(path).name} has no initializer {unknown[0]} for OpenVINO to replace "
+                          f"({len(unknown)} missing): re-export the model (sdrt export)")
+    for name, value in values.items():
+        old = constants[name]
+        shape = tuple(old.get_output_shape(0))
+        array = np.ascontiguousarray(value, dtype=old.get_element_type().to_dtype())
+        if array.shape != shape:
+            raise ValueError(f"{name}: new value of shape {array.shape}, the graph's is {shape}")
+        new = ov.op.Constant(array)
+        new.set_friendly_name(old.get_friendly_name())
+        new.output(0).set_names(old.output(0).get_names())
+        ov.utils.replace_node(old, new)
+    return model
+
+
+def _load(step: Callable[[], Any], path: str) -> Any:
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001  (OpenVINO raises RuntimeError and its own classes)
+        raise BundleError(f"OpenVINO cannot load {path} ({_first_line(exc)}): the file is corrupt or "
+                          "incomplete, re-export the model (sdrt export)") from None
 
 
 def _port_name(port: Any, wanted: set[str]) -> str:

@@ -8,7 +8,8 @@ recent set costs nothing; the base engines are never modified, so a request with
 with them runs on exactly the base weights.
 
 How an engine is adapted depends on the backend: ONNX Runtime engines open a second session with the
-changed initializers replaced (`OrtEngine.with_initializers`); TensorRT engines built refittable are refit
+changed initializers replaced (`OrtEngine.with_initializers`), OpenVINO engines compile the graph again with
+those weights' Constants replaced (`OpenVinoEngine.with_initializers`); TensorRT engines built refittable are refit
 in place before each run that needs another set (sdrt/backends/trt_refit.py). See docs/lora.md.
 """
 
@@ -123,14 +124,14 @@ def set_tag(key: tuple) -> str:
 
 def adapt_engine(base: Engine, values: dict, key: tuple, weights: BundleWeights, component: str) -> Engine:
     """The engine of `component` with `values` (initializer -> array) in place of the base weights."""
-    if hasattr(base, "with_initializers"):  # every ONNX Runtime provider
+    if hasattr(base, "with_initializers"):  # every ONNX Runtime provider, OpenVINO
         return base.with_initializers(values, set_tag(key))
     if hasattr(base, "engine") and hasattr(base, "stream"):  # a native TensorRT engine
         from ..backends.trt_refit import RefitView, switch_for  # noqa: PLC0415  (TensorRT only when used)
 
         return RefitView(base, switch_for(base, lambda names: weights.base(component, names)), key, values)
     raise UserError(f"the {component} engine of this backend cannot take LoRA adapters: use --backend ort-cpu, "
-                    "ort-cuda, ort-trt or trt")
+                    "ort-cuda, ort-trt, trt or openvino")
 
 
 class AdaptedPipeline(Pipeline):
