@@ -156,3 +156,22 @@ def loaded_pipe(model: Path, adapters: list[tuple[Path, float]]) -> Any:
         pipe.load_lora_weights(str(path), adapter_name=name)
     pipe.set_adapters(names, adapter_weights=[s for _, s in adapters])
     return pipe
+
+
+def corrupt_adapter(path: Path) -> Path:
+    """A .safetensors name over bytes that are not one (a header length, then no JSON)."""
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    return path
+
+
+def half_fitting_sdxl_adapter(path: Path) -> Path:
+    """A kohya adapter with one module of the tiny models' UNet (conv_in) and one of SDXL's second text encoder:
+    it fits a tiny SD1 model only in part (1 of 2 modules)."""
+    from safetensors.numpy import save_file
+
+    save_file({
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((2, 32), np.float32),
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.ones((37, 2), np.float32),
+        "lora_unet_conv_in.lora_down.weight": np.ones((1, 4, 3, 3), np.float32),
+        "lora_unet_conv_in.lora_up.weight": np.ones((16, 1, 1, 1), np.float32)}, str(path))
+    return path

@@ -13,7 +13,7 @@ import pytest
 
 from cli_helpers import run_cli
 from custom_model_parity import PIXEL_TOL, diffusers_images, latents_for, max_diff, sdrt_images
-from lora_helpers import fused_weights, make_peft_adapter, to_kohya
+from lora_helpers import corrupt_adapter, fused_weights, half_fitting_sdxl_adapter, make_peft_adapter, to_kohya
 
 PROMPT, NEGATIVE = "a photograph of an astronaut riding a horse", "blurry"
 
@@ -97,23 +97,12 @@ def test_parameter_map_places_every_lora_target(tiny_model, tiny_bundle, kind: s
     assert lookup["mid_block.resnets.0.conv1.weight"]["transposed"] is False
 
 
-def _write(path: Path, tensors: dict) -> Path:
-    from safetensors.numpy import save_file
-
-    save_file(tensors, str(path))
-    return path
-
 
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     pickle = tmp / "style.ckpt"
     pickle.write_bytes(b"\x80\x04never read")
-    corrupt = tmp / "corrupt.safetensors"
-    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
-    xl = _write(tmp / "xl.safetensors", {
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((2, 32), np.float32),
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.ones((37, 2), np.float32),
-        "lora_unet_conv_in.lora_down.weight": np.ones((1, 4, 3, 3), np.float32),
-        "lora_unet_conv_in.lora_up.weight": np.ones((16, 1, 1, 1), np.float32)})
+    corrupt = corrupt_adapter(tmp / "corrupt.safetensors")
+    xl = half_fitting_sdxl_adapter(tmp / "xl.safetensors")
     return [
         ([f"{pickle}"], "LoRA style.ckpt is a pickle file (.ckpt), which sdrt never opens because unpickling can run "
                         "arbitrary code: convert it to .safetensors with a tool you trust (e.g. the safetensors "

@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import run_cli
 from custom_model_parity import PIXEL_TOL, STEPS, diffusers_images, latents_for, max_diff
-from lora_helpers import loaded_pipe, make_peft_adapter, to_kohya
+from lora_helpers import corrupt_adapter, half_fitting_sdxl_adapter, loaded_pipe, make_peft_adapter, to_kohya
 from sdrt.lora.options import LoraOption
 from sdrt.runtime import GenerationRequest, Pipeline
 
@@ -168,21 +168,10 @@ def test_generate_cli_lora(tiny_bundle, adapters, pipelines, tmp_path: Path, cap
     np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), expected)
 
 
-def _write(path: Path, tensors: dict) -> Path:
-    from safetensors.numpy import save_file
-
-    save_file(tensors, str(path))
-    return path
-
 
 def test_bad_adapters_are_refused_in_one_line(tiny_bundle, tmp_path: Path, capsys) -> None:
-    corrupt = tmp_path / "corrupt.safetensors"
-    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
-    xl = _write(tmp_path / "xl.safetensors", {
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((2, 32), np.float32),
-        "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.ones((37, 2), np.float32),
-        "lora_unet_conv_in.lora_down.weight": np.ones((1, 4, 3, 3), np.float32),
-        "lora_unet_conv_in.lora_up.weight": np.ones((16, 1, 1, 1), np.float32)})
+    corrupt = corrupt_adapter(tmp_path / "corrupt.safetensors")
+    xl = half_fitting_sdxl_adapter(tmp_path / "xl.safetensors")
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle("sd1"), old)
     manifest = json.loads((old / "manifest.json").read_text())
