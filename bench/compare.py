@@ -116,6 +116,8 @@ def prepare(name: str, workdir: Path) -> tuple[Path, Path, dict]:
         export_bundle(model, bundle, ExportOptions(precisions=("fp32",), overwrite=True, max_size=MAX_SIZE.get(name)))
         facts["sdrt_export_s"] = time.perf_counter() - start
     facts["unet_params_m"] = unet_params(model) / 1e6
+    graphs = json.loads((bundle / "manifest.json").read_text())["export"].get("graphs", {})
+    facts["sdrt_fusion_choice"] = {k: g["fusion_choice"] for k, g in graphs.items() if "fusion_choice" in g}
     return model, bundle, facts
 
 

@@ -2,7 +2,8 @@
 
 `tiny_model(kind)` -> Path of a diffusers folder (sd1, sd2v, sdxl, sd1_inpaint), built with the real
 diffusers / transformers classes and random weights. `tiny_bundle(kind)` -> Path of an sdrt bundle exported
-from it with fp32 and fp16 graphs. Both skip the test when the export extra (torch, diffusers) is missing.
+from it with fp32 and fp16 graphs, the fp32 attention fused (`fuse=True`: pinned, so no test depends on the
+export's fused-vs-unfused timing). Both skip the test when the export extra (torch, diffusers) is missing.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[
             from sdrt.export.bundle import ExportOptions, export_bundle
 
             out = tmp_path_factory.mktemp(f"bundle-{kind}") / "bundle"
-            export_bundle(model, out, ExportOptions(precisions=("fp32", "fp16")))
+            export_bundle(model, out, ExportOptions(precisions=("fp32", "fp16"), fuse=True))
             cache[kind] = out
         return cache[kind]
 

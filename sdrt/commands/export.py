@@ -44,9 +44,11 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
               help="Keep the VAE fp32 in the fp16 set (default: when the VAE config sets force_upcast, as SDXL).")
 @click.option("--cleanup", type=click.Choice(["onnxslim", "polygraphy", "none"]), default="onnxslim",
               show_default=True, help="Graph simplification after tracing.")
-@click.option("--fuse/--no-fuse", default=True, show_default=True,
-              help="Fuse attention into ONNX Runtime's MultiHeadAttention in the fp32 (CPU) graphs; fp16 graphs "
-                   "stay standard ONNX. --no-fuse keeps fp32 graphs standard too (TensorRT fp32 builds).")
+@click.option("--fuse/--no-fuse", default=None,
+              help="Attention as ONNX Runtime's MultiHeadAttention in the fp32 (CPU) graphs. Default: time the "
+                   "fused and the unfused graph on ONNX Runtime CPU (1 warm-up + 3 calls each; up to 15 when "
+                   "short) and keep the faster; --fuse always fuses, --no-fuse never (standard ONNX, for TensorRT "
+                   "fp32 builds). fp16 graphs stay standard ONNX.")
 @click.option("--config", type=click.Path(path_type=str), default=None,
               help="Diffusers config folder for a single-file checkpoint of a non-standard architecture (default: "
                    "the SD 1.5 / SD 2.1 / SDXL base configs sdrt ships; nothing is downloaded).")
@@ -71,7 +73,7 @@ def _parse_components(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--overwrite", is_flag=True,
               help="Replace OUT if it is an sdrt bundle (only once the new bundle passed; never another folder).")
 def export(model: str, out: str, precision: str, opset: int, components: tuple[str, ...], fp32_vae: bool | None,
-           cleanup: str, fuse: bool, config: str | None, prediction_type: str | None, vae: str | None,
+           cleanup: str, fuse: bool | None, config: str | None, prediction_type: str | None, vae: str | None,
            embeddings: tuple[str, ...], loras: tuple[str, ...], controlnets: tuple[str, ...], min_size: int | None,
            max_size: int | None, overwrite: bool) -> None:
     """Export MODEL (a single-file .safetensors checkpoint or a diffusers folder) to the ONNX bundle folder

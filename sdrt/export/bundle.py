@@ -26,6 +26,7 @@ from .cleanup import CLEANUP_METHODS, cleanup_graph
 from .controlnets import check_controlnet_folders, load_controlnets
 from .components import TEXT_LENGTH, ComponentGraph, build_component_graphs
 from .fusion import cpu_fusions
+from . import fusion_choice
 from .gate import THRESHOLDS, check_graph, torch_references
 from .embeddings import EXPANSIONS_FILE, EmbeddingOption, add_embeddings, check_embedding_files
 from .loading import SourceModel, load_source_model
@@ -53,7 +54,9 @@ class ExportOptions:
     components: list[str] | None = None  # None: every component the model has
     fp32_vae: bool | None = None  # keep the VAE fp32 in the fp16 set; None: when the VAE asks (force_upcast)
     cleanup: str = "onnxslim"
-    fuse: bool = True  # attention -> MultiHeadAttention in the fp32 graphs (ONNX Runtime CPU); fusion.py
+    fuse: bool | None = None  # attention -> MultiHeadAttention in the fp32 graphs (ONNX Runtime CPU; fusion.py):
+    # True always, False never, None when it is faster on this model (both timed: fusion_choice.py)
+    fusion_timer: fusion_choice.Timer | None = None  # None: fusion_choice.time_both (tests hand in fixed timings)
     config: Path | None = None  # diffusers config folder for single-file checkpoints
     overwrite: bool = False  # replace OUT when it is an sdrt bundle (never any other folder)
     min_size: int | None = None  # image side range in pixels; None: derived from the UNet's sample size
@@ -196,7 +199,7 @@ def _build(source: SourceModel, root: Path, options: ExportOptions, say: Progres
         files={},
         export={
             "opset": options.opset, "precisions": list(options.precisions), "cleanup": options.cleanup,
-            "fuse": options.fuse,
+            "fuse": fusion_choice.MODES[options.fuse],
             "fp32_vae_in_fp16": fp32_vae, "io_dtypes": "float32 inputs and outputs at every precision "
             "(fp16 graphs cast at their edges); input_ids int32",
             "size_range": sizes.source, "trace_shape": traced_at.describe(),
@@ -260,11 +263,7 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
 
     fp32_spec = None
     if "fp32" in options.precisions:
-        fp32_file = root / "fp32" / f"{graph.name}.onnx"
-        with cpu_fusions(model32, options.fuse) as fusions:
-            if fusions:
-                say(f"{tag}: fused for ONNX Runtime CPU: {_describe(fusions)}")
-            fp32_spec = _save_gated(model32, fp32_file, graph, refs, root, options, tag, say, "fp32", fusions)
+        fp32_spec, stats["fusion_choice"] = _save_fp32(model32, graph, refs, root, options, tag, say)
         specs["fp32"] = fp32_spec
         if torch_module is not None:
             maps["fp32"] = parameter_map(model32, torch_module)
@@ -289,6 +288,41 @@ def _export_component(graph: ComponentGraph, source: SourceModel, root: Path, op
         specs["fp16"] = _spec(graph, path16, root, external, accuracy, "fp16-mixed")
     stats["seconds"] = round(time.time() - t0, 2)
     return specs, stats
+
+
+def _save_fp32(model32: Any, graph: ComponentGraph, refs: list, root: Path, options: ExportOptions, tag: str,
+               say: Progress) -> tuple[ComponentSpec, dict[str, Any]]:
+    """The fp32 graph, fused or not per --fuse / --no-fuse, or (neither) whichever of the two runs faster:
+    both saved in scratch, timed, the faster moved into place and gated, the other deleted. The manifest
+    record of the choice is returned beside the spec."""
+    path = root / "fp32" / f"{graph.name}.onnx"
+    scratch = root / ".scratch" / f"{graph.name}-fusion"
+    try:
+        with cpu_fusions(model32, options.fuse is not False) as fusions:
+            if fusions and options.fuse:
+                say(f"{tag}: fused for ONNX Runtime CPU (--fuse): {_describe(fusions)}")
+            elif fusions:
+                say(f"{tag}: {_describe(fusions)} possible: timing the fused and the unfused graph")
+            if not fusions or options.fuse:
+                spec = _save_gated(model32, path, graph, refs, root, options, tag, say, "fp32", fusions)
+                return spec, fusion_choice.record(options.fuse, bool(fusions))
+            saved = {"fused": (scratch / "fused" / path.name, save_model(model32, scratch / "fused" / path.name))}
+        saved["unfused"] = (scratch / "unfused" / path.name, save_model(model32, scratch / "unfused" / path.name))
+        timer = options.fusion_timer or fusion_choice.time_both
+        fused_s, unfused_s = timer(saved["fused"][0], saved["unfused"][0], refs[0].feeds)
+        keep = fusion_choice.choose(fused_s, unfused_s)
+        say(f"{tag}: {fusion_choice.describe(fused_s, unfused_s, keep)}")
+        kept, external = saved["fused" if keep else "unfused"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for name in (path.name, external):  # the graph and its external data file, named after it
+            if name:
+                os.replace(kept.parent / name, path.parent / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    accuracy = _gate(path, graph, refs, "fp32", options, tag, say)
+    spec = _spec(graph, path, root, external, accuracy, "fp32")
+    spec = dataclasses.replace(spec, fusions=dict(fusions) if keep else {})
+    return spec, fusion_choice.record(options.fuse, keep, fused_s, unfused_s)
 
 
 def _describe(fusions: dict[str, int]) -> str:
