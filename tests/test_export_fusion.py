@@ -160,13 +160,13 @@ def test_fuse_and_no_fuse_force_the_choice_without_timing(tiny_model, tmp_path, 
     assert _has_mha(out / "fp32" / "vae_decoder.onnx") == (kept == "fused")
 
 
-def test_choose_keeps_fused_only_when_its_median_is_faster_by_the_margin() -> None:
+def test_choose_keeps_unfused_only_when_its_median_is_faster_by_the_margin() -> None:
     assert fusion_choice.MARGIN == 0.02
-    assert fusion_choice.choose([1.0, 9.0, 1.0], [2.0, 2.0, 2.0]) is True  # median 1 < 2 (the mean is not)
-    assert fusion_choice.choose([3.0, 1.0, 3.0], [2.0, 2.0, 2.0]) is False
-    assert fusion_choice.choose([2.0, 2.0, 2.0], [2.0, 2.0, 2.0]) is False  # a tie keeps standard ONNX
-    assert fusion_choice.choose([0.97] * 3, [1.0] * 3) is True  # 3 % faster
-    assert fusion_choice.choose([0.99] * 3, [1.0] * 3) is False  # 1 % is within the margin: standard ONNX
+    assert fusion_choice.choose([2.0, 2.0, 2.0], [1.0, 9.0, 1.0]) is False  # unfused median 1 < 2 (the mean is not)
+    assert fusion_choice.choose([2.0, 2.0, 2.0], [3.0, 1.0, 3.0]) is True
+    assert fusion_choice.choose([2.0, 2.0, 2.0], [2.0, 2.0, 2.0]) is True  # a tie keeps the fused graph
+    assert fusion_choice.choose([1.0] * 3, [0.97] * 3) is False  # unfused 3 % faster
+    assert fusion_choice.choose([1.0] * 3, [0.99] * 3) is True  # 1 % is within the margin: fused
 
 
 @pytest.mark.parametrize("calls, max_calls, budget_s, expected", [(3, 3, 100.0, 3), (3, 5, 100.0, 5), (2, 15, 0.0, 2)])
