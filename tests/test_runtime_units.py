@@ -114,8 +114,11 @@ def test_spin_setting_reaches_the_session_options() -> None:
 
     assert session_options(SessionSettings(spin=False)).get_session_config_entry(
         "session.intra_op.allow_spinning") == "0"
+    spinning = session_options(SessionSettings())
     with pytest.raises(Exception):  # not set at all: ORT's default (spinning) applies
-        session_options(SessionSettings()).get_session_config_entry("session.intra_op.allow_spinning")
+        spinning.get_session_config_entry("session.intra_op.allow_spinning")
+    # ...but only within a run: a pipeline's sessions take turns, and spinning leftovers steal the next one's cores
+    assert spinning.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 def test_silent_cpu_fallback_is_detected(monkeypatch) -> None:

@@ -74,6 +74,13 @@ def session_options(settings: SessionSettings) -> Any:
     if not settings.spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    else:
+        # Spin within a run, sleep after it. Every session has its own thread pool, and a pipeline runs several
+        # in turn (text encoder, UNet per step, VAE): workers left spinning by the last session steal the cores
+        # of the next. Measured (docs/bench.md, "Threads and spin-waiting"): tiny bundle, 2 threads, 256x256,
+        # 20 steps: 152 ms end to end -> 98-108 ms (no spinning at all: 132-135 ms); mid model at 512x512:
+        # 50.3 -> 48.9 s.
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts
 
 
