@@ -22,7 +22,10 @@ CFG 7.5, batch 1, the same prompt and the same initial noise for every framework
 "sdrt-openvino" on OpenVINO f32 and "sdrt-openvino-bf16" on OpenVINO bf16 (not exact: its image difference
 is reported, not held to 1/255). optimum exports the diffusers folder itself with its own exporter
 (optimum-onnx) on first use, in its own venv (--optimum-python). Every framework runs in its own worker
-process (bench/compare_worker.py); the order rotates each round. Timed: the pipeline call inside the worker.
+process (bench/compare_worker.py); the order rotates each round, with a pause of SETTLE_S before each call so
+the previous worker's idle threads have gone to sleep (ONNX Runtime's spin ~30 ms after a run by default,
+measured; on a 2-core machine a spinning neighbour takes a core from the worker being timed). Timed: the
+pipeline call inside the worker.
 Peak RSS: each worker's own high-water mark (Linux VmHWM) after its last run, loading included.
 """
 
@@ -48,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's sdrt, not an installed one
 WORKER = Path(__file__).with_name("compare_worker.py")
 SIZES = {"tiny": (256, 256), "mid": (128, 128), "mid512": (512, 512)}
 STEPS = {"tiny": 20, "mid": 20, "mid512": 4}  # default --steps per model: 512x512 on the mid model costs ~10 s a step
+SETTLE_S = 0.3  # seconds between two workers' calls (see the module docstring)
 SOURCE = {"tiny": "tiny", "mid": "mid", "mid512": "mid"}  # the diffusers model each case runs
 SDRT_FRAMEWORKS = ("sdrt", "sdrt-openvino", "sdrt-openvino-bf16")  # sdrt is ONNX Runtime; see compare_worker
 FRAMEWORKS = (*SDRT_FRAMEWORKS, "diffusers", "optimum")
@@ -227,6 +231,7 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
     for round_index in range(args.warmup + args.runs):
         shift = round_index % len(workers)
         for worker in workers[shift:] + workers[:shift]:
+            time.sleep(SETTLE_S)
             image_path = workdir / f"{name}-image-{worker.framework}.npy"
             reply = worker.ask({"noise": str(noise_path), "image": str(image_path)})
             if round_index >= args.warmup:
