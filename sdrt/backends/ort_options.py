@@ -78,7 +78,7 @@ def session_options(settings: SessionSettings) -> Any:
         # Spin within a run, sleep after it. Every session has its own thread pool, and a pipeline runs several
         # in turn (text encoder, UNet per step, VAE): workers left spinning by the last session steal the cores
         # of the next. Measured (docs/bench.md, "Threads and spin-waiting"): tiny bundle, 2 threads, 256x256,
-        # 20 steps: 152 ms end to end -> 98-108 ms (no spinning at all: 132-135 ms); mid model at 512x512:
+        # 20 steps: 138-157 ms end to end -> 92-94 ms (no spinning at all: 117-135 ms); mid model at 512x512:
         # 50.3 -> 48.9 s.
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts

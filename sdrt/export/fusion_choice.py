@@ -21,8 +21,8 @@ The unfused graph is kept only when its median is more than MARGIN lower; a near
 Why that way round: the measurement is at one size, the model's default, and fusion's advantage grows with
 the number of attention tokens, in time and in memory (the unfused graph writes every score matrix out):
 measured on bench/compare.py's mid model, exported at its 128-pixel default where the two tied (UNet 180.7 vs
-182.8 ms, 1 %), then run at 512x512: unfused 2.51 s per UNet call and 5.2 GiB peak RSS, fused 2.40 s and
-3.2 GiB (docs/bench.md). ~2 % is about what two alternating medians resolve.
+182.8 ms, 1 %), then run at 512x512: unfused 2.51 s per UNet call and 5.2 GiB peak RSS, fused 2.37 s and
+3.1 GiB (docs/bench.md). ~2 % is about what two alternating medians resolve.
 """
 
 from __future__ import annotations
