@@ -131,7 +131,8 @@ def bench_stub(steps: int, repeats: int, evict_mb: int = 0) -> list[dict]:
                 except StopIteration:
                     pass
                 times.append((time.perf_counter() - t0 - unet.seconds) / steps * 1e6)
-            rows.append({"mode": "evict" if evict_mb else "stub", "sampler": sampler_name, "latent": f"{side}x{side} ({label})",
+            rows.append({"mode": "evict" if evict_mb else "stub", "sampler": sampler_name,
+                         "latent": f"{side}x{side} ({label})",
                          "batch": batch, "cfg": True, "steps": steps,
                          "host_overhead_us_per_step": statistics.median(times[1:]),
                          "host_overhead_us_per_step_p90": _p90(times[1:]),
@@ -200,7 +201,8 @@ def main() -> None:
 
     from sdrt.manifest import write_atomic
 
-    report = {"machine": platform.platform(), "load_avg_1min": os.getloadavg()[0], "processor": platform.processor(), "numpy": np.__version__,
+    report = {"machine": platform.platform(), "load_avg_1min": os.getloadavg()[0],
+              "processor": platform.processor(), "numpy": np.__version__,
               "onnxruntime": onnxruntime.__version__, "cfg": 7.0, "rows": rows}
     write_atomic(args.json, json.dumps(report, indent=2).encode())
     print(f"wrote {args.json}")
