@@ -69,10 +69,12 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(tin
                 lines = r.iter_lines()
                 assert next(lines) == "event: progress"
                 proc.send_signal(signal.SIGTERM)
-                try:  # a new connection: refused outright, or 503 while uvicorn still listens
+                # A new connection is refused outright, answered 503 while uvicorn still listens, or reset:
+                # the kernel resets a connection still queued on the listening socket when uvicorn closes it.
+                try:
                     late = httpx.post(f"{url}/v1/images/generations", json={"prompt": "late", "steps": 2}, timeout=60)
                     assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
-                except httpx.ConnectError:
+                except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
                     pass
                 rest = list(lines)
             assert [line for line in rest if line.startswith("event: ")][-1] == "event: done"
