@@ -1,0 +1,82 @@
+"""Run the same requests in the exact mode and in a candidate mode, and measure how far the candidate moved.
+
+Both pipelines get identical requests (prompts, seeds, sizes, steps, sampler), so the initial latents and every
+noise draw are the same and only the arithmetic differs. This is the one place that does it: `sdrt quality`,
+the load-time gates (bf16 on OpenVINO) and `sdrt quantize` all call `compare_pipelines`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from ..tinymodel.adherence import adherence
+from ..tools.cell_score import caption_target, is_builtin
+from .gate import QualitySummary, summarise
+from .metrics import compare_images
+
+if TYPE_CHECKING:  # the runtime imports this module lazily; no cycle at run time
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.request import GenerationRequest
+
+# Built-in model: captions of its world, so adherence can be judged; other models: ordinary prompts.
+BUILTIN_PROMPTS = (
+    "a red circle on a blue background",
+    "a yellow triangle on a black background",
+    "a white square on a green background",
+    "a purple cross on a yellow background",
+    "a cyan circle on a purple background",
+    "a black triangle on a white background",
+    "a green square on a red background",
+    "a blue cross on a cyan background",
+)
+GENERAL_PROMPTS = (
+    "a lighthouse on a cliff at dusk, oil painting",
+    "a red sports car on a wet street at night, photo",
+    "portrait of an old fisherman, detailed face, soft light",
+    "a bowl of fruit on a wooden table, still life",
+    "a mountain lake with pine trees, morning fog",
+    "a cat sleeping on a windowsill, watercolor",
+    "a futuristic city skyline, neon lights",
+    "a plate of pasta with basil, food photography",
+)
+
+
+def default_prompts(builtin_model: bool, count: int) -> list[str]:
+    pool = BUILTIN_PROMPTS if builtin_model else GENERAL_PROMPTS
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+def default_requests(pipe: "Pipeline", prompts: Sequence[str] | None = None, seeds: int = 1,
+                     size: tuple[int, int] | None = None, steps: int = 20, prompt_count: int = 4,
+                     **fields: object) -> list["GenerationRequest"]:
+    """One request per (prompt, seed): the bundle's default size, Euler, CFG on (the bundle's usual use)."""
+    from ..runtime.request import GenerationRequest  # noqa: PLC0415
+
+    prompts = list(prompts) if prompts else default_prompts(is_builtin(pipe.model), prompt_count)
+    height, width = size or pipe.model.default_size
+    return [GenerationRequest(prompt, seed=seed, steps=steps, width=width, height=height, **fields)
+            for prompt in prompts for seed in range(seeds)]
+
+
+def compare_pipelines(reference: "Pipeline", candidate: "Pipeline", requests: Sequence["GenerationRequest"],
+                      progress: Callable[[int, int], None] | None = None) -> QualitySummary:
+    """Generate every request on both pipelines and compare image by image. Adherence is judged when every
+    prompt is a caption of the built-in model's world (the judge can read nothing else)."""
+    pairs: list[tuple[np.ndarray, np.ndarray, str]] = []
+    for n, request in enumerate(requests):
+        request = replace(request, batch=1)
+        exact = reference.generate(request).images[0]
+        cheap = candidate.generate(request).images[0]
+        pairs.append((exact, cheap, request.prompt))
+        if progress is not None:
+            progress(n + 1, len(requests))
+    comparisons = [compare_images(exact, cheap) for exact, cheap, _ in pairs]
+    targets = [caption_target(prompt) for _, _, prompt in pairs]
+    if all(t is not None for t in targets):
+        exact_score = adherence([e for e, _, _ in pairs], targets).all
+        cheap_score = adherence([c for _, c, _ in pairs], targets).all
+        return summarise(comparisons, exact_score, cheap_score)
+    return summarise(comparisons)
