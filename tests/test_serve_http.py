@@ -156,6 +156,7 @@ def test_models_describe_the_bundle(client) -> None:
     assert card["schedules"] == ["normal", "karras", "exponential", "ays"]
     assert card["limits"] == {"max_steps": 150, "max_images": 8, "max_pixels": 1048576, "max_prompt_tokens": 225,
                               "max_input_pixels": 16777216, "request_timeout": 300.0}
+    assert (card["precision"], card["backend"]) == ("fp32", "ort-cpu")  # bf16: tests/test_bf16_default.py
 
 
 def test_health_readiness_and_openapi(client) -> None:
@@ -179,6 +180,7 @@ def test_metrics_name_the_series(client) -> None:
     for line in ('sdrt_http_requests_total{method="POST",route="/v1/images/generations",status="200"}',
                  "sdrt_queue_depth 0.0", "sdrt_active_requests 0.0", 'sdrt_unet_batch_rows_bucket{le="4.0"}',
                  'sdrt_step_seconds_bucket{le="+Inf"}', 'sdrt_job_seconds_bucket{le="+Inf",outcome="ok"}',
-                 "sdrt_images_generated_total", "sdrt_http_requests_in_flight 1.0"):
+                 "sdrt_images_generated_total", "sdrt_http_requests_in_flight 1.0",
+                 'sdrt_model_info{backend="ort-cpu",precision="fp32"} 1.0'):
         assert line in text, line
     assert sample(text, "sdrt_images_generated_total") == before + 2

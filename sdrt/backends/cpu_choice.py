@@ -1,4 +1,4 @@
-"""`--backend auto` on a machine without a usable GPU: the fastest EXACT CPU backend, by measurement.
+"""`--backend auto` on a machine without a usable GPU: the fastest CPU backend, by measurement.
 
 Which CPU backend wins depends on the model and the size (issue 16: OpenVINO f32 1.23x faster than ONNX
 Runtime on a mid UNet at 512x512, 0.94x on a tiny one), so no rule picks it; one UNet call per backend at
@@ -7,8 +7,10 @@ shape on the first inference) and one timed call. The decision is stored (decisi
 everything that could change it: the UNet graph's content hash, the UNet input shape, the thread setting,
 the CPU and the library versions; so it is measured once, and re-measured when any of those change.
 
-Only exact backends compete: ONNX Runtime and OpenVINO f32 agree within 1e-6 relative; bf16 is a
-different result and is only ever chosen explicitly.
+The exact backends (ONNX Runtime and OpenVINO f32 agree within 1e-6 relative) always compete. OpenVINO bf16
+competes too when the caller allows it (auto on a CPU with native bf16, precision not forced to fp32): it is a
+different result, so the caller uses it only when it also passes the quality gate (sdrt.runtime.bf16_choice),
+and otherwise falls back to the fastest exact backend (`CpuDecision.fastest_exact`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,23 @@ from .decision_cache import cpu_model, read_record, record_path, write_record
 from .engine import Engine, run_engine
 from .openvino_engine import OPENVINO_MISSING, openvino_available
 
-NAMES = {"ort-cpu": "ONNX Runtime", "openvino": "OpenVINO f32"}
+NAMES = {"ort-cpu": "ONNX Runtime", "openvino": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16"}
+EXACT = ("ort-cpu", "openvino")
 
 
 @dataclass
 class CpuDecision:
-    backend: str  # ort-cpu | openvino
+    backend: str  # ort-cpu | openvino | openvino-bf16 (the fastest measured)
     seconds: dict[str, float]  # backend -> one UNet call (empty when nothing was measured)
     shape: tuple[int, ...]  # the UNet sample shape measured at
     measured_now: bool  # False: read from the cache file
     record: Path | None  # the cache file, when there is one
     note: str = ""  # why only one backend took part
     engines: dict[str, Engine] = field(default_factory=dict)  # the winner's UNet engine, when measured now
+
+    def fastest_exact(self) -> str:
+        exact = {b: s for b, s in self.seconds.items() if b in EXACT}
+        return min(exact, key=exact.__getitem__) if exact else "ort-cpu"
 
     def line(self, threads: int) -> str:
         """What auto chose and why, one line (the CLI prints it; the log records it)."""
@@ -44,7 +51,8 @@ class CpuDecision:
         timings = ", ".join(f"{NAMES[b]} {s:.3f} s" for b, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         source = "measured now" if self.measured_now else f"measured before, {self.record}"
         shape = "x".join(map(str, self.shape))
-        return (f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, the faster exact backend for "
+        which = "the fastest backend" if "openvino-bf16" in self.seconds else "the faster exact backend"
+        return (f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, {which} for "
                 f"one UNet call at {shape}, threads {threads or 'auto'}: {timings} ({source})")
 
 
@@ -59,25 +67,31 @@ def versions() -> dict[str, str]:
     return found
 
 
-def decision_key(unet_hash: str, shape: tuple[int, ...], threads: int) -> dict:
-    return {"check": "cpu-backend", "unet": unet_hash, "shape": list(shape), "threads": threads,
-            "cpu": cpu_model(), "versions": versions()}
+def decision_key(unet_hash: str, shape: tuple[int, ...], threads: int, candidates: tuple[str, ...] = EXACT) -> dict:
+    key = {"check": "cpu-backend", "unet": unet_hash, "shape": list(shape), "threads": threads,
+           "cpu": cpu_model(), "versions": versions()}
+    if candidates != EXACT:
+        key["candidates"] = list(candidates)
+    return key
 
 
 def choose_cpu_backend(unet_hash: str, feeds: Mapping[str, np.ndarray], threads: int,
-                       make_unet: Callable[[str], Engine], folder: str | Path) -> CpuDecision:
-    """Read the stored decision for this key, or measure one UNet call per available exact backend and store
-    it. `make_unet(backend)` opens the UNet on that backend; the winner's engine comes back for reuse."""
+                       make_unet: Callable[[str], Engine], folder: str | Path,
+                       bf16: bool = False) -> CpuDecision:
+    """Read the stored decision for this key, or measure one UNet call per available backend (the exact ones,
+    and OpenVINO bf16 when `bf16`) and store it. `make_unet(backend)` opens the UNet on that backend; the
+    winner's engine comes back for reuse."""
     shape = tuple(np.shape(feeds["sample"]))
     if not openvino_available():
         return CpuDecision("ort-cpu", {}, shape, True, None, note=OPENVINO_MISSING.replace(": pip", "; pip"))
-    key = decision_key(unet_hash, shape, threads)
+    candidates = (*EXACT, "openvino-bf16") if bf16 else EXACT
+    key = decision_key(unet_hash, shape, threads, candidates)
     record = read_record(folder, key)
     if record is not None:
         return CpuDecision(record["backend"], dict(record["seconds"]), shape, False, record_path(folder, key))
     seconds: dict[str, float] = {}
     engines: dict[str, Engine] = {}
-    for backend in NAMES:
+    for backend in candidates:
         engine = make_unet(backend)
         run_engine(engine, feeds)  # untimed: first-call preparation
         start = time.perf_counter()

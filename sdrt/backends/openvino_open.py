@@ -1,4 +1,5 @@
-"""Opening a bundle component on OpenVINO: where its compiled blobs may be cached, and the bf16 gate.
+"""Opening a bundle component on OpenVINO, and where its compiled blobs may be cached. (bf16's quality gate is
+judged on whole images, before any bf16 engine is used: sdrt.runtime.bf16_choice.)
 
 The compiled-blob cache (OpenVINO's CACHE_DIR) is OFF unless SDRT_OPENVINO_CACHE=on. It cuts the mid UNet's
 load from 3.8 s to 0.63 s, but in one bench/compare.py run (two worker processes on one cache folder, f32
@@ -8,8 +9,7 @@ reproduced in a single process, nor in sequential processes on the small models,
 is, sdrt does not trade exactness for load time by default. When on: <sdrt cache>/openvino/compiled/<sha256
 of the graph's files, from the manifest>/<f32|bf16>/, one folder per precision (OpenVINO names the f32 and
 the bf16 blob of a graph alike), so a re-exported or edited bundle never meets a blob of its old weights;
-each folder holds about one copy of the weights and is safe to delete. The bf16 gate's f32 reference is
-always compiled afresh.
+each folder holds about one copy of the weights and is safe to delete.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ..engines.target import component_model_hash
 from ..manifest import ComponentSpec, Manifest
 from ..user_cache import cache_root
 from .openvino_engine import OpenVinoEngine, import_openvino
-from .openvino_gate import bf16_gate, gate_key
 
 CACHE_SWITCH = "SDRT_OPENVINO_CACHE"
 log = logging.getLogger(__name__)
@@ -42,18 +41,9 @@ def compiled_cache_dir(model_hash: str, precision: str) -> Path | None:
     return folder
 
 
-def gate_folder() -> Path:
-    return cache_root() / "openvino" / "bf16-gate"
-
-
 def open_openvino_engine(component: str, path: str | os.PathLike, spec: ComponentSpec, manifest: Manifest,
                          graph_precision: str, threads: int = 0, precision: str = "f32") -> OpenVinoEngine:
-    """The component's engine; in bf16 only after the gate passed (UserError naming the figures otherwise)."""
-    ov = import_openvino()
+    """The component's engine, computing in `precision` (f32 | bf16)."""
+    import_openvino()
     model_hash = component_model_hash(manifest, component, graph_precision)
-    engine = OpenVinoEngine(component, path, spec, threads, precision, compiled_cache_dir(model_hash, precision))
-    if precision == "bf16":  # the gate's f32 reference is compiled afresh, never from a cached blob
-        bf16_gate(component, spec, manifest.model, engine,
-                  lambda: OpenVinoEngine(component, path, spec, threads, "f32", None),
-                  gate_folder(), gate_key(component, model_hash, ov.__version__))
-    return engine
+    return OpenVinoEngine(component, path, spec, threads, precision, compiled_cache_dir(model_hash, precision))

@@ -120,7 +120,7 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     providers = sorted({p[0] for p in pipe.providers.values() if p}) or [pipe.backend_choice.split(":")[0]]
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
-               f"{t.host_overhead_per_step * 1e3:.2f} ms/step; {spin_choice}")
+               f"{t.host_overhead_per_step * 1e3:.2f} ms/step; precision {pipe.precision}; {spin_choice}")
 
 
 def _margins(text: str | None) -> tuple[int, int, int, int] | None:

@@ -13,15 +13,19 @@ MAX_SEED = 2**64 - 1  # 64-bit seeds, as AUTOMATIC1111 and torch take them, so a
 RANDOM_SEED = -1  # what AUTOMATIC1111 users type for "random"
 
 ENGINE_OPTIONS = (
-    click.option("--backend", default="ort-cpu", show_default=True,
-                 help="ort-cpu, openvino (OpenVINO on CPU: pip install 'sdrt[openvino]'), auto (best available; "
-                      "on CPU the faster of ort-cpu and openvino, measured once), trt (sdrt build engines), "
-                      "ort-cuda or ort-trt."),
+    click.option("--backend", default="auto", show_default=True,
+                 help="auto (best available: a GPU backend where one can run; on CPU the fastest of ort-cpu, "
+                      "OpenVINO f32 and, on a CPU with native bf16, OpenVINO bf16 where it passes the quality "
+                      "gate; measured once and cached), ort-cpu, openvino (pip install 'sdrt[openvino]'), trt "
+                      "(sdrt build engines), ort-cuda or ort-trt."),
     click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
                  help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines)."),
     click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16"]),
-                 help="Graph set to run (default: fp32 on CPU, fp16 on GPU); bf16: --backend openvino computes "
-                      "the fp32 graphs in bfloat16 (faster, not exact; refused if it strays past its gate)."),
+                 help="Graph set to run (default: fp32 on CPU, fp16 on GPU; auto on a CPU with native bf16: bf16 "
+                      "where it passes the quality gate and is faster); bf16: OpenVINO computes the fp32 graphs in "
+                      "bfloat16 (faster, not exact; refused if it fails the quality gate, docs/quality.md)."),
+    click.option("--exact", "precision", flag_value="fp32",
+                 help="Exact fp32 everywhere (same as --precision fp32): auto then never picks bf16."),
     click.option("--threads", default=0, show_default=True, type=int,
                  help="CPU threads per engine: 0 (ORT decides) or 1..4 per usable core."),
     click.option("--spin/--no-spin", default=None,
@@ -32,7 +36,7 @@ ENGINE_OPTIONS = (
 
 
 def engine_options(command: Callable) -> Callable:
-    """Add --backend, --engines, --precision, --threads and --spin/--no-spin, in that order."""
+    """Add --backend, --engines, --precision, --exact, --threads and --spin/--no-spin, in that order."""
     for option in reversed(ENGINE_OPTIONS):
         command = option(command)
     return command

@@ -54,7 +54,7 @@ DEFAULT_LIMITS = Limits()
 @click.option("--cpus-per-replica", default=None, type=click.FloatRange(min=0),
               help="With --ray: CPUs Ray reserves per replica (default 1); --threads 0 then means this many.")
 @click.option("--gpus-per-replica", default=None, type=click.FloatRange(min=0),
-              help="With --ray: GPUs per replica (default 1 on GPU backends, 0 on ort-cpu; 0.5 packs two "
+              help="With --ray: GPUs per replica (default 1 on GPU backends and on auto with a GPU, 0 on CPU; 0.5 packs two "
                    "replicas on a GPU).")
 @click.option("--ray-address", default=None,
               help="With --ray: attach to this Ray cluster (auto: the one this node belongs to, or the head's "
@@ -116,7 +116,18 @@ def ray_scale(replicas: int | None, autoscale: str | None, cpus: float | None, g
                         "MIN,MAX range")
     return RayScale(replicas=replicas or 1, autoscale=parse_autoscale(autoscale) if autoscale else None,
                     cpus=1.0 if cpus is None else cpus,
-                    gpus=(0.0 if backend == "ort-cpu" else 1.0) if gpus is None else gpus)
+                    gpus=(1.0 if _wants_gpu(backend) else 0.0) if gpus is None else gpus)
+
+
+def _wants_gpu(backend: str) -> bool:
+    """GPU backends, and auto where this node has an NVIDIA GPU (auto runs on CPU elsewhere)."""
+    if backend in ("ort-cpu", "openvino"):
+        return False
+    if backend == "auto":
+        from ..backends.gpu_detect import nvidia_gpu_present
+
+        return nvidia_gpu_present()
+    return True
 
 
 def run_on_ray(config: ReplicaConfig, scale: RayScale, host: str, port: int, address: str | None) -> None:

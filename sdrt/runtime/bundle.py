@@ -35,6 +35,8 @@ class Bundle:
     precision: str  # the graph set: fp32 | fp16
     settings: SessionSettings
     compute: str = "f32"  # OpenVINO's inference precision: f32, or bf16 for --precision bf16
+    compute_components: frozenset[str] | None = None  # the components computed in `compute`; None: all (the
+    # bf16 quality gate may pass with the UNet alone in bf16: sdrt.runtime.bf16_choice)
 
     @classmethod
     def open(cls, path: str | os.PathLike, precision: str | None = None, backend: str = "ort-cpu",
@@ -81,9 +83,25 @@ class Bundle:
     def has(self, component: str) -> bool:
         return component in self.manifest.components.get(self.precision, {})
 
-    def engine(self, component: str, backend: str | None = None) -> Engine:
+    def compute_for(self, component: str) -> str:
+        """OpenVINO's inference precision for one component."""
+        if self.compute_components is None or component in self.compute_components:
+            return self.compute
+        return "f32"
+
+    @property
+    def precision_label(self) -> str:
+        """What the user is told ran: the graph set, or bf16 (with the components, when not all)."""
+        if self.compute != "bf16":
+            return self.precision
+        if self.compute_components is None:
+            return "bf16"
+        return f"bf16 ({', '.join(sorted(self.compute_components))})"
+
+    def engine(self, component: str, backend: str | None = None, compute: str | None = None) -> Engine:
         """A new engine for one component (the pipeline keeps the ones it uses), on the bundle's backend or
-        on `backend` (ort-cpu | openvino: auto's measurement opens the UNet on both)."""
+        on `backend` (ort-cpu | openvino: auto's measurement opens the UNet on both), computing in `compute`
+        (OpenVINO: f32 | bf16) when given."""
         spec = self.manifest.component(component, self.precision)
         path = bundle_file(self.root, spec.file)
         if not path.is_file():
@@ -93,7 +111,7 @@ class Bundle:
             from ..backends.openvino_open import open_openvino_engine  # noqa: PLC0415  (optional dependency)
 
             return open_openvino_engine(component, path, spec, self.manifest, self.precision,
-                                        self.settings.threads, self.compute)
+                                        self.settings.threads, compute or self.compute_for(component))
         return OrtEngine(component, path, spec, replace(self.settings, backend=backend))
 
     def scheduler_config(self) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Pipeline:
         self._lora_sets = None  # run-time LoRA adapter sets (sdrt.runtime.lora_sets), made on first use
         self._cpu_auto_pending: str | None = None  # auto without a GPU: why no GPU; the CPU backend is then
         # measured on first use (cpu_auto)
+        self._requested_precision: str | None = None  # as given to load: None lets auto race bf16
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
@@ -84,9 +85,13 @@ class Pipeline:
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
         if backend in CPU_BACKENDS:
-            pipe = cls(Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify,
-                                   spin=spin))
-            pipe.backend_choice = f"backend {backend}: {CPU_BACKENDS[backend]}, as requested"
+            bundle = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify, spin=spin)
+            choice = f"backend {backend}: {CPU_BACKENDS[backend]}, as requested"
+            if bundle.compute == "bf16":
+                bundle, why = cls._gated_bf16(bundle)
+                choice += f"; {why}"
+            pipe = cls(bundle)
+            pipe.backend_choice = choice
             return pipe
         from ..backends.gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
 
@@ -98,6 +103,7 @@ class Pipeline:
             pipe = cls(Bundle.open(path, precision=precision, backend="ort-cpu", threads=threads, spin=spin))
             if backend == "auto":
                 pipe._cpu_auto_pending = choice.reason.removeprefix("auto chose ONNX Runtime on CPU: ")
+                pipe._requested_precision = precision
                 pipe.backend_choice = cpu_auto.PENDING.format(why=pipe._cpu_auto_pending)
                 return pipe
         else:
@@ -107,6 +113,21 @@ class Pipeline:
             pipe._engines.update(pipe._gpu.engines)
         pipe.backend_choice = str(choice)
         return pipe
+
+    @staticmethod
+    def _gated_bf16(bundle: Bundle) -> tuple[Bundle, str]:
+        """--precision bf16 asked for: the bundle in bf16 where the quality gate allows, or the one-line refusal."""
+        from .bf16_choice import apply_verdict, judge_bf16  # noqa: PLC0415
+
+        verdict = judge_bf16(bundle)
+        if not verdict.passed:
+            raise UserError(f"--precision bf16 refused: {verdict.line()}: use --precision fp32")
+        return apply_verdict(bundle, verdict), verdict.line()
+
+    @property
+    def precision(self) -> str:
+        """What computes the images: fp32, fp16, bf16 (or "bf16 (unet)" when only the UNet passed its gate)."""
+        return self.bundle.precision_label
 
     def close(self) -> None:
         """Release device resources (GPU backends); CPU engines need nothing."""
@@ -128,10 +149,10 @@ class Pipeline:
         with self._create_lock:
             if self._cpu_auto_pending is None:
                 return
-            decision = cpu_auto.decide(self.bundle, height, width, unet_batch)
-            self.bundle.settings = replace(self.bundle.settings, backend=decision.backend)
-            self._engines.update({"unet": e for e in decision.engines.values()})
-            self.backend_choice = f"{decision.line(self.bundle.settings.threads)}; no GPU: {self._cpu_auto_pending}"
+            settled = cpu_auto.decide(self.bundle, height, width, unet_batch, self._requested_precision)
+            self.bundle = settled.bundle
+            self._engines.update({"unet": e for e in settled.decision.engines.values()})
+            self.backend_choice = f"{settled.line}; no GPU: {self._cpu_auto_pending}"
             self._cpu_auto_pending = None
 
     @property
@@ -425,4 +446,6 @@ class Pipeline:
                                            f"Guidance Start: {spec.start:g}, Guidance End: {spec.end:g}")
         if not request.prompt_weighting and any(has_syntax(t or "") for t in (request.prompt, request.negative)):
             settings["Emphasis"] = "None"  # A1111's key when brackets were taken literally
+        if self.precision not in ("fp32", "fp16"):  # a cheaper-than-graph mode (bf16, int8) is always stated
+            settings["Precision"] = self.precision
         return format_parameters(request.prompt, request.negative, settings)

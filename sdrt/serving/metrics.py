@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               generate_latest)
 
 ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -39,11 +40,17 @@ class ServeMetrics:
         self.jobs = Counter("sdrt_jobs", "jobs finished, by outcome (ok, user, cancelled, timeout, engine)",
                             ["outcome"], registry=r)
         self.images = Counter("sdrt_images_generated", "images generated", registry=r)
+        self.model = Info("sdrt_model", "what computes the images: precision (fp32, fp16, bf16, int8) and backend",
+                          registry=r)
+        self._describe: Any = None
 
     def watch(self, engine: Any) -> None:
         """Read the queue depth and active jobs from the engine at each scrape."""
         self.queue_depth.set_function(lambda: engine.queue_depth)
         self.active.set_function(lambda: engine.active)
+        pipeline = getattr(engine, "pipeline", None)
+        if pipeline is not None:  # auto settles its backend and precision at warm-up: read them at each scrape
+            self._describe = lambda: {"precision": pipeline.precision, "backend": pipeline.bundle.settings.backend}
 
     # ---- BatchObserver -------------------------------------------------------------------------------
     def unet_batch(self, rows: int, seconds: float) -> None:
@@ -61,6 +68,8 @@ class ServeMetrics:
 
     # ---- HTTP ----------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
+        if self._describe is not None:
+            self.model.info(self._describe())
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -19,6 +19,8 @@ class ServedModel:
     default_size: tuple[int, int]  # (height, width)
     count_tokens: Callable[[str], int]  # CLIP tokens of a prompt, BOS/EOS excluded
     max_clip_skip: int = 1  # the deepest clip skip (A1111 numbering) the bundle's text encoders have outputs for
+    compute: Callable[[], dict[str, str]] = lambda: {"precision": "fp32", "backend": "ort-cpu"}  # read per call:
+    # `auto` settles both at the engine's warm-up
 
     @classmethod
     def from_pipeline(cls, pipeline: Any) -> "ServedModel":
@@ -33,7 +35,8 @@ class ServedModel:
                    max_size=model.max_size, size_multiple=max(model.size_multiple, model.vae_scale_factor),
                    default_size=(model.default_size[0], model.default_size[1]),
                    count_tokens=lambda text: len(tokenizer.token_ids(text)),
-                   max_clip_skip=pipeline.prompt_encoder.max_clip_skip())
+                   max_clip_skip=pipeline.prompt_encoder.max_clip_skip(),
+                   compute=lambda: {"precision": pipeline.precision, "backend": pipeline.bundle.settings.backend})
 
 
 def json_number(value: float) -> float | str:

@@ -129,6 +129,9 @@ class ModelCard(BaseModel):
     samplers: list[SamplerInfo]
     schedules: list[str]
     limits: LimitsInfo
+    precision: str = Field(description="what computes the images: fp32, fp16, bf16 (auto on a CPU with native bf16, "
+                                       "after the quality gate) or int8")
+    backend: str = Field(description="the engine backend in use, e.g. ort-cpu, openvino, trt")
 
 
 class ModelList(BaseModel):
@@ -252,6 +255,7 @@ def router(state: ServerState) -> APIRouter:
             "default_size": {"width": model.default_size[1], "height": model.default_size[0]},
             "samplers": sampler_descriptions(), "schedules": schedules(),
             "limits": {**limits.__dict__, "request_timeout": state.settings.request_timeout},
+            **model.compute(),
         }
         return {"object": "list", "data": [card]}
 
