@@ -131,13 +131,16 @@ def test_auto_falls_back_to_the_fastest_exact_backend_when_bf16_fails_the_gate(t
                                                                               monkeypatch) -> None:
     bundle = str(tiny_bundle("sd1"))
     Pipeline.load(bundle, backend="auto", threads=1).check(GenerationRequest(PROMPT, steps=2))
-    inject_timings(own_cache, "openvino-bf16")  # ort-cpu is then the faster exact one (0.5 vs 1.5)
+    inject_timings(own_cache, "openvino-bf16")  # OpenVINO f32 is then the faster exact one (0.5 s vs 2.5 s)
     monkeypatch.setattr(quality_gate, "GATE", IMPOSSIBLE)
     pipe = Pipeline.load(bundle, backend="auto", threads=1)
     result = pipe.generate(GenerationRequest(PROMPT, steps=2))
-    assert (pipe.bundle.settings.backend, pipe.bundle.compute, pipe.precision) == ("ort-cpu", "f32", "fp32")
-    assert "; bf16 failed the quality gate (every component: median PSNR " in pipe.backend_choice
-    assert "measured now), so the fastest exact backend runs: ort-cpu; no GPU: " in pipe.backend_choice
+    assert (pipe.bundle.settings.backend, pipe.bundle.compute, pipe.precision) == ("openvino", "f32", "fp32")
+    assert pipe.backend_choice.startswith("backend openvino: auto chose OpenVINO f32 on CPU, the fastest exact "
+                                          "backend: OpenVINO bf16 was faster for one UNet call at 2x4x8x8, threads 1: "
+                                          "OpenVINO bf16 0.125 s, OpenVINO f32 0.500 s, ONNX Runtime 2.500 s")
+    assert ", but bf16 failed the quality gate (every component: median PSNR " in pipe.backend_choice
+    assert "; measured now); native bf16: AVX512_BF16; no GPU: " in pipe.backend_choice
     assert "Precision" not in result.parameters[0]
 
 

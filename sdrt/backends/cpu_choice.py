@@ -48,12 +48,15 @@ class CpuDecision:
         """What auto chose and why, one line (the CLI prints it; the log records it)."""
         if not self.seconds:
             return f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU ({self.note})"
+        which = "the fastest backend" if "openvino-bf16" in self.seconds else "the faster exact backend"
+        return f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, {which} for {self.race(threads)}"
+
+    def race(self, threads: int) -> str:
+        """The measurement: shape, threads, each backend's time, and where it came from."""
         timings = ", ".join(f"{NAMES[b]} {s:.3f} s" for b, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         source = "measured now" if self.measured_now else f"measured before, {self.record}"
         shape = "x".join(map(str, self.shape))
-        which = "the fastest backend" if "openvino-bf16" in self.seconds else "the faster exact backend"
-        return (f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, {which} for "
-                f"one UNet call at {shape}, threads {threads or 'auto'}: {timings} ({source})")
+        return f"one UNet call at {shape}, threads {threads or 'auto'}: {timings} ({source})"
 
 
 def versions() -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from ..backends.cpu_choice import CpuDecision, choose_cpu_backend
+from ..backends.cpu_choice import NAMES, CpuDecision, choose_cpu_backend
 from ..backends.cpu_features import native_bf16
 from ..backends.openvino_engine import openvino_available
 from ..backends.probe_feeds import component_feeds
@@ -77,7 +77,8 @@ def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: 
         else:
             exact = decision.fastest_exact()
             settled = replace(settled, settings=replace(settled.settings, backend=exact))
+            line = (f"backend {exact}: auto chose {NAMES[exact]} on CPU, the fastest exact backend: OpenVINO bf16 "
+                    f"was faster for {decision.race(bundle.settings.threads)}, but {verdict.line()}; {why}")
             decision = replace(decision, backend=exact, engines={})
-            line += f"; {verdict.line()}, so the fastest exact backend runs: {exact}"
     log.info("sdrt --backend auto: %s", line)
     return Settled(settled, decision, line)
