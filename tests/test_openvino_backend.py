@@ -68,10 +68,11 @@ def test_openvino_runs_the_mixed_fp16_graphs(tiny_bundle, pipelines) -> None:
 
 
 def test_bf16_needs_the_openvino_backend(tiny_bundle, capsys) -> None:
-    code, _, err = run_cli("generate", [str(tiny_bundle("sd1")), "x", "--precision", "bf16", "--steps", "1"], capsys)
+    code, _, err = run_cli("generate", [str(tiny_bundle("sd1")), "x", "--backend", "ort-cpu", "--precision", "bf16",
+                                        "--steps", "1"], capsys)
     assert code == 2
     assert err == ("error: --precision bf16 runs on --backend openvino only (OpenVINO computes the fp32 graphs in "
-                   "bf16): add --backend openvino, or use --precision fp32\n")
+                   "bf16): add --backend openvino (or auto), or use --precision fp32\n")
 
 
 def test_openvino_missing_is_one_line(tiny_bundle, capsys, monkeypatch, tmp_path) -> None:

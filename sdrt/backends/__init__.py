@@ -4,9 +4,9 @@
     ort_options.py    ONNX Runtime session/provider options (pure), SessionSettings, backend names
     ort_engine.py     OrtEngine: one ONNX Runtime engine for every provider (CPU, CUDA, TensorRT EP)
     openvino_engine.py OpenVinoEngine: the bundle's ONNX compiled by OpenVINO for the CPU (f32 or bf16)
-    openvino_open.py  opening a component on OpenVINO: compiled-blob cache folder, the bf16 gate
-    openvino_gate.py  the bf16 gate: bf16 vs f32 on fixed inputs, stated limits, result stored once
-    cpu_choice.py     `auto` without a GPU: ORT vs OpenVINO f32, one timed UNet call each, decision stored
+    openvino_open.py  opening a component on OpenVINO: the compiled-blob cache folder
+    cpu_features.py   whether the CPU computes bf16 natively (AVX512_BF16, AMX): bf16 then races under auto
+    cpu_choice.py     `auto` without a GPU: ORT vs OpenVINO f32 (vs bf16), one timed UNet call each, stored
     decision_cache.py measured-once records on disk, keyed (bundle, shape, threads, CPU, versions)
     probe_feeds.py    fixed seeded inputs for a component at a size (gate and measurement)
     trt_engine.py     TrtEngine / TrtSession: deserialized TensorRT plans, persistent buffers, CUDA graphs

@@ -60,9 +60,9 @@ class CpuDecision:
 
 
 def versions() -> dict[str, str]:
-    import onnxruntime  # noqa: PLC0415  (present whenever auto runs: the ORT engine needs it)
+    from .ort_options import import_onnxruntime  # noqa: PLC0415  (its one-line error when missing)
 
-    found = {"onnxruntime": onnxruntime.__version__}
+    found = {"onnxruntime": import_onnxruntime().__version__}
     if openvino_available():
         import openvino  # noqa: PLC0415
 

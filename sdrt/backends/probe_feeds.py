@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..engines.profiles import AXIS_ROLES
+from ..engines.profiles import AXIS_ROLES, input_roles
 from ..manifest import BundleError, ComponentSpec, ModelInfo
 
 
@@ -24,20 +24,30 @@ def role_sizes(model: ModelInfo, height: int, width: int, batch: int = 2) -> dic
             "height": height, "width": width}
 
 
+def _size(sizes: Mapping[str, int], role: str) -> int:
+    """A role's size; `latent_height_div4` and the like are a latent side over F, rounded up."""
+    if "_div" in role:
+        side, factor = role.rsplit("_div", 1)
+        return -(-sizes[side] // int(factor))
+    return sizes[role]
+
+
 def component_feeds(component: str, spec: ComponentSpec, model: ModelInfo, height: int, width: int,
                     batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Input name -> array for `component` at height x width; fixed dims keep the manifest's numbers."""
-    roles_of = AXIS_ROLES.get(component)
-    if roles_of is None:
+    if component not in AXIS_ROLES:
         raise BundleError(f"component {component} has no known input layout: re-export with this sdrt version")
     sizes = role_sizes(model, height, width, batch)
     rng = np.random.default_rng(seed)
     feeds = {}
     for tensor in spec.inputs:
-        roles = roles_of.get(tensor.name, ())
-        shape = tuple(dim if isinstance(dim, int) else sizes[roles[axis]] for axis, dim in enumerate(tensor.shape))
+        roles = input_roles(component, tensor) or ()
+        shape = tuple(dim if isinstance(dim, int) else _size(sizes, roles[axis])
+                      for axis, dim in enumerate(tensor.shape))
         dtype = np.dtype(tensor.dtype)
-        if np.issubdtype(dtype, np.integer):
+        if tensor.name.startswith(("down_block_res_", "mid_block_res")):
+            feeds[tensor.name] = np.zeros(shape, dtype=dtype)  # a ControlNet bundle's U-Net without a control
+        elif np.issubdtype(dtype, np.integer):
             feeds[tensor.name] = (np.arange(int(np.prod(shape))) % 10).reshape(shape).astype(dtype)
         elif tensor.name == "timestep":
             feeds[tensor.name] = np.full(shape, 500, dtype=dtype)

@@ -108,8 +108,9 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     try:
         pipe.check(request)  # every user error before anything is printed or computed
         click.echo("".join(f"note: {note}\n" for note in pipe.notes(request)), err=True, nl=False)
-        if backend == "auto":
-            click.echo(pipe.backend_choice, err=True)
+        if backend == "auto" and _given(click.get_current_context(), "backend"):
+            click.echo(pipe.backend_choice, err=True)  # asked for auto: say what it chose and why (the default
+            # keeps stderr for errors; its last line names the provider and the precision either way)
         result = run_with_progress(pipe, request, show=not quiet and sys.stderr.isatty())
     finally:
         pipe.close()
@@ -121,6 +122,10 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
     click.echo(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed}) in {t.total:.2f} s on "
                f"{', '.join(providers)}; UNet {t.unet / max(t.unet_calls, 1) * 1e3:.1f} ms/call, host overhead "
                f"{t.host_overhead_per_step * 1e3:.2f} ms/step; precision {pipe.precision}; {spin_choice}")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
 
 def _margins(text: str | None) -> tuple[int, int, int, int] | None:

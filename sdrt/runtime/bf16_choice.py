@@ -60,15 +60,16 @@ class Bf16Verdict:
 
 
 def gate_key(bundle: Bundle) -> dict:
-    import onnxruntime  # noqa: PLC0415
-    import openvino  # noqa: PLC0415
+    from ..backends.openvino_engine import import_openvino  # noqa: PLC0415
+    from ..backends.ort_options import import_onnxruntime  # noqa: PLC0415
 
     from ..quality import gate  # noqa: PLC0415
 
     graphs = {name: component_model_hash(bundle.manifest, name, "fp32")
               for name in sorted(bundle.manifest.components["fp32"])}
     return {"check": "bf16-image-gate", "graphs": graphs, "cpu": cpu_model(), "threads": bundle.settings.threads,
-            "versions": {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__},
+            "versions": {"onnxruntime": import_onnxruntime().__version__,
+                         "openvino": import_openvino().__version__},
             "gate": gate.GATE.as_dict(), "requests": {"prompts": GATE_PROMPTS, "steps": GATE_STEPS, "sampler": "euler"}}
 
 

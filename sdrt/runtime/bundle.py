@@ -43,12 +43,13 @@ class Bundle:
              threads: int = 0, verify: bool = False, spin: bool = True) -> "Bundle":
         """Check the bundle and choose a precision (fp32 on CPU, fp16 on GPU backends, unless given).
 
-        precision "bf16" is OpenVINO computing the fp32 graphs in bf16 (gated: openvino_gate.py)."""
+        precision "bf16" is OpenVINO computing the fp32 graphs in bf16 (quality-gated by Pipeline.load:
+        sdrt.runtime.bf16_choice)."""
         compute = "f32"
         if precision == "bf16":
             if backend != "openvino":
                 raise UserError("--precision bf16 runs on --backend openvino only (OpenVINO computes the fp32 "
-                                "graphs in bf16): add --backend openvino, or use --precision fp32")
+                                "graphs in bf16): add --backend openvino (or auto), or use --precision fp32")
             precision, compute = "fp32", "bf16"
         if backend == "openvino":
             from ..backends.openvino_engine import import_openvino  # noqa: PLC0415  (optional dependency)

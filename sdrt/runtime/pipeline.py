@@ -84,6 +84,8 @@ class Pipeline:
         on the first request (sdrt.runtime.cpu_auto)."""
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
+        if backend == "auto" and precision == "bf16":
+            backend = "openvino"  # bf16 is OpenVINO's on CPU: asking for it settles the race
         if backend in CPU_BACKENDS:
             bundle = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify, spin=spin)
             choice = f"backend {backend}: {CPU_BACKENDS[backend]}, as requested"
