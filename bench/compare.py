@@ -199,7 +199,7 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
               "--size", f"{width}x{height}", *(["--no-spin"] if args.no_spin else [])]
     # --no-spin: no framework's idle threads busy-wait (ORT: allow_spinning 0; torch: OMP_WAIT_POLICY=PASSIVE)
     passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
-    # bf16 gate records (and OpenVINO's blobs with SDRT_OPENVINO_CACHE=on) go to the workdir, not the user's cache
+    # bf16 gate records (and OpenVINO's compiled blobs) go to the workdir, not the user's cache
     workers, failures = [], {}
     for framework in SDRT_FRAMEWORKS:
         if framework in args.frameworks:

@@ -153,17 +153,22 @@ def test_exact_keeps_bf16_out_of_the_race(tiny_bundle, own_cache, bf16_cpu) -> N
     assert gate_records(own_cache) == []  # nothing bf16 was judged
 
 
+def only_gate_progress(err: str) -> bool:
+    """stderr holds nothing but the gate's progress lines (long work says what it does, once per bundle)."""
+    return all(line.startswith("checking bf16 on ") for line in err.splitlines())
+
+
 def test_the_cli_defaults_to_auto_and_says_which_precision_ran(tiny_bundle, own_cache, bf16_cpu, capsys,
                                                                tmp_path) -> None:
     bundle = str(tiny_bundle("sd1"))
     args = [bundle, PROMPT, "--steps", "2", "--threads", "1", "--quiet"]
     code, out, err = run_cli("generate", [*args, "-o", str(tmp_path / "first.png")], capsys)
-    assert code == 0 and err == "", err  # the default says nothing on stderr ...
+    assert code == 0 and only_gate_progress(err), err  # the default says nothing on stderr but the gate's progress
     [record] = [json.loads(p.read_text()) for p in (own_cache / "cpu-backend").glob("*.json")]
     assert "openvino-bf16" in record["seconds"]  # ... but it is auto, racing bf16 on this (bf16) CPU
     inject_timings(own_cache, "openvino-bf16")
     code, out, err = run_cli("generate", [*args, "-o", str(tmp_path / "bf16.png")], capsys)
-    assert code == 0 and err == "", err
+    assert code == 0 and only_gate_progress(err), err
     assert " on OpenVINO CPU bf16; " in out and "; precision bf16; spin: " in out  # and its last line says so
     code, out, err = run_cli("generate", [*args, "--backend", "auto", "-o", str(tmp_path / "bf16.png")], capsys)
     assert code == 0, err

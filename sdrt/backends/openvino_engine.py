@@ -13,8 +13,9 @@ request's static shape was measured no faster (mid UNet, 256x256, 1 thread: 1384
 full copy of the weights and a compile per shape (+1.28 GB RSS and 1.8 s per shape on the mid UNet; OpenVINO
 shares no constants between compiled models). OpenVINO 2026.4 defect seen on the tiny test UNet: when a
 compiled model's FIRST inference has a 1x1 feature map inside (2x2 latents there), later larger shapes give
-wrong outputs (f32: errors of 0.6, bf16: NaN). Real bundles' size ranges never reach a 1x1 map; sdrt's own
-probes (bf16 gate, auto's measurement) run at the default size or the request's. Outputs are copied into buffers the engine owns, one set
+wrong outputs (f32: errors of 0.8, bf16: NaN), while a first inference at a larger size leaves every shape
+right; so an engine opened for a bundle runs the default size first whenever its first request is smaller
+(`_first_inference`). Outputs are copied into buffers the engine owns, one set
 per input-shape signature, which keeps the Engine buffer contract (valid until the next run with the same
 shapes) although OpenVINO reuses its own output tensors on every inference.
 
@@ -23,13 +24,15 @@ each changed initializer's `Constant` replaced by one holding the new values (Op
 one Constant per initializer, its output tensor named like the initializer, in the initializer's own element
 type: an fp16 weight stays an fp16 Constant before its Convert). The base engine is untouched.
 
-Compiled-model cache: OpenVINO's CACHE_DIR, when the caller names a folder (openvino_open.py: off by default
-after an unexplained cross-precision blob mix-up; docs/runtime.md). Measured on the mid UNet (316 M
-parameters): load 3.8 s without, 0.63 s from the blob.
+Compiled-model cache: OpenVINO's CACHE_DIR, when the caller names a folder (openvino_open.py: on by default,
+one folder per graph and precision). Measured on the mid UNet (316 M parameters): load 3.8 s without, 0.63 s
+from the blob. A compiled model that reports another precision than the one asked for (a blob of the other
+precision) is compiled again without the cache.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -46,6 +49,7 @@ OPENVINO_MISSING = "OpenVINO is not installed (import openvino failed): pip inst
 PRECISIONS = ("f32", "bf16")
 MAX_SIGNATURES = 8  # input-shape signatures whose output buffers are kept per engine
 DEVICE = "CPU"
+log = logging.getLogger(__name__)
 PROVIDER = "OpenVINO CPU"
 
 
@@ -67,6 +71,12 @@ def openvino_available() -> bool:
     return True
 
 
+def _inference_precision(compiled: Any) -> str:
+    """The precision a compiled model computes in: "f32" or "bf16" (OpenVINO's type names)."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+
+
 def compile_config(threads: int = 0, precision: str = "f32", cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """compile_model properties. threads=0 leaves INFERENCE_NUM_THREADS to OpenVINO (one per core)."""
     if precision not in PRECISIONS:
@@ -84,9 +94,11 @@ class OpenVinoEngine:
 
     def __init__(self, name: str, path: str | os.PathLike, spec: ComponentSpec | None = None, threads: int = 0,
                  precision: str = "f32", cache_dir: str | os.PathLike | None = None,
-                 initializers: Mapping[str, np.ndarray] | None = None) -> None:
+                 initializers: Mapping[str, np.ndarray] | None = None,
+                 warm_feeds: Callable[[], Mapping[str, np.ndarray]] | None = None) -> None:
         ov = import_openvino()
         self._args = (spec, threads, precision, cache_dir)  # for with_initializers
+        self._warm_feeds = warm_feeds  # inputs at the bundle's default size: see `_first_inference`
         self.name = name
         self.path = str(path)
         self.precision = precision
@@ -100,10 +112,15 @@ class OpenVinoEngine:
             if initializers else self.path
         config = compile_config(threads, precision, None if initializers else cache_dir)
         self._compiled = _load(lambda: core.compile_model(source, DEVICE, config), self.path)
+        ran = _inference_precision(self._compiled)
+        if ran != precision and "CACHE_DIR" in config:  # a blob of another precision: never use it
+            log.warning("OpenVINO loaded %s as %s from the blob cache %s; compiling it again without the cache",
+                        self.path, ran, cache_dir)
+            config.pop("CACHE_DIR")
+            self._compiled = _load(lambda: core.compile_model(source, DEVICE, config), self.path)
+            ran = _inference_precision(self._compiled)
         del source
         if precision == "bf16":
-            hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
-            ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
             if ran != "bf16":
                 cpu = core.get_property(DEVICE, "FULL_DEVICE_NAME")
                 raise UserError(f"--precision bf16: OpenVINO would run {ran} on this CPU ({cpu}; bf16 needs "
@@ -129,7 +146,22 @@ class OpenVinoEngine:
         precision and thread count; this engine is untouched. `tag` (the adapter set) is unused: nothing is
         cached on disk per set."""
         spec, threads, precision, cache_dir = self._args
-        return OpenVinoEngine(self.name, self.path, spec, threads, precision, cache_dir, values)
+        return OpenVinoEngine(self.name, self.path, spec, threads, precision, cache_dir, values, self._warm_feeds)
+
+    def _first_inference(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Run the default-size inputs first when the first request's spatial sides are smaller: OpenVINO
+        2026.4 computes wrong outputs for every later, larger shape when a compiled model's FIRST inference
+        has a 1x1 feature map inside (tiny UNet at 16 px: errors of 0.8 in f32, NaN in bf16, measured), and
+        is right for every shape once its first inference was larger. One extra call, once per engine."""
+        warm, self._warm_feeds = (self._warm_feeds() if self._warm_feeds else None), None
+        if warm is None:
+            return
+        smaller = any(np.ndim(feeds[name]) == 4 and name in warm and
+                      any(a < b for a, b in zip(np.shape(feeds[name])[2:], np.shape(warm[name])[2:]))
+                      for name in feeds)
+        if smaller:
+            self._request.infer({self._in_index[name]: np.ascontiguousarray(warm[name], dtype=spec.dtype)
+                                 for name, spec in self.inputs.items()}, share_inputs=True)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
@@ -138,6 +170,8 @@ class OpenVinoEngine:
             if buffers is None or len(feeds) != len(self.inputs):
                 check_feeds(self.name, self.inputs, feeds)
                 check_dtypes(self.name, self.inputs, feeds)
+            if self._warm_feeds is not None:
+                self._first_inference(feeds)
             prepared = {self._in_index[name]: np.ascontiguousarray(feeds[name], dtype=spec.dtype)
                         for name, spec in self.inputs.items()}
             # share_inputs: OpenVINO reads the arrays in place (no copy); the results are its own tensors,
