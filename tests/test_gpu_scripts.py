@@ -241,16 +241,16 @@ def fake_gpu(monkeypatch):
 
 def test_two_profile_comparison_alternates_profiles_replays_graphs_and_matches_ort_cpu(fake_gpu, tmp_path) -> None:
     """compare_trt_with_ort_cpu against the stand-in engine (y = 2x + 1 in fp16, as the real affine graph):
-    A -> B -> A -> B lands on profiles 0, 1, 0, 1; with graphs the second A and B replay (each profile has its
-    own context), without graphs nothing does; every output equals ORT CPU's on the same graph."""
+    (A -> B) x 3 lands on profiles 0, 1, 0, 1, 0, 1; with graphs the third A and B replay (each shape set has its
+    own context and is captured on its second run), without graphs nothing does; every output equals ORT CPU's."""
     plan = tmp_path / "affine.plan"
     plan.write_bytes(fake_trt.plan_bytes([[list(s) for s in p] for p in acc.AFFINE_PROFILES], dtype="HALF"))
     out = acc.compare_trt_with_ort_cpu(plan, write_affine_fp16(tmp_path / "affine.onnx"))
     graphs, eager = out["with_graphs"]["calls"], out["without_graphs"]["calls"]
-    assert [c["profile"] for c in graphs] == [0, 1, 0, 1]
-    assert [c["replayed_graph"] for c in graphs] == [False, False, True, True]
-    assert [c["replayed_graph"] for c in eager] == [False] * 4
-    assert [c["max_abs_diff"] for c in graphs + eager] == [0.0] * 8
+    assert [c["profile"] for c in graphs] == [0, 1] * 3
+    assert [c["replayed_graph"] for c in graphs] == [False, False, False, False, True, True]
+    assert [c["replayed_graph"] for c in eager] == [False] * 6
+    assert [c["max_abs_diff"] for c in graphs + eager] == [0.0] * 12
     assert out["replay_as_designed"] is True and out["passed"] is True and fake_gpu.launches == 2
 
 

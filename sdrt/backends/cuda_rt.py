@@ -9,12 +9,17 @@ would bring a large per-CUDA-version wheel and an array library we would use onl
 cost of cuda-bindings is its calling convention (every call returns (error, *results)), which `check`
 below absorbs.
 
+Every object also frees itself when garbage-collected (weakref.finalize), so a construction that fails
+part-way, or an owner that is dropped without close(), does not leak device or pinned memory; explicit
+free()/destroy() stays the normal path (it detaches the finalizer).
+
 Written to the documented cuda-bindings 12/13 API; not run on a GPU yet. Imported lazily: importing this
 module does not import cuda.bindings.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -46,6 +51,14 @@ def check(result: Any, call: str = "CUDA call") -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _release(call: str, handle: Any) -> None:
+    """A finalizer's free: never raises (it may run at interpreter exit, or after the context is gone)."""
+    try:
+        getattr(cudart(), call)(handle)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def native_handle(obj: Any) -> int:
@@ -85,12 +98,14 @@ class Stream:
         rt = cudart()
         self.obj = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
         self.handle = native_handle(self.obj)
+        self._finalizer = weakref.finalize(self, _release, "cudaStreamDestroy", self.obj)
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.obj), "cudaStreamSynchronize")
 
     def destroy(self) -> None:
         if self.obj is not None:
+            self._finalizer.detach()
             check(cudart().cudaStreamDestroy(self.obj), "cudaStreamDestroy")
             self.obj = None
 
@@ -101,9 +116,11 @@ class DeviceBuffer:
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check(cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
+        self._finalizer = weakref.finalize(self, _release, "cudaFree", self.ptr)  # if free() is never reached
 
     def free(self) -> None:
         if self.ptr:
+            self._finalizer.detach()
             check(cudart().cudaFree(self.ptr), "cudaFree")
             self.ptr = 0
 
@@ -116,6 +133,7 @@ class HostBuffer:
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check(cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
+        self._finalizer = weakref.finalize(self, _release, "cudaFreeHost", self.ptr)
 
     def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A numpy view of the first bytes of this buffer (valid until free())."""
@@ -130,6 +148,7 @@ class HostBuffer:
 
     def free(self) -> None:
         if self.ptr:
+            self._finalizer.detach()
             check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
             self.ptr = 0
 
@@ -157,12 +176,14 @@ class Graph:
 
     def __init__(self, exec_obj: Any) -> None:
         self.exec = exec_obj
+        self._finalizer = weakref.finalize(self, _release, "cudaGraphExecDestroy", exec_obj)
 
     def launch(self, stream: Stream) -> None:
         check(cudart().cudaGraphLaunch(self.exec, stream.obj), "cudaGraphLaunch")
 
     def destroy(self) -> None:
         if self.exec is not None:
+            self._finalizer.detach()
             check(cudart().cudaGraphExecDestroy(self.exec), "cudaGraphExecDestroy")
             self.exec = None
 
