@@ -646,15 +646,33 @@ def opt_feeds(manifest: Any, component: str, profile: Mapping[str, Any]) -> dict
     return feeds
 
 
+def refused_for_trt10(result: dict[str, Any]) -> bool:
+    """Whether `sdrt generate --backend ort-trt` refused as designed on a TensorRT 11 ([gpu]) stack: exit 2 and
+    one error line naming the TensorRT 10 library ONNX Runtime's provider links."""
+    lines = [line for line in result["output_tail"].strip().splitlines() if line.startswith("error: ")]
+    return result["rc"] == 2 and len(lines) == 1 and "libnvinfer.so.10" in lines[0] and "sdrt[ort-trt]" in lines[0]
+
+
 def step_ort_trt_fresh(ctx: Context) -> dict[str, Any]:
     """`sdrt generate --backend ort-trt` on a fresh copy of the bundle (no engines folder: the TensorRT EP
-    must find its cache folder created), its image against ort-cpu's."""
+    must find its cache folder created), its image against ort-cpu's. What passes depends on the stack: with
+    [gpu] (TensorRT 11) ORT's TensorRT provider cannot load, and sdrt must refuse in one line naming
+    libnvinfer.so.10; with [ort-trt] (TensorRT 10) it must run."""
+    from sdrt.backends.provider_probe import trt_ep_missing
+
     deadline = time.monotonic() + ctx.budget_s
     fresh = ctx.work / "sd1-bundle-fresh"
     shutil.rmtree(fresh, ignore_errors=True)  # our own copy from an earlier run of this step
     shutil.copytree(sd1_bundle(ctx.work), fresh, ignore=shutil.ignore_patterns("engines"))
-    out: dict[str, Any] = {"engines_folder_before": (fresh / "engines").exists()}
-    cpu_png, png = ort_cpu_png(ctx.work, deadline - time.monotonic()), ctx.work / "sd1-ort-trt.png"
+    missing = trt_ep_missing()
+    out: dict[str, Any] = {"engines_folder_before": (fresh / "engines").exists(),
+                           "stack": "gpu (TensorRT 11): expect a refusal" if missing else "ort-trt (TensorRT 10)"}
+    png = ctx.work / "sd1-ort-trt.png"
+    if missing:
+        out["generate_ort_trt"] = generate(fresh, "ort-trt", png, deadline - time.monotonic())
+        out["passed"] = refused_for_trt10(out["generate_ort_trt"])
+        return out
+    cpu_png = ort_cpu_png(ctx.work, deadline - time.monotonic())
     out["generate_ort_trt"] = must(generate(fresh, "ort-trt", png, deadline - time.monotonic()))
     out["engine_cache_created"] = (fresh / "engines" / "ort-trt").is_dir()
     out["max_pixel_difference_vs_ort_cpu"] = max_pixel_difference(cpu_png, png)
@@ -673,7 +691,8 @@ STEPS: tuple[Step, ...] = (
     Step("sd1_bundle", 80, "sdrt tiny-model --kind sd1 + sdrt export --precision both"),
     Step("sd1_trt", 110, "sdrt build + generate --backend trt vs ort-cpu; per-step time with/without graphs",
          ("sd1_bundle",)),
-    Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy vs ort-cpu", ("sd1_bundle",)),
+    Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy: [gpu] (TensorRT 11) must refuse in "
+         "one line naming libnvinfer.so.10; [ort-trt] (TensorRT 10) must match ort-cpu", ("sd1_bundle",)),
 )
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "versions": step_versions, "cuda_rt": step_cuda_rt, "vram_4gib": step_vram_4gib,

@@ -311,3 +311,23 @@ def test_generate_helper_runs_the_cli_and_reads_unet_time(tiny_bundle, tmp_path)
     out = acc.generate(tiny_bundle("sd1"), "ort-cpu", tmp_path / "x.png", 300)
     assert out["rc"] == 0 and (tmp_path / "x.png").is_file()
     assert isinstance(out["unet_ms_per_call"], float) and out["unet_ms_per_call"] > 0
+
+
+def test_ort_trt_step_expects_a_one_line_refusal_on_the_tensorrt_11_stack() -> None:
+    """Issue 25 defect 2: with [gpu] (TensorRT 11) ORT's TensorRT provider cannot load; the step passes only
+    on sdrt's one-line refusal naming the library, not on a traceback or a silent CPU run."""
+    line = ("error: backend ort-trt unavailable: onnxruntime-gpu's TensorrtExecutionProvider needs libnvinfer.so.10 "
+            "(TensorRT 10), which is not installed (the [gpu] extra brings TensorRT 11): pip install 'sdrt[ort-trt]' "
+            "--extra-index-url https://pypi.nvidia.com instead of [gpu], or use --backend trt")
+    assert acc.refused_for_trt10({"rc": 2, "output_tail": line + "\n"}) is True
+    assert acc.refused_for_trt10({"rc": 0, "output_tail": ""}) is False  # ran (on CPU, silently)
+    assert acc.refused_for_trt10({"rc": 1, "output_tail": "Traceback ...\nOSError: libnvinfer.so.10\n"}) is False
+    assert acc.refused_for_trt10({"rc": 2, "output_tail": "error: backend ort-trt unavailable: no GPU\n"}) is False
+
+
+def test_dry_run_shows_the_stack_dependent_ort_trt_step(tmp_path) -> None:
+    p = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True,
+                       env=no_gpu_env(tmp_path))
+    line = next(x for x in p.stdout.splitlines() if " ort_trt_fresh " in x)
+    assert "libnvinfer.so.10" in line and "[ort-trt] (TensorRT 10) must match ort-cpu" in line
+    assert "captured on second use" in next(x for x in p.stdout.splitlines() if " trt_two_profiles " in x)

@@ -71,6 +71,27 @@ def native_handle(obj: Any) -> int:
         return int(obj)
 
 
+# The [gpu] extra installs the CUDA 13 stack (TensorRT 11.4, onnxruntime-gpu 1.31, cuda-bindings 13), which
+# needs a driver that supports CUDA 13.0: R580 or newer (580.65.06 on Linux, per CUDA 13.0's release notes).
+DRIVER_NOTE = "CUDA 13 needs NVIDIA driver 580.65.06 or newer"
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def check_driver() -> None:
+    """One line at start-up when the driver is older than the CUDA runtime sdrt's stack installed (every
+    later call would fail with cudaErrorInsufficientDriver, far from the cause)."""
+    rt = cudart()
+    driver = int(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion"))
+    runtime = int(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+    if driver < runtime // 1000 * 1000:
+        note = f" ({DRIVER_NOTE})" if runtime >= 13000 else ""
+        raise UserError(f"the NVIDIA driver supports CUDA {_cuda_version(driver)} but the installed CUDA runtime is "
+                        f"{_cuda_version(runtime)}{note}: update the driver (nvidia-smi shows its version)")
+
+
 def device_count() -> int:
     return int(check(cudart().cudaGetDeviceCount(), "cudaGetDeviceCount"))
 
