@@ -15,7 +15,8 @@ logs a warning). We compare the providers the session really uses with the ones 
 GPU provider was demanded and did not come up. The GPU device path is NOT RUN ON A GPU YET.
 
 Threads: `run` holds the engine's lock (one per engine: ONNX Runtime sessions run concurrently, but the
-bound buffers are shared). A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
+bound buffers are shared); on a GPU provider, runs and session creation also hold the process-wide GPU lock
+(gpu_lock.py: ORT's CUDA graph capture is global, so any other thread's cudaMalloc would invalidate it). A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
 on CPU the concurrent runs only split the same cores, and on a GPU per-thread buffers would need a captured
 graph per thread; the lock keeps one set of buffers and one graph per shape.
 """
@@ -35,6 +36,7 @@ import numpy as np
 from ..engines.profiles import ShapeRange
 from ..manifest import BundleError, ComponentSpec
 from .engine import IOSpec, check_against_manifest as _check_against_manifest, check_dtypes, check_feeds
+from .gpu_lock import gpu_lock_for
 from .provider_probe import preload_cuda_libraries
 from .ort_options import (
     SessionSettings, check_providers, graph_id_for, import_onnxruntime, providers_for, resolve_backend,
@@ -87,7 +89,8 @@ class OrtEngine:
             check_providers(requested, [], settings.backend)  # fail now: ORT would only warn and use CPU
         if settings.backend == "ort-trt" and cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the EP creates only the last folder level
-        self.session = self._open(settings, cache_dir, profiles)
+        with gpu_lock_for(self.device):  # no CUDA allocation while another thread captures (gpu_lock.py)
+            self.session = self._open(settings, cache_dir, profiles)
         self._arrays = {}  # in the session now (free the copy; adapted engines are made from the base engine)
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)
@@ -168,7 +171,7 @@ class OrtEngine:
                          {**self._arrays, **values})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self.lock:
+        with self.lock, gpu_lock_for(self.device):  # a GPU run may capture a graph: one at a time per process
             return self._run_locked(feeds)
 
     def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
