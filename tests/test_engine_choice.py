@@ -67,7 +67,8 @@ def test_the_plan_loaded_is_chosen_on_what_was_asked_not_the_newest(tmp_path) ->
     records = [plain_768, refit_512]  # find_engines' order: newest first
     wanted = requested_shapes(MANIFEST, ["unet"], "fp16")["unet"]  # the bundle's default size, 512x512
     assert choose_engine(records, "unet", wanted) is refit_512
-    assert choose_engine(records, "unet", requested_shapes(MANIFEST, ["unet"], "fp16", [(768, 768)])["unet"]) is plain_768
+    at_768 = requested_shapes(MANIFEST, ["unet"], "fp16", [(768, 768)])["unet"]
+    assert choose_engine(records, "unet", at_768) is plain_768
     assert choose_engine(records, "unet", [], refittable=True) is refit_512
     assert choose_engine([plain_768], "unet", wanted) is plain_768  # nothing holds the size: the newest, refused later
     with pytest.raises(UserError) as err:

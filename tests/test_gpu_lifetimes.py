@@ -69,7 +69,8 @@ def runtime(monkeypatch) -> FakeRuntime:
 
 
 def test_cuda_rt_objects_free_themselves_when_dropped(runtime) -> None:
-    objects = [cuda_rt.DeviceBuffer(64), cuda_rt.HostBuffer(64), cuda_rt.Stream(), cuda_rt.Graph(runtime._new("graph")[1])]
+    graph = runtime._new("graph")[1]
+    objects = [cuda_rt.DeviceBuffer(64), cuda_rt.HostBuffer(64), cuda_rt.Stream(), cuda_rt.Graph(graph)]
     assert sorted(runtime.live.values()) == ["device", "graph", "pinned", "stream"]
     del objects
     gc.collect()

@@ -152,7 +152,8 @@ def test_a_refit_that_fails_part_way_leaves_the_engine_dirty_and_the_next_apply_
     with _session(tmp_path, refittable=True) as s:
         engine = s["unet"]
         switch = switch_for(engine, _base([]))
-        a = RefitView(engine, switch, ("a",), {"scale": np.array([3.0], np.float32), "bias": np.array([7.0], np.float32)})
+        values = {"scale": np.array([3.0], np.float32), "bias": np.array([7.0], np.float32)}
+        a = RefitView(engine, switch, ("a",), values)
         engine.engine.refit_applies = 1  # the stand-in refits `scale` only and returns False
         with pytest.raises(UserError, match="TensorRT failed to refit the unet engine"):
             a.run({"x": x})

@@ -1,9 +1,10 @@
 """The TensorRT backend's control flow on CPU, against stand-ins for TensorRT and CUDA (tests/fake_trt.py).
 
 What this proves: the right profile is chosen, buffers are bound once at their largest size, each shape
-set has its own context and is captured once, on its second run (after an eager enqueue), and replayed only
-while its context is still in the state it was captured with, the context pool and graph cache are bounded, a failed capture falls back to eager runs, contexts share
-one activation allocation, host copies go through pinned buffers in stream order. What it cannot prove:
+set has its own context and is captured once, on its second run (after an eager enqueue), and replayed
+only while its context is still in the state it was captured with, the context pool and graph cache are
+bounded, a failed capture falls back to eager runs, contexts share one activation allocation, host copies
+go through pinned buffers in stream order. What it cannot prove:
 that real TensorRT and CUDA behave as the stand-ins do (docs/gpu.md; tests/test_trt_gpu.py on a GPU).
 """
 

@@ -16,7 +16,8 @@ GPU provider was demanded and did not come up. The GPU device path is NOT RUN ON
 
 Threads: `run` holds the engine's lock (one per engine: ONNX Runtime sessions run concurrently, but the
 bound buffers are shared); on a GPU provider, runs and session creation also hold the process-wide GPU lock
-(gpu_lock.py: ORT's CUDA graph capture is global, so any other thread's cudaMalloc would invalidate it). A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
+(gpu_lock.py: ORT's CUDA graph capture is global, so any other thread's cudaMalloc would invalidate it).
+A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
 on CPU the concurrent runs only split the same cores, and on a GPU per-thread buffers would need a captured
 graph per thread; the lock keeps one set of buffers and one graph per shape.
 """

@@ -185,8 +185,10 @@ def check_plan(record: EngineRecord, verify: bool = False) -> None:
 
 def covers(profiles: Sequence[Mapping[str, ShapeRange]], shapes: Mapping[str, Sequence[int]]) -> bool:
     """Whether one of the profiles holds every named shape (names a profile lacks are not checked)."""
-    return any(all(n not in p or (len(p[n].min) == len(s) and all(a <= d <= b for a, d, b in zip(p[n].min, s, p[n].max)))
-                   for n, s in shapes.items()) for p in profiles)
+    def holds(r: ShapeRange, shape: Sequence[int]) -> bool:
+        return len(r.min) == len(shape) and all(a <= d <= b for a, d, b in zip(r.min, shape, r.max))
+
+    return any(all(n not in p or holds(p[n], s) for n, s in shapes.items()) for p in profiles)
 
 
 def choose_engine(records: Sequence[EngineRecord], component: str, wanted: Sequence[Mapping[str, Sequence[int]]] = (),
