@@ -385,11 +385,32 @@ def step_versions(ctx: Context) -> dict[str, Any]:
         out["gpu"] = f"nvidia-smi failed: {smi['output_tail'][-200:]}"
     out["device"] = _guard(_device)
     out["cuda"] = _guard(_cuda_versions)
+    out["driver_check"] = _guard(_driver_check)
+    out["ort_trt_libraries"] = _guard(_ort_trt_libraries)
     out["tensorrt"] = _guard(lambda: __import__("tensorrt").__version__)
     out["onnxruntime"] = _guard(_ort_versions)
     out["cuda_python"] = {d: _dist_version(d) for d in ("cuda-python", "cuda-bindings")}
     out["sdrt_commit"] = sh("git", "rev-parse", "HEAD", timeout=10)["output_tail"].strip()
     return out
+
+
+def _driver_check() -> str:
+    """sdrt's start-up check: "ok", or its one line (the driver is older than the CUDA runtime)."""
+    from sdrt.backends import cuda_rt
+    from sdrt.errors import UserError
+
+    try:
+        cuda_rt.check_driver()
+    except UserError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _ort_trt_libraries() -> str:
+    """Whether ONNX Runtime's TensorRT provider can load its TensorRT 10 libraries ([ort-trt]) or not ([gpu])."""
+    from sdrt.backends.provider_probe import trt_ep_missing
+
+    return trt_ep_missing() or "loadable"
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -681,7 +702,8 @@ def step_ort_trt_fresh(ctx: Context) -> dict[str, Any]:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("versions", 20, "GPU, driver, CUDA, TensorRT, ONNX Runtime, cuda-python versions"),
+    Step("versions", 20, "GPU, driver, CUDA, TensorRT, ONNX Runtime, cuda-python versions; sdrt's driver check "
+         "(CUDA 13: driver >= 580.65.06) and whether ORT's TensorRT provider finds libnvinfer.so.10"),
     Step("cuda_rt", 20, "bench/cuda_rt_check.py: allocation, pinned copies, capture and replay of a copy"),
     Step("vram_4gib", 20, "PeakVram while 4 GiB is held: >= 4 GiB above the baseline"),
     Step("trt_two_profiles", 45, "two-profile dynamic engine (A->B)x3, with and without CUDA graphs, vs ORT CPU; "
