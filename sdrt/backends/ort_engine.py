@@ -90,8 +90,7 @@ class OrtEngine:
             check_providers(requested, [], settings.backend)  # fail now: ORT would only warn and use CPU
         if settings.backend == "ort-trt" and cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the EP creates only the last folder level
-        with gpu_lock_for(self.device):  # no CUDA allocation while another thread captures (gpu_lock.py)
-            self.session = self._open(settings, cache_dir, profiles)
+        self.session = self._open(settings, cache_dir, profiles)
         self._arrays = {}  # in the session now (free the copy; adapted engines are made from the base engine)
         self._providers = list(self.session.get_providers())
         check_providers(requested, self._providers, settings.backend)
@@ -108,9 +107,11 @@ class OrtEngine:
         """The session; without CUDA graphs when ORT cannot capture this model; BundleError for a bad file."""
         def make(graph: bool) -> Any:
             providers = providers_for(settings.backend, cache_dir, profiles, graph, settings.device_id)
-            source, options = self._source(settings)
-            session = self._ort.InferenceSession(source, sess_options=options, providers=[p for p, _ in providers],
-                                                 provider_options=[o for _, o in providers])
+            source, options = self._source(settings)  # reading and patching the graph: outside the lock
+            with gpu_lock_for(self.device):  # no CUDA allocation while another thread captures (gpu_lock.py)
+                session = self._ort.InferenceSession(source, sess_options=options,
+                                                     providers=[p for p, _ in providers],
+                                                     provider_options=[o for _, o in providers])
             if not isinstance(source, str) and hasattr(session, "_model_bytes"):
                 # onnxruntime's Python class keeps the graph bytes it was given (to rebuild the session if
                 # providers are reset, which sdrt never does): a second copy of the weights for the session's
