@@ -71,7 +71,7 @@ def test_ort_trt_is_refused_in_one_line_when_its_tensorrt_10_is_missing(monkeypa
     monkeypatch.setattr(gpu_detect, "_gpu", lambda: ("NVIDIA H100 (sm90)", "", ("NVIDIA H100", 9, 0)))
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [TRT_EP, CUDA_EP, CPU_EP])
     monkeypatch.setattr(provider_probe, "provider_failure", lambda ort, provider: None)
-    facts = gpu_detect.detect_facts()
+    facts = gpu_detect.detect_facts(probe_trt_ep=True)  # what resolve_backend asks for --backend ort-trt
     with pytest.raises(UserError) as err:
         choose_backend("ort-trt", facts)
     assert str(err.value) == f"backend ort-trt unavailable: {EP_MISSING}"
@@ -115,3 +115,21 @@ def test_gpu_detection_reports_an_old_driver_as_the_reason(monkeypatch) -> None:
     gpu, reason, _ = gpu_detect._gpu()
     assert gpu is None and reason.startswith("no usable NVIDIA GPU (the NVIDIA driver supports CUDA 12.8 but")
     assert re.search(r"580\.65\.06", reason)
+
+
+def test_only_an_ort_trt_request_probes_the_tensorrt_10_libraries(monkeypatch, tmp_path) -> None:
+    """The probe loads libraries into the process: `auto` and `trt` (TensorRT 11 in the same process) never
+    trigger it."""
+    from fake_bundles import make_manifest
+    from sdrt.backends.gpu_engines import resolve_backend
+
+    probed = []
+    monkeypatch.setattr(gpu_detect, "detect_facts",
+                        lambda *a, probe_trt_ep=False, **k: probed.append(probe_trt_ep) or gpu_detect.GpuFacts())
+    manifest = make_manifest("sd1")
+    for backend in ("auto", "ort-cuda", "ort-trt"):
+        try:
+            resolve_backend(backend, manifest, ["unet"], tmp_path)
+        except UserError:
+            pass  # no GPU in these facts
+    assert probed == [False, False, True]

@@ -44,7 +44,10 @@ def detect_facts(
     engines_dir: str | Path | None = None,
     components: Sequence[str] = (),
     precision: str = "fp16",
+    probe_trt_ep: bool = False,
 ) -> GpuFacts:
+    """probe_trt_ep: also check that ONNX Runtime's TensorRT provider can load its TensorRT 10 libraries
+    (only for `--backend ort-trt`: the check loads them into the process, and auto never picks that EP)."""
     gpu, gpu_reason, props = _gpu()
     failed: dict[str, str] = {}
     try:
@@ -57,7 +60,7 @@ def detect_facts(
             why = provider_failure(ort, CUDA_EP)
             if why:
                 failed[CUDA_EP] = why
-        if gpu is not None and TRT_EP in providers:
+        if probe_trt_ep and gpu is not None and TRT_EP in providers:
             from .provider_probe import trt_ep_missing  # noqa: PLC0415
 
             why = trt_ep_missing()

@@ -30,7 +30,8 @@ def resolve_backend(
 
     if requested == "ort-cpu":  # no probing: loading CUDA libraries costs seconds
         return choose_backend(requested, GpuFacts())
-    return choose_backend(requested, detect_facts(manifest, engines_dir, components, precision))
+    return choose_backend(requested, detect_facts(manifest, engines_dir, components, precision,
+                                                  probe_trt_ep=requested == "ort-trt"))
 
 
 class GpuEngines:
