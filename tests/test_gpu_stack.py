@@ -133,3 +133,16 @@ def test_only_an_ort_trt_request_probes_the_tensorrt_10_libraries(monkeypatch, t
         except UserError:
             pass  # no GPU in these facts
     assert probed == [False, False, True]
+
+
+def test_an_ort_trt_session_that_dropped_its_provider_names_the_library(monkeypatch) -> None:
+    """OrtEngine opened directly (library users, bench steps): ORT silently dropped the TensorRT provider;
+    the error names libnvinfer.so.10 rather than blaming CUDA/cuDNN."""
+    import onnxruntime
+
+    from sdrt.backends.ort_options import check_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [TRT_EP, CUDA_EP, CPU_EP])
+    with pytest.raises(UserError) as err:
+        check_providers((TRT_EP, CUDA_EP, CPU_EP), [CUDA_EP, CPU_EP], "ort-trt")
+    assert str(err.value) == f"backend ort-trt asked for {TRT_EP} but {EP_MISSING}"
