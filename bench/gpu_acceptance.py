@@ -501,7 +501,7 @@ def affine_profiles() -> list[dict[str, Any]]:
 
 
 def step_trt_two_profiles(ctx: Context) -> dict[str, Any]:
-    """A two-profile dynamic engine built by sdrt, run A -> B -> A -> B with and without CUDA graphs,
+    """A two-profile dynamic engine built by sdrt, run (A -> B) x 3 with and without CUDA graphs,
     every output against ONNX Runtime on CPU."""
     onnx_path = affine_onnx(ctx.work)
     plan = ctx.work / "affine.plan"

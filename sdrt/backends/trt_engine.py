@@ -96,8 +96,8 @@ def _numpy_dtype(trt: Any, engine_name: str, tensor: str, trt_dtype: Any) -> np.
 
 
 class TrtEngine:
-    """One engine: an execution context per profile on shared activation memory, persistent device
-    buffers, pinned host staging, and a bounded cache of CUDA graphs keyed by shape set."""
+    """One engine: a pool of execution contexts (one per shape set) on shared activation memory, persistent
+    device buffers, pinned host staging, and a bounded cache of CUDA graphs keyed by shape set."""
 
     def __init__(
         self,
