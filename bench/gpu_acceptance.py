@@ -385,11 +385,32 @@ def step_versions(ctx: Context) -> dict[str, Any]:
         out["gpu"] = f"nvidia-smi failed: {smi['output_tail'][-200:]}"
     out["device"] = _guard(_device)
     out["cuda"] = _guard(_cuda_versions)
+    out["driver_check"] = _guard(_driver_check)
+    out["ort_trt_libraries"] = _guard(_ort_trt_libraries)
     out["tensorrt"] = _guard(lambda: __import__("tensorrt").__version__)
     out["onnxruntime"] = _guard(_ort_versions)
     out["cuda_python"] = {d: _dist_version(d) for d in ("cuda-python", "cuda-bindings")}
     out["sdrt_commit"] = sh("git", "rev-parse", "HEAD", timeout=10)["output_tail"].strip()
     return out
+
+
+def _driver_check() -> str:
+    """sdrt's start-up check: "ok", or its one line (the driver is older than the CUDA runtime)."""
+    from sdrt.backends import cuda_rt
+    from sdrt.errors import UserError
+
+    try:
+        cuda_rt.check_driver()
+    except UserError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _ort_trt_libraries() -> str:
+    """Whether ONNX Runtime's TensorRT provider can load its TensorRT 10 libraries ([ort-trt]) or not ([gpu])."""
+    from sdrt.backends.provider_probe import trt_ep_missing
+
+    return trt_ep_missing() or "loadable"
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -480,7 +501,7 @@ def affine_profiles() -> list[dict[str, Any]]:
 
 
 def step_trt_two_profiles(ctx: Context) -> dict[str, Any]:
-    """A two-profile dynamic engine built by sdrt, run A -> B -> A -> B with and without CUDA graphs,
+    """A two-profile dynamic engine built by sdrt, run (A -> B) x 3 with and without CUDA graphs,
     every output against ONNX Runtime on CPU."""
     onnx_path = affine_onnx(ctx.work)
     plan = ctx.work / "affine.plan"
@@ -489,8 +510,8 @@ def step_trt_two_profiles(ctx: Context) -> dict[str, Any]:
 
 
 def compare_trt_with_ort_cpu(plan: Path, onnx_path: Path) -> dict[str, Any]:
-    """TrtSession on `plan`, shapes A, B, A, B (new values each call), each output against OrtEngine on CPU;
-    records the profile each call used and whether it replayed a captured graph."""
+    """TrtSession on `plan`, shapes A, B, A, B, A, B (new values each call), each output against OrtEngine on
+    CPU; records the profile each call used and whether it replayed a captured graph."""
     import numpy as np
 
     from sdrt.backends.trt_engine import TrtSession
@@ -502,7 +523,7 @@ def compare_trt_with_ort_cpu(plan: Path, onnx_path: Path) -> dict[str, Any]:
         calls = []
         with TrtSession({"affine": plan}, cuda_graphs=graphs) as session:
             engine = session["affine"]
-            for i, shape in enumerate([SHAPE_A, SHAPE_B, SHAPE_A, SHAPE_B]):
+            for i, shape in enumerate([SHAPE_A, SHAPE_B] * 3):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float16)
                 hits = engine.graphs.hits
                 y = engine.run({"x": x})["y"].copy()
@@ -512,8 +533,9 @@ def compare_trt_with_ort_cpu(plan: Path, onnx_path: Path) -> dict[str, Any]:
         out["with_graphs" if graphs else "without_graphs"] = {
             "calls": calls, "max_abs_diff": max(c["max_abs_diff"] for c in calls)}
     out["tolerance"] = AFFINE_TOLERANCE
-    # each profile has its own execution context, so the second A and B replay the graphs captured first
-    out["replay_as_designed"] = [c["replayed_graph"] for c in out["with_graphs"]["calls"]] == [False, False, True, True]
+    # each shape set has its own execution context and is captured on its second run: the third A and B replay
+    out["replay_as_designed"] = ([c["replayed_graph"] for c in out["with_graphs"]["calls"]]
+                                 == [False, False, False, False, True, True])
     out["passed"] = out["replay_as_designed"] and all(
         out[k]["max_abs_diff"] <= AFFINE_TOLERANCE for k in ("with_graphs", "without_graphs"))
     return out
@@ -645,15 +667,33 @@ def opt_feeds(manifest: Any, component: str, profile: Mapping[str, Any]) -> dict
     return feeds
 
 
+def refused_for_trt10(result: dict[str, Any]) -> bool:
+    """Whether `sdrt generate --backend ort-trt` refused as designed on a TensorRT 11 ([gpu]) stack: exit 2 and
+    one error line naming the TensorRT 10 library ONNX Runtime's provider links."""
+    lines = [line for line in result["output_tail"].strip().splitlines() if line.startswith("error: ")]
+    return result["rc"] == 2 and len(lines) == 1 and "libnvinfer.so.10" in lines[0] and "sdrt[ort-trt]" in lines[0]
+
+
 def step_ort_trt_fresh(ctx: Context) -> dict[str, Any]:
     """`sdrt generate --backend ort-trt` on a fresh copy of the bundle (no engines folder: the TensorRT EP
-    must find its cache folder created), its image against ort-cpu's."""
+    must find its cache folder created), its image against ort-cpu's. What passes depends on the stack: with
+    [gpu] (TensorRT 11) ORT's TensorRT provider cannot load, and sdrt must refuse in one line naming
+    libnvinfer.so.10; with [ort-trt] (TensorRT 10) it must run."""
+    from sdrt.backends.provider_probe import trt_ep_missing
+
     deadline = time.monotonic() + ctx.budget_s
     fresh = ctx.work / "sd1-bundle-fresh"
     shutil.rmtree(fresh, ignore_errors=True)  # our own copy from an earlier run of this step
     shutil.copytree(sd1_bundle(ctx.work), fresh, ignore=shutil.ignore_patterns("engines"))
-    out: dict[str, Any] = {"engines_folder_before": (fresh / "engines").exists()}
-    cpu_png, png = ort_cpu_png(ctx.work, deadline - time.monotonic()), ctx.work / "sd1-ort-trt.png"
+    missing = trt_ep_missing()
+    out: dict[str, Any] = {"engines_folder_before": (fresh / "engines").exists(),
+                           "stack": "gpu (TensorRT 11): expect a refusal" if missing else "ort-trt (TensorRT 10)"}
+    png = ctx.work / "sd1-ort-trt.png"
+    if missing:
+        out["generate_ort_trt"] = generate(fresh, "ort-trt", png, deadline - time.monotonic())
+        out["passed"] = refused_for_trt10(out["generate_ort_trt"])
+        return out
+    cpu_png = ort_cpu_png(ctx.work, deadline - time.monotonic())
     out["generate_ort_trt"] = must(generate(fresh, "ort-trt", png, deadline - time.monotonic()))
     out["engine_cache_created"] = (fresh / "engines" / "ort-trt").is_dir()
     out["max_pixel_difference_vs_ort_cpu"] = max_pixel_difference(cpu_png, png)
@@ -662,16 +702,19 @@ def step_ort_trt_fresh(ctx: Context) -> dict[str, Any]:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("versions", 20, "GPU, driver, CUDA, TensorRT, ONNX Runtime, cuda-python versions"),
+    Step("versions", 20, "GPU, driver, CUDA, TensorRT, ONNX Runtime, cuda-python versions; sdrt's driver check "
+         "(CUDA 13: driver >= 580.65.06) and whether ORT's TensorRT provider finds libnvinfer.so.10"),
     Step("cuda_rt", 20, "bench/cuda_rt_check.py: allocation, pinned copies, capture and replay of a copy"),
     Step("vram_4gib", 20, "PeakVram while 4 GiB is held: >= 4 GiB above the baseline"),
-    Step("trt_two_profiles", 45, "two-profile dynamic engine A->B->A->B, with and without CUDA graphs, vs ORT CPU"),
+    Step("trt_two_profiles", 45, "two-profile dynamic engine (A->B)x3, with and without CUDA graphs, vs ORT CPU; "
+         "graphs captured on second use replay on the third"),
     Step("ort_cuda_graphs", 30, "ort-cuda with CUDA graphs over shapes A and B, vs ORT CPU"),
     Step("typed_builds", 60, "strongly vs weakly typed build time and latency (weakly: TensorRT 10 only)"),
     Step("sd1_bundle", 80, "sdrt tiny-model --kind sd1 + sdrt export --precision both"),
     Step("sd1_trt", 110, "sdrt build + generate --backend trt vs ort-cpu; per-step time with/without graphs",
          ("sd1_bundle",)),
-    Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy vs ort-cpu", ("sd1_bundle",)),
+    Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy: [gpu] (TensorRT 11) must refuse in "
+         "one line naming libnvinfer.so.10; [ort-trt] (TensorRT 10) must match ort-cpu", ("sd1_bundle",)),
 )
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "versions": step_versions, "cuda_rt": step_cuda_rt, "vram_4gib": step_vram_4gib,

@@ -12,8 +12,11 @@ mistake would pass silently otherwise (docs/gpu.md has the table of what they do
   since been given other shapes or another profile, the replay raises (undefined behaviour on a GPU);
 - capturing an enqueue right after a shape or profile change fails (TensorRT may do host work on the
   first enqueue after a change; NVIDIA's samples and trtexec enqueue once eagerly before capturing);
-- set_optimization_profile_async raises on failure (TensorRT's Python binding does), and one profile
-  serves at most one execution context at a time;
+- set_optimization_profile_async raises on failure (TensorRT's Python binding does); several contexts may
+  share a profile (TensorRT forbids that only in concurrent use), but every enqueue and profile switch must
+  name the one stream the session created: its integer handle, type and value checked;
+- set_device_memory checks the size against the engine's device_memory_size_v2 and that the pointer is a
+  live device allocation of at least that size;
 - tensor dtypes are TensorRT DataType values mapped by nptype() like trt.nptype (BF16 has no numpy type:
   TypeError).
 - refitting (LoRA): the engine's y = scale * x + bias reads named weights `scale` and `bias` at launch; a plan
@@ -21,6 +24,8 @@ mistake would pass silently otherwise (docs/gpu.md has the table of what they do
   does not have or a value of another size or dtype (TensorRT logs an error and returns False), weights the
   build combined (plan "combined": groups of names) must be set together - get_missing_weights() names the
   rest, and refit_cuda_engine() returns False while any is missing; a non-refittable engine refuses a Refitter.
+  With `engine.refit_applies = n`, refit_cuda_engine() applies only the first n weights set and returns False
+  (TensorRT: "if false is returned, a subset of weights may have been refitted").
 """
 
 from __future__ import annotations
@@ -72,9 +77,12 @@ class FakeCuda:
         self.capturing: list | None = None
         self.capture_broken = False
         self.graphs_destroyed = 0
+        self.captures = 0
         self.launches = 0
         self.log: list[str] = []  # what ran on the stream, in order
         self.stream: Any = None  # the last stream created
+        self.streams_destroyed = 0
+        self._handles = iter(range(0x7F00, 0x7FFF))
         fake = self
 
         class DeviceBuffer:
@@ -106,10 +114,9 @@ class FakeCuda:
                 self.ptr = 0
 
         class Stream:
-            handle = 7
-
             def __init__(self) -> None:
                 self.queue: list[tuple[str, Callable[[], None]]] = []
+                self.handle = next(fake._handles)  # an int, as cuda_rt.Stream.handle
                 fake.stream = self
 
             def put(self, what: str, op: Callable[[], None]) -> None:
@@ -126,7 +133,7 @@ class FakeCuda:
                 fake.log.append("sync")
 
             def destroy(self) -> None:
-                pass
+                fake.streams_destroyed += 1
 
         class Graph:
             def __init__(self, ops: list) -> None:
@@ -141,6 +148,12 @@ class FakeCuda:
                 fake.graphs_destroyed += 1
 
         self.DeviceBuffer, self.HostBuffer, self.Stream, self.Graph = DeviceBuffer, HostBuffer, Stream, Graph
+
+    def check_stream(self, stream: Any, call: str) -> None:
+        """TensorRT takes the stream as its integer handle: the one of the session's stream, nothing else."""
+        if type(stream) is not int or self.stream is None or stream != self.stream.handle:
+            raise AssertionError(f"{call} got stream {stream!r} ({type(stream).__name__}), not the session "
+                                 f"stream's handle {getattr(self.stream, 'handle', None)!r}")
 
     def _pinned(self, array: np.ndarray) -> None:
         start = array.ctypes.data
@@ -172,6 +185,7 @@ class FakeCuda:
         ops, self.capturing = self.capturing, None
         if self.capture_broken:
             raise self.CudaError("cudaStreamEndCapture failed: cudaErrorStreamCaptureInvalidated")
+        self.captures += 1
         return self.Graph(ops)
 
     def abort_capture(self, stream: Any) -> None:
@@ -188,16 +202,20 @@ class FakeContext:
         self.device_memory: tuple[int, int] | None = None
         self.eager_runs = 0
         self.changed = True  # shapes or profile changed since the last eager enqueue
-        self.fail_capture_for: set[tuple[int, ...]] = set()
 
     def set_device_memory(self, ptr: int, size: int) -> None:
+        need = self.engine.device_memory_size_v2
+        if size < need:
+            raise AssertionError(f"set_device_memory size {size} < device_memory_size_v2 {need}")
+        held = self.cuda.memory.get(ptr)
+        if held is None or held.nbytes < size:
+            raise AssertionError(f"set_device_memory({ptr:#x}, {size}): not a live allocation of that size")
         self.device_memory = (ptr, size)
 
     def set_optimization_profile_async(self, profile: int, stream: int) -> bool:
+        self.cuda.check_stream(stream, "set_optimization_profile_async")
         if not 0 <= profile < self.engine.num_optimization_profiles:
             raise RuntimeError(f"profile index {profile} is out of range")
-        if profile != self.profile and self.engine.profile_users.get(profile, 0):
-            raise RuntimeError(f"profile {profile} is in use by another execution context")
         self.engine.profile_users[self.profile] -= 1
         self.engine.profile_users[profile] = self.engine.profile_users.get(profile, 0) + 1
         self.profile, self.shapes, self.changed = profile, {}, True
@@ -226,6 +244,7 @@ class FakeContext:
         return self.profile, tuple(sorted(self.shapes.items())), tuple(sorted(self.addresses.items()))
 
     def execute_async_v3(self, stream: Any) -> bool:
+        self.cuda.check_stream(stream, "execute_async_v3")
         assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
         captured = self._state()
         dtype = np.dtype(nptype(self.engine.dtype))
@@ -242,7 +261,7 @@ class FakeContext:
             self.cuda.memory[dst][:n] = np.frombuffer(y.tobytes(), np.uint8)
 
         if self.cuda.capturing is not None:
-            if self.changed or self.shapes["x"] in self.fail_capture_for:
+            if self.changed or self.shapes["x"] in self.engine.fail_capture_for:
                 self.cuda.capture_broken = True  # host-side work after a shape change invalidates capture
                 return False
             self.cuda.capturing.append(("enqueue", op))
@@ -259,8 +278,11 @@ class FakeEngine:
     num_io_tensors = 2
 
     def __init__(self, profiles: list, activation_bytes: int, cuda: FakeCuda, dtype: str = "FLOAT",
-                 refittable: bool = False, combined: list | None = None) -> None:
+                 refittable: bool = False, combined: list | None = None, no_context: bool = False) -> None:
         self.refittable = refittable
+        self.no_context = no_context  # create_execution_context returns None (TensorRT: out of memory)
+        self.refit_applies: int | None = None
+        self.fail_capture_for: set[tuple[int, ...]] = set()  # shapes of x whose capture is invalidated
         self.weights = {n: np.array([v], dtype=nptype(DTYPES[dtype])) for n, v in (("scale", 2), ("bias", 1))}
         self.combined = [set(g) for g in combined or []]
         self.refits = 0
@@ -287,17 +309,19 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name: str, profile: int) -> list:
         return [list(s) for s in self.profiles[profile]]
 
-    def create_execution_context(self, strategy: str) -> FakeContext:
+    def create_execution_context(self, strategy: str) -> FakeContext | None:
         assert strategy == "USER_MANAGED"
+        if self.no_context:
+            return None
         ctx = FakeContext(self, self.cuda)
         self.contexts.append(ctx)
         return ctx
 
 
 def plan_bytes(profiles: list, activation_bytes: int = 4096, dtype: str = "FLOAT", refittable: bool = False,
-               combined: list | None = None) -> bytes:
+               combined: list | None = None, no_context: bool = False) -> bytes:
     return json.dumps({"profiles": profiles, "activation": activation_bytes, "dtype": dtype,
-                       "refittable": refittable, "combined": combined or []}).encode()
+                       "refittable": refittable, "combined": combined or [], "no_context": no_context}).encode()
 
 
 class Refitter:
@@ -320,8 +344,11 @@ class Refitter:
     def refit_cuda_engine(self) -> bool:
         if self.get_missing_weights():
             return False
-        for name, value in self.pending.items():
+        applies = self.engine.refit_applies
+        for name, value in list(self.pending.items())[:applies]:
             self.engine.weights[name] = value.reshape(-1).copy()
+        if applies is not None and applies < len(self.pending):
+            return False  # a subset was refitted
         self.engine.refits += 1
         return True
 
@@ -337,7 +364,7 @@ def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespa
             except ValueError:
                 return None
             return FakeEngine(d["profiles"], d["activation"], cuda, d.get("dtype", "FLOAT"), d.get("refittable", False),
-                              d.get("combined"))
+                              d.get("combined"), d.get("no_context", False))
 
     class Logger:
         WARNING = 2

@@ -241,16 +241,16 @@ def fake_gpu(monkeypatch):
 
 def test_two_profile_comparison_alternates_profiles_replays_graphs_and_matches_ort_cpu(fake_gpu, tmp_path) -> None:
     """compare_trt_with_ort_cpu against the stand-in engine (y = 2x + 1 in fp16, as the real affine graph):
-    A -> B -> A -> B lands on profiles 0, 1, 0, 1; with graphs the second A and B replay (each profile has its
-    own context), without graphs nothing does; every output equals ORT CPU's on the same graph."""
+    (A -> B) x 3 lands on profiles 0, 1, 0, 1, 0, 1; with graphs the third A and B replay (each shape set has its
+    own context and is captured on its second run), without graphs nothing does; every output equals ORT CPU's."""
     plan = tmp_path / "affine.plan"
     plan.write_bytes(fake_trt.plan_bytes([[list(s) for s in p] for p in acc.AFFINE_PROFILES], dtype="HALF"))
     out = acc.compare_trt_with_ort_cpu(plan, write_affine_fp16(tmp_path / "affine.onnx"))
     graphs, eager = out["with_graphs"]["calls"], out["without_graphs"]["calls"]
-    assert [c["profile"] for c in graphs] == [0, 1, 0, 1]
-    assert [c["replayed_graph"] for c in graphs] == [False, False, True, True]
-    assert [c["replayed_graph"] for c in eager] == [False] * 4
-    assert [c["max_abs_diff"] for c in graphs + eager] == [0.0] * 8
+    assert [c["profile"] for c in graphs] == [0, 1] * 3
+    assert [c["replayed_graph"] for c in graphs] == [False, False, False, False, True, True]
+    assert [c["replayed_graph"] for c in eager] == [False] * 6
+    assert [c["max_abs_diff"] for c in graphs + eager] == [0.0] * 12
     assert out["replay_as_designed"] is True and out["passed"] is True and fake_gpu.launches == 2
 
 
@@ -311,3 +311,23 @@ def test_generate_helper_runs_the_cli_and_reads_unet_time(tiny_bundle, tmp_path)
     out = acc.generate(tiny_bundle("sd1"), "ort-cpu", tmp_path / "x.png", 300)
     assert out["rc"] == 0 and (tmp_path / "x.png").is_file()
     assert isinstance(out["unet_ms_per_call"], float) and out["unet_ms_per_call"] > 0
+
+
+def test_ort_trt_step_expects_a_one_line_refusal_on_the_tensorrt_11_stack() -> None:
+    """Issue 25 defect 2: with [gpu] (TensorRT 11) ORT's TensorRT provider cannot load; the step passes only
+    on sdrt's one-line refusal naming the library, not on a traceback or a silent CPU run."""
+    line = ("error: backend ort-trt unavailable: onnxruntime-gpu's TensorrtExecutionProvider needs libnvinfer.so.10 "
+            "(TensorRT 10), which is not installed (the [gpu] extra brings TensorRT 11): pip install 'sdrt[ort-trt]' "
+            "--extra-index-url https://pypi.nvidia.com instead of [gpu], or use --backend trt")
+    assert acc.refused_for_trt10({"rc": 2, "output_tail": line + "\n"}) is True
+    assert acc.refused_for_trt10({"rc": 0, "output_tail": ""}) is False  # ran (on CPU, silently)
+    assert acc.refused_for_trt10({"rc": 1, "output_tail": "Traceback ...\nOSError: libnvinfer.so.10\n"}) is False
+    assert acc.refused_for_trt10({"rc": 2, "output_tail": "error: backend ort-trt unavailable: no GPU\n"}) is False
+
+
+def test_dry_run_shows_the_stack_dependent_ort_trt_step(tmp_path) -> None:
+    p = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True,
+                       env=no_gpu_env(tmp_path))
+    line = next(x for x in p.stdout.splitlines() if " ort_trt_fresh " in x)
+    assert "libnvinfer.so.10" in line and "[ort-trt] (TensorRT 10) must match ort-cpu" in line
+    assert "captured on second use" in next(x for x in p.stdout.splitlines() if " trt_two_profiles " in x)

@@ -123,3 +123,42 @@ def test_refittable_engines_have_their_own_cache_key(tmp_path) -> None:
     assert EngineKey.from_json(old).refittable is False
     assert key_differences(replace(refit[0].key, refittable=False), refit[0].key) == [
         "a non-refittable engine (wanted --refittable)"]
+
+
+def test_alternating_adapter_sets_never_capture_and_a_repeated_set_captures_on_its_second_run(cuda, tmp_path) -> None:
+    """Issue 25 defect 8: with two adapter groups taking turns, every step refit and recaptured a graph that
+    was never replayed (the refit drops it). A graph is now captured only on the second consecutive run with
+    the same shapes and weights."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    with _session(tmp_path, refittable=True) as s:
+        engine = s["unet"]
+        switch = switch_for(engine, _base([]))
+        a = RefitView(engine, switch, ("a",), {"scale": np.array([3.0], np.float32)})
+        b = RefitView(engine, switch, ("b",), {"scale": np.array([5.0], np.float32)})
+        for _ in range(3):
+            np.testing.assert_array_equal(_y(a, x), x * 3 + 1)
+            np.testing.assert_array_equal(_y(b, x), x * 5 + 1)
+        assert (engine.engine.refits, cuda.captures, cuda.launches) == (6, 0, 0)
+        for _ in range(3):
+            np.testing.assert_array_equal(_y(b, x), x * 5 + 1)
+        # b's last alternating run was its first: the next is its second (captured), the two after it replay
+        assert (engine.engine.refits, cuda.captures, cuda.launches) == (6, 1, 2)
+
+
+def test_a_refit_that_fails_part_way_leaves_the_engine_dirty_and_the_next_apply_refits_all(cuda, tmp_path) -> None:
+    """Issue 25 defect 10: refit_cuda_engine() may refit a subset and return False. The switch kept believing
+    the engine held its old set, so the next plain run skipped the restore and ran half-adapted weights."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    with _session(tmp_path, refittable=True) as s:
+        engine = s["unet"]
+        switch = switch_for(engine, _base([]))
+        values = {"scale": np.array([3.0], np.float32), "bias": np.array([7.0], np.float32)}
+        a = RefitView(engine, switch, ("a",), values)
+        engine.engine.refit_applies = 1  # the stand-in refits `scale` only and returns False
+        with pytest.raises(UserError, match="TensorRT failed to refit the unet engine"):
+            a.run({"x": x})
+        assert engine.engine.weights["scale"].tolist() == [3.0]  # half-refit, as TensorRT may leave it
+        engine.engine.refit_applies = None
+        np.testing.assert_array_equal(_y(engine, x), x * 2 + 1)  # the plain run restores every weight
+        np.testing.assert_array_equal(_y(a, x), x * 3 + 7)
+        np.testing.assert_array_equal(_y(engine, x), x * 2 + 1)

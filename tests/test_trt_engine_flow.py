@@ -1,9 +1,10 @@
 """The TensorRT backend's control flow on CPU, against stand-ins for TensorRT and CUDA (tests/fake_trt.py).
 
 What this proves: the right profile is chosen, buffers are bound once at their largest size, each shape
-set is captured once (after an eager enqueue) and replayed only while its context is still in the state it
-was captured with, the graph cache is bounded, a failed capture falls back to eager runs, contexts share
-one activation allocation, host copies go through pinned buffers in stream order. What it cannot prove:
+set has its own context and is captured once, on its second run (after an eager enqueue), and replayed
+only while its context is still in the state it was captured with, the context pool and graph cache are
+bounded, a failed capture falls back to eager runs, contexts share one activation allocation, host copies
+go through pinned buffers in stream order. What it cannot prove:
 that real TensorRT and CUDA behave as the stand-ins do (docs/gpu.md; tests/test_trt_gpu.py on a GPU).
 """
 
@@ -34,47 +35,57 @@ def run(engine: trt_engine.TrtEngine, shape: tuple[int, int], seed: int = 0) -> 
 
 
 def eager_runs(engine: trt_engine.TrtEngine) -> int:
-    return sum(c.eager_runs for c in engine.contexts)
+    """Eager enqueues over every context the engine ever made (evicted ones too)."""
+    return sum(c.eager_runs for c in engine.engine.contexts)
 
 
-def test_each_shape_set_runs_eagerly_once_then_replays_its_graph(cuda, tmp_path) -> None:
+def test_each_shape_set_runs_eagerly_twice_then_replays_its_graph(cuda, tmp_path) -> None:
+    """Capture on second use (issue 25 defect 9): a size seen once never pays for a capture."""
     with session(tmp_path, {"unet": fake_trt.plan_bytes([STATIC, DYNAMIC])}) as s:
         eng = s["unet"]
         run(eng, (1, 4), 0)
-        assert (eager_runs(eng), cuda.launches, len(eng.graphs)) == (1, 0, 1)
-        run(eng, (1, 4), 1)  # replay, with new input values
-        assert (eager_runs(eng), cuda.launches) == (1, 1)
-        run(eng, (3, 12), 2)  # only the dynamic profile holds it: its own context, eager, capture
-        assert ([c.profile for c in eng.contexts], eager_runs(eng), len(eng.graphs)) == ([0, 1], 2, 2)
-        run(eng, (1, 4), 3)  # profile 0's context was never touched: its graph is still valid
-        assert (eager_runs(eng), cuda.launches) == (2, 2)
+        assert (eager_runs(eng), cuda.captures, cuda.launches) == (1, 0, 0)
+        run(eng, (1, 4), 1)  # second use: eager, then captured
+        assert (eager_runs(eng), cuda.captures, cuda.launches, len(eng.graphs)) == (2, 1, 0, 1)
+        run(eng, (1, 4), 2)  # replay, with new input values
+        assert (eager_runs(eng), cuda.launches) == (2, 1)
+        run(eng, (3, 12), 3)  # only the dynamic profile holds it: its own context
+        run(eng, (3, 12), 4)
+        assert ([c.profile for c in eng.contexts], eager_runs(eng), len(eng.graphs)) == ([0, 1], 4, 2)
+        run(eng, (1, 4), 5)  # its context was never touched: its graph is still valid
+        assert (eager_runs(eng), cuda.launches) == (4, 2)
 
 
-def test_alternating_shape_sets_never_replay_a_graph_of_another_context_state(cuda, tmp_path) -> None:
-    """Defect 1: A, B, A on one context replayed A's graph while the context was set for B (undefined on a
-    GPU; the stand-in raises). Here A and B share the dynamic profile, so B's shapes invalidate A's graph."""
+def test_alternating_shape_sets_in_one_profile_replay_both_graphs(cuda, tmp_path) -> None:
+    """Issue 25 defect 9: A, B, A, B inside one dynamic profile dropped and recaptured at every change (one
+    context per profile). Each shape set now has its own context on the profile, sharing the activation memory
+    on the one stream, so both graphs are captured once and replayed; the stand-in raises if a graph is
+    replayed on a context in another state."""
     with session(tmp_path, {"unet": fake_trt.plan_bytes([DYNAMIC])}) as s:
         eng = s["unet"]
-        for i, shape in enumerate([(1, 4), (2, 8), (1, 4), (2, 8), (2, 8)]):
+        for i, shape in enumerate([(1, 4), (2, 8)] * 4):
             run(eng, shape, i)
-        assert (eager_runs(eng), cuda.launches) == (4, 1)  # only the last run could replay
+        assert (eager_runs(eng), cuda.captures, cuda.launches, cuda.graphs_destroyed) == (4, 2, 4, 0)
+        assert [(c.profile, c.shapes["x"]) for c in eng.contexts] == [(0, (1, 4)), (0, (2, 8))]
+        assert {c.device_memory for c in eng.contexts} == {(s.activation.ptr, s.activation.nbytes)}
 
 
 def test_two_profiles_alternate_with_graph_replay(cuda, tmp_path) -> None:
-    """A -> B -> A -> B over two profiles: each profile's context keeps its state, so both graphs replay."""
+    """A -> B -> A -> B over two profiles: each shape set's context keeps its state, so both graphs replay."""
     with session(tmp_path, {"unet": fake_trt.plan_bytes([STATIC, [[5, 4], [6, 4], [8, 4]]])}) as s:
         eng = s["unet"]
-        for i, shape in enumerate([(1, 4), (6, 4), (1, 4), (6, 4)]):
+        for i, shape in enumerate([(1, 4), (6, 4)] * 3):
             run(eng, shape, i)
-        assert (eager_runs(eng), cuda.launches) == (2, 2)
+        assert (eager_runs(eng), cuda.launches) == (4, 2)
 
 
 def test_host_copies_are_pinned_and_read_after_synchronize(cuda, tmp_path) -> None:
     """Defect 8: copies from pageable numpy arrays are synchronous on a GPU; the stand-in refuses them.
     The output is only valid after the stream is synchronized: the stand-in copies at synchronize()."""
     with session(tmp_path, {"unet": fake_trt.plan_bytes([DYNAMIC])}) as s:
-        run(s["unet"], (2, 4))
-        assert cuda.log[-4:] == ["h2d", "enqueue", "d2h", "sync"]
+        for _ in range(2):
+            run(s["unet"], (2, 4))
+            assert cuda.log[-4:] == ["h2d", "enqueue", "d2h", "sync"]
         run(s["unet"], (2, 4))
         assert cuda.log[-4:] == ["h2d", "graph:enqueue", "d2h", "sync"]
         assert len(cuda.pinned) == 2  # one pinned input and one pinned output for this shape set
@@ -84,45 +95,45 @@ def test_host_copies_are_pinned_and_read_after_synchronize(cuda, tmp_path) -> No
 def test_static_profile_is_preferred_for_its_own_shape(cuda, tmp_path) -> None:
     with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC, STATIC])}) as s:
         run(s["e"], (1, 4))
-        assert [c.eager_runs for c in s["e"].contexts] == [0, 1]
+        assert [(c.profile, c.eager_runs) for c in s["e"].contexts] == [(1, 1)]
 
 
 def test_buffers_are_bound_once_at_their_largest_size(cuda, tmp_path) -> None:
     with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC, DYNAMIC])}) as s:
         eng = s["e"]
         assert {n: t.buffer.nbytes for n, t in eng.tensors.items()} == {"x": 4 * 16 * 4, "y": 4 * 16 * 4}
-        bound = [dict(c.addresses) for c in eng.contexts]
         run(eng, (2, 5))
         run(eng, (1, 4))
         want = {n: t.buffer.ptr for n, t in eng.tensors.items()}
-        assert [c.addresses for c in eng.contexts] == bound == [want, want]
+        assert len(eng.contexts) == 2 and [c.addresses for c in eng.contexts] == [want, want]
 
 
-def test_graph_cache_is_bounded_and_releases_evicted_graphs(cuda, tmp_path) -> None:
+def test_context_pool_and_graph_cache_are_bounded_and_release_what_they_evict(cuda, tmp_path) -> None:
     with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])}, max_graphs=2) as s:
         eng = s["e"]
-        for shape in [(1, 4), (2, 4), (3, 4), (1, 4)]:  # (1, 4) was evicted by (3, 4): captured again
+        for shape in [(1, 4), (2, 4), (3, 4), (1, 4)]:  # (3, 4) evicts (1, 4)'s context and graph
             run(eng, shape)
-        assert len(eng.graphs) == 1 and cuda.graphs_destroyed == 3  # a new shape on the one context drops
-        assert eager_runs(eng) == 4
+            run(eng, shape)
+        assert (len(eng.contexts), len(eng.graphs), cuda.graphs_destroyed) == (2, 2, 2)
+        assert eager_runs(eng) == 8 and cuda.captures == 4
     assert cuda.graphs_destroyed == 4  # close() releases the rest
 
 
 def test_failed_capture_falls_back_to_eager_runs(cuda, tmp_path, caplog) -> None:
     with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])}) as s:
         eng = s["e"]
-        eng.contexts[0].fail_capture_for.add((2, 6))
-        run(eng, (2, 6), 0)
-        run(eng, (2, 6), 1)
-        assert (eager_runs(eng), cuda.launches, len(eng.graphs)) == (2, 0, 0)
-        assert "CUDA graph capture failed" in caplog.text
+        eng.engine.fail_capture_for.add((2, 6))
+        for i in range(3):
+            run(eng, (2, 6), i)
+        assert (eager_runs(eng), cuda.launches, len(eng.graphs)) == (3, 0, 0)
+        assert caplog.text.count("CUDA graph capture failed") == 1
 
 
 def test_without_cuda_graphs_every_run_is_eager(cuda, tmp_path) -> None:
     with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC])}, cuda_graphs=False) as s:
-        run(s["e"], (1, 4))
-        run(s["e"], (1, 4))
-        assert (eager_runs(s["e"]), cuda.launches) == (2, 0)
+        for _ in range(3):
+            run(s["e"], (1, 4))
+        assert (eager_runs(s["e"]), cuda.launches, cuda.captures) == (3, 0, 0)
 
 
 def test_out_of_range_and_bad_inputs_are_refused_before_running(cuda, tmp_path) -> None:
@@ -148,10 +159,10 @@ def test_engines_share_one_activation_allocation(cuda, tmp_path) -> None:
     plans = {"text_encoder": fake_trt.plan_bytes([STATIC], 1000), "unet": fake_trt.plan_bytes([DYNAMIC], 5000)}
     with session(tmp_path, plans) as s:
         assert s.activation.nbytes == 5000
-        memories = {n: [c.device_memory for c in e.contexts] for n, e in s.engines.items()}
-        assert memories == {"text_encoder": [(s.activation.ptr, 5000)], "unet": [(s.activation.ptr, 5000)]}
         run(s["text_encoder"], (1, 4))
         run(s["unet"], (4, 16))
+        memories = {n: {c.device_memory for c in e.engine.contexts} for n, e in s.engines.items()}
+        assert memories == {"text_encoder": {(s.activation.ptr, 5000)}, "unet": {(s.activation.ptr, 5000)}}
 
 
 def test_undeserializable_plan_is_refused_with_the_fix(cuda, tmp_path) -> None:
@@ -164,7 +175,7 @@ def test_undeserializable_plan_is_refused_with_the_fix(cuda, tmp_path) -> None:
 
 
 def test_each_profile_has_its_own_context(cuda, tmp_path) -> None:
-    """Sizing buffers walks every profile; each profile's context stays on its profile."""
+    """Sizing buffers walks every profile; each shape set's context stays on its profile."""
     disjoint = [[5, 4], [6, 4], [8, 4]]
     with session(tmp_path, {"e": fake_trt.plan_bytes([STATIC, disjoint])}) as s:
         run(s["e"], (1, 4))

@@ -9,12 +9,17 @@ would bring a large per-CUDA-version wheel and an array library we would use onl
 cost of cuda-bindings is its calling convention (every call returns (error, *results)), which `check`
 below absorbs.
 
+Every object also frees itself when garbage-collected (weakref.finalize), so a construction that fails
+part-way, or an owner that is dropped without close(), does not leak device or pinned memory; explicit
+free()/destroy() stays the normal path (it detaches the finalizer).
+
 Written to the documented cuda-bindings 12/13 API; not run on a GPU yet. Imported lazily: importing this
 module does not import cuda.bindings.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -48,6 +53,14 @@ def check(result: Any, call: str = "CUDA call") -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _release(call: str, handle: Any) -> None:
+    """A finalizer's free: never raises (it may run at interpreter exit, or after the context is gone)."""
+    try:
+        getattr(cudart(), call)(handle)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def native_handle(obj: Any) -> int:
     """Integer handle of a cuda-bindings object (int(obj) is deprecated from cuda-bindings 13)."""
     try:
@@ -56,6 +69,27 @@ def native_handle(obj: Any) -> int:
         return int(get_cuda_native_handle(obj))
     except ImportError:  # cuda-bindings 12
         return int(obj)
+
+
+# The [gpu] extra installs the CUDA 13 stack (TensorRT 11.4, onnxruntime-gpu 1.31, cuda-bindings 13), which
+# needs a driver that supports CUDA 13.0: R580 or newer (580.65.06 on Linux, per CUDA 13.0's release notes).
+DRIVER_NOTE = "CUDA 13 needs NVIDIA driver 580.65.06 or newer"
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def check_driver() -> None:
+    """One line at start-up when the driver is older than the CUDA runtime sdrt's stack installed (every
+    later call would fail with cudaErrorInsufficientDriver, far from the cause)."""
+    rt = cudart()
+    driver = int(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion"))
+    runtime = int(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+    if driver < runtime // 1000 * 1000:
+        note = f" ({DRIVER_NOTE})" if runtime >= 13000 else ""
+        raise UserError(f"the NVIDIA driver supports CUDA {_cuda_version(driver)} but the installed CUDA runtime is "
+                        f"{_cuda_version(runtime)}{note}: update the driver (nvidia-smi shows its version)")
 
 
 def device_count() -> int:
@@ -85,12 +119,14 @@ class Stream:
         rt = cudart()
         self.obj = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
         self.handle = native_handle(self.obj)
+        self._finalizer = weakref.finalize(self, _release, "cudaStreamDestroy", self.obj)
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.obj), "cudaStreamSynchronize")
 
     def destroy(self) -> None:
         if self.obj is not None:
+            self._finalizer.detach()
             check(cudart().cudaStreamDestroy(self.obj), "cudaStreamDestroy")
             self.obj = None
 
@@ -101,9 +137,11 @@ class DeviceBuffer:
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check(cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
+        self._finalizer = weakref.finalize(self, _release, "cudaFree", self.ptr)  # if free() is never reached
 
     def free(self) -> None:
         if self.ptr:
+            self._finalizer.detach()
             check(cudart().cudaFree(self.ptr), "cudaFree")
             self.ptr = 0
 
@@ -116,6 +154,7 @@ class HostBuffer:
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check(cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
+        self._finalizer = weakref.finalize(self, _release, "cudaFreeHost", self.ptr)
 
     def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A numpy view of the first bytes of this buffer (valid until free())."""
@@ -130,6 +169,7 @@ class HostBuffer:
 
     def free(self) -> None:
         if self.ptr:
+            self._finalizer.detach()
             check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
             self.ptr = 0
 
@@ -157,12 +197,14 @@ class Graph:
 
     def __init__(self, exec_obj: Any) -> None:
         self.exec = exec_obj
+        self._finalizer = weakref.finalize(self, _release, "cudaGraphExecDestroy", exec_obj)
 
     def launch(self, stream: Stream) -> None:
         check(cudart().cudaGraphLaunch(self.exec, stream.obj), "cudaGraphLaunch")
 
     def destroy(self) -> None:
         if self.exec is not None:
+            self._finalizer.detach()
             check(cudart().cudaGraphExecDestroy(self.exec), "cudaGraphExecDestroy")
             self.exec = None
 

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..errors import UserError
 from ..manifest import Manifest
 from ..engines.target import GpuTarget
-from .backend_choice import CPU_EP, CUDA_EP, GpuFacts
+from .backend_choice import CPU_EP, CUDA_EP, TRT_EP, GpuFacts
 
 
 def _has(module: str) -> bool:
@@ -32,6 +32,7 @@ def _gpu() -> tuple[str | None, str, tuple[str, int, int] | None]:
     try:
         if cuda_rt.device_count() < 1:
             return None, "no NVIDIA GPU found (cudaGetDeviceCount is 0)", None
+        cuda_rt.check_driver()
         name, major, minor = cuda_rt.device_properties(0)
     except (cuda_rt.CudaError, UserError) as exc:
         return None, f"no usable NVIDIA GPU ({exc})", None
@@ -43,7 +44,10 @@ def detect_facts(
     engines_dir: str | Path | None = None,
     components: Sequence[str] = (),
     precision: str = "fp16",
+    probe_trt_ep: bool = False,
 ) -> GpuFacts:
+    """probe_trt_ep: also check that ONNX Runtime's TensorRT provider can load its TensorRT 10 libraries
+    (only for `--backend ort-trt`: the check loads them into the process, and auto never picks that EP)."""
     gpu, gpu_reason, props = _gpu()
     failed: dict[str, str] = {}
     try:
@@ -56,6 +60,12 @@ def detect_facts(
             why = provider_failure(ort, CUDA_EP)
             if why:
                 failed[CUDA_EP] = why
+        if probe_trt_ep and gpu is not None and TRT_EP in providers:
+            from .provider_probe import trt_ep_missing  # noqa: PLC0415
+
+            why = trt_ep_missing()
+            if why:
+                failed[TRT_EP] = why
     except ImportError:
         providers = (CPU_EP,)
     tensorrt = None
@@ -113,6 +123,7 @@ def detect_target(device: int = 0) -> GpuTarget:
     try:
         if cuda_rt.device_count() <= device:
             raise UserError(f"no NVIDIA GPU {device} on this machine: TensorRT engines are built on the GPU that runs them")
+        cuda_rt.check_driver()
         name, major, minor = cuda_rt.device_properties(device)
     except cuda_rt.CudaError as exc:
         raise UserError(f"no usable NVIDIA GPU ({exc}): TensorRT engines are built on the GPU that runs them") from None

@@ -30,7 +30,8 @@ def resolve_backend(
 
     if requested == "ort-cpu":  # no probing: loading CUDA libraries costs seconds
         return choose_backend(requested, GpuFacts())
-    return choose_backend(requested, detect_facts(manifest, engines_dir, components, precision))
+    return choose_backend(requested, detect_facts(manifest, engines_dir, components, precision,
+                                                  probe_trt_ep=requested == "ort-trt"))
 
 
 class GpuEngines:
@@ -65,22 +66,28 @@ def open_gpu_engines(
     cuda_graphs: bool = True,
     max_graphs: int = 8,
     verify_plans: bool = False,
+    refittable: bool = False,
+    sizes: Sequence[tuple[int, int]] = (),
 ) -> GpuEngines | None:
-    """Open every component on the chosen GPU backend (None for ort-cpu). With trt, the newest engine
-    of each component is used; its size is checked against its metadata, and with verify_plans its sha256
+    """Open every component on the chosen GPU backend (None for ort-cpu). With trt, each component's plan is
+    chosen on what was asked (sdrt.engines.store.choose_engine): a refittable one when LoRA adapters need it,
+    the newest whose profiles hold `sizes` (height, width; default: the bundle's default size) at one image
+    with and without guidance. Its size is checked against its metadata, and with verify_plans its sha256
     (`sdrt generate --verify`). Not run on a GPU yet."""
     engines_dir = Path(engines_dir) if engines_dir is not None else default_engines_dir(bundle)
     if choice.name == "ort-cpu":
         return None
     if choice.name == "trt":
-        from ..engines.store import check_plan, require_engines  # noqa: PLC0415
+        from ..engines.store import check_plan, choose_engine, require_engines  # noqa: PLC0415
         from .gpu_detect import detect_target  # noqa: PLC0415
         from .trt_engine import TrtSession  # noqa: PLC0415
 
         found = require_engines(engines_dir, manifest, components, precision, detect_target())
-        for recs in found.values():
-            check_plan(recs[0], verify=verify_plans)
-        session = TrtSession({c: recs[0].plan for c, recs in found.items()}, cuda_graphs, max_graphs)
+        wanted = requested_shapes(manifest, components, precision, sizes)
+        chosen = {c: choose_engine(recs, c, wanted.get(c, ()), refittable) for c, recs in found.items()}
+        for record in chosen.values():
+            check_plan(record, verify=verify_plans)
+        session = TrtSession({c: r.plan for c, r in chosen.items()}, cuda_graphs, max_graphs)
         return GpuEngines(session.engines, session)
     from .ort_engine import OrtEngine  # noqa: PLC0415
     from .ort_options import SessionSettings  # noqa: PLC0415
@@ -93,6 +100,22 @@ def open_gpu_engines(
                      settings, cache, profiles.get(c, ()), cuda_graph=cuda_graphs, max_graphs=max_graphs)
         for c in components
     })
+
+
+def requested_shapes(manifest: Manifest, components: Sequence[str], precision: str,
+                     sizes: Sequence[tuple[int, int]] = ()) -> dict[str, list[dict[str, tuple[int, ...]]]]:
+    """component -> the input shape sets requests at `sizes` (height, width; default: the bundle's default
+    size) will run: one image, with and without guidance, i.e. each profile's min and max."""
+    from ..engines.profiles import AXIS_ROLES, parse_profile, pipeline_shapes  # noqa: PLC0415
+
+    known = [c for c in components if c in AXIS_ROLES]
+    if not known:
+        return {}
+    profiles = [parse_profile(f"{w}x{h}", manifest.model, "1", "1", "both")
+                for h, w in (sizes or [manifest.model.default_size])]
+    shapes = pipeline_shapes(manifest, known, precision, profiles)
+    return {c: [{n: r.min for n, r in p.items()} for p in ps] + [{n: r.max for n, r in p.items()} for p in ps]
+            for c, ps in shapes.items()}
 
 
 def ort_trt_profiles(manifest: Manifest, components: Sequence[str], precision: str) -> dict[str, list]:

@@ -78,3 +78,7 @@ class LruCache(Generic[T]):
     def keys(self) -> Iterator[Hashable]:
         """Least recently used first."""
         return iter(list(self._items))
+
+    def values(self) -> list[T]:
+        """Least recently used first; does not count as use."""
+        return list(self._items.values())

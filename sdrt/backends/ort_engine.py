@@ -15,7 +15,9 @@ logs a warning). We compare the providers the session really uses with the ones 
 GPU provider was demanded and did not come up. The GPU device path is NOT RUN ON A GPU YET.
 
 Threads: `run` holds the engine's lock (one per engine: ONNX Runtime sessions run concurrently, but the
-bound buffers are shared). A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
+bound buffers are shared); on a GPU provider, runs and session creation also hold the process-wide GPU lock
+(gpu_lock.py: ORT's CUDA graph capture is global, so any other thread's cudaMalloc would invalidate it).
+A lock was measured against per-thread buffers (docs/runtime.md, "Threads"):
 on CPU the concurrent runs only split the same cores, and on a GPU per-thread buffers would need a captured
 graph per thread; the lock keeps one set of buffers and one graph per shape.
 """
@@ -35,6 +37,7 @@ import numpy as np
 from ..engines.profiles import ShapeRange
 from ..manifest import BundleError, ComponentSpec
 from .engine import IOSpec, check_against_manifest as _check_against_manifest, check_dtypes, check_feeds
+from .gpu_lock import gpu_lock_for
 from .provider_probe import preload_cuda_libraries
 from .ort_options import (
     SessionSettings, check_providers, graph_id_for, import_onnxruntime, providers_for, resolve_backend,
@@ -104,9 +107,11 @@ class OrtEngine:
         """The session; without CUDA graphs when ORT cannot capture this model; BundleError for a bad file."""
         def make(graph: bool) -> Any:
             providers = providers_for(settings.backend, cache_dir, profiles, graph, settings.device_id)
-            source, options = self._source(settings)
-            session = self._ort.InferenceSession(source, sess_options=options, providers=[p for p, _ in providers],
-                                                 provider_options=[o for _, o in providers])
+            source, options = self._source(settings)  # reading and patching the graph: outside the lock
+            with gpu_lock_for(self.device):  # no CUDA allocation while another thread captures (gpu_lock.py)
+                session = self._ort.InferenceSession(source, sess_options=options,
+                                                     providers=[p for p, _ in providers],
+                                                     provider_options=[o for _, o in providers])
             if not isinstance(source, str) and hasattr(session, "_model_bytes"):
                 # onnxruntime's Python class keeps the graph bytes it was given (to rebuild the session if
                 # providers are reset, which sdrt never does): a second copy of the weights for the session's
@@ -168,7 +173,7 @@ class OrtEngine:
                          {**self._arrays, **values})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self.lock:
+        with self.lock, gpu_lock_for(self.device):  # a GPU run may capture a graph: one at a time per process
             return self._run_locked(feeds)
 
     def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

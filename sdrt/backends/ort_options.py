@@ -190,6 +190,12 @@ def graph_id_for(known: dict, key: Any, max_graphs: int) -> int:
     return gid
 
 
+def _trt_ep_missing() -> str | None:
+    from .provider_probe import trt_ep_missing  # noqa: PLC0415
+
+    return trt_ep_missing()
+
+
 def check_providers(requested: tuple[str, ...], active: list[str], backend: str) -> None:
     """Fail when the first provider asked for is not the one running (the silent-CPU-fallback case)."""
     wanted = requested[0]
@@ -200,6 +206,8 @@ def check_providers(requested: tuple[str, ...], active: list[str], backend: str)
     if wanted not in available or not active:
         why = f"this onnxruntime ({ort.__version__}) has no {wanted} (it has: {', '.join(available)})"
         fix = "install onnxruntime-gpu" if wanted in GPU_PROVIDERS else "install an onnxruntime build with it"
+    elif wanted == TRT_EP and (missing := _trt_ep_missing()):
+        raise UserError(f"backend {backend} asked for {wanted} but {missing}")  # the [gpu] stack: TensorRT 11
     else:
         why = f"{wanted} failed to start (CUDA/cuDNN libraries missing or no GPU) and onnxruntime fell back to {active[0]}"
         fix = "check the CUDA install (nvidia-smi, LD_LIBRARY_PATH)"

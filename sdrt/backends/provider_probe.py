@@ -9,7 +9,10 @@ export-time dependency, not a runtime one.
 
 from __future__ import annotations
 
-from typing import Any
+import ctypes
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
 
 
 def _varint(n: int) -> bytes:
@@ -66,3 +69,41 @@ def provider_failure(ort: Any, provider: str) -> str | None:
         return None
     return (f"{provider} is listed but failed to start (its CUDA/cuDNN libraries are missing: "
             "pip install 'sdrt[gpu]' brings them)")
+
+
+# onnxruntime-gpu 1.31's TensorRT provider library is linked against TensorRT 10 (readelf of the PyPI wheel);
+# the [gpu] extra installs TensorRT 11, whose libraries end in .so.11. Without these ORT drops the provider.
+TRT_EP_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
+ORT_TRT_EXTRA = "pip install 'sdrt[ort-trt]' --extra-index-url https://pypi.nvidia.com"
+
+
+def _wheel_library_dirs() -> list[Path]:
+    """Where NVIDIA's TensorRT wheels put their shared libraries (tensorrt_libs), if installed."""
+    dirs = []
+    for package in ("tensorrt_libs", "tensorrt_cu13_libs", "tensorrt_cu12_libs"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(Path(location))
+    return dirs
+
+
+def trt_ep_missing(load: Callable[[str], Any] = lambda name: ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL),
+                   dirs: Callable[[], list[Path]] = _wheel_library_dirs) -> str | None:
+    """None when the libraries ONNX Runtime's TensorRT provider links are loadable (loaded globally here, so the
+    provider finds them); otherwise one phrase naming the first one missing and the fix."""
+    for name in TRT_EP_LIBRARIES:
+        candidates = [name] + [str(d / name) for d in dirs() if (d / name).is_file()]
+        for candidate in candidates:
+            try:
+                load(candidate)
+                break
+            except OSError:
+                continue
+        else:
+            return (f"onnxruntime-gpu's TensorrtExecutionProvider needs {name} (TensorRT 10), which is not "
+                    f"installed (the [gpu] extra brings TensorRT 11): {ORT_TRT_EXTRA} instead of [gpu], or use "
+                    "--backend trt")
+    return None

@@ -1,24 +1,25 @@
 """TensorRT backend: deserialized engines run on persistent device buffers, replayed as CUDA graphs.
 
 Design (the points that make per-step latency low, each a known pitfall when missing):
-- One execution context per optimization profile (a profile serves one context at a time), each created
-  with USER_MANAGED activation memory, and ONE device allocation of max(engine.device_memory_size_v2)
-  shared by all contexts of all engines: a pipeline runs its engines one
-  after another on one stream, so the text encoder, UNet and VAE never need their scratch memory at the
-  same time (NVIDIA's Stable Diffusion demo does the same): activation memory is the largest engine's
+- Execution contexts are created with USER_MANAGED activation memory, and ONE device allocation of
+  max(engine.device_memory_size_v2) is shared by all contexts of all engines: a pipeline runs its engines
+  one after another on one stream, so the text encoder, UNet and VAE never need their scratch memory at
+  the same time (NVIDIA's Stable Diffusion demo does the same): activation memory is the largest engine's
   need, not the sum.
 - Every input and output gets one device buffer at its largest shape over all profiles, bound once with
   set_tensor_address. Fixed addresses are what makes a captured CUDA graph replayable.
 - execute_async_v3 on a non-blocking stream (the legacy default stream synchronizes with other work, and
   it cannot be captured).
-- One CUDA graph per distinct set of input shapes, kept in a bounded LRU cache. A graph bakes in the
-  shapes AND the execution context's state at capture (TensorRT's developer guide: changing that state
-  makes replay undefined), so a graph is launched only while its context is still set to its shapes;
-  giving a context new shapes drops the graphs captured on it. Shape sets of different profiles live on
-  different contexts, so alternating between them (512x512 and 768x768 profiles) replays both graphs.
-  The first run after a shape change runs eagerly, then captures, as NVIDIA's demo and trtexec enqueue
-  once before capturing (that enqueue may do host-side work that must not be captured); later runs only
-  launch the graph. A shape set whose capture fails runs eagerly from then on.
+- A small pool of execution contexts, one per (profile, input-shape set), bounded LRU: a CUDA graph bakes in
+  its context's state at capture (changing it makes replay undefined), so each shape set keeps its own
+  context and graph, and alternating sizes inside one dynamic profile replays both. TensorRT forbids
+  sharing a profile only between contexts "in concurrent use"; these all run on one stream under one lock,
+  one after another, sharing the activation memory.
+- Capture on second use: a shape set's first run is eager; its second run (with the same weights: a
+  LoRA refit counts as new weights) is eager and then captured, as NVIDIA's demo and trtexec enqueue once
+  before capturing; later runs only launch the graph. So a size seen once, or LoRA adapter sets that
+  alternate every step (each refit drops the graphs), never pay for a capture that is never replayed.
+  A shape set whose capture fails runs eagerly from then on.
 - Host copies go through pinned (page-locked) staging buffers: from pageable memory cudaMemcpyAsync is
   synchronous with the host.
 - Dynamic engines: the optimization profile is picked by sdrt.engines.chooser (closest opt, tightest max)
@@ -70,10 +71,11 @@ class _Tensor:
 
 @dataclass
 class _Slot:
-    """The execution context of one profile and the shape set it is currently set up for."""
+    """The execution context of one (profile, shape set), set to those shapes for its whole life."""
 
     context: Any
-    key: ShapeKey | None = None
+    profile: int
+    key: ShapeKey
 
 
 @dataclass
@@ -94,8 +96,8 @@ def _numpy_dtype(trt: Any, engine_name: str, tensor: str, trt_dtype: Any) -> np.
 
 
 class TrtEngine:
-    """One engine: an execution context per profile on shared activation memory, persistent device
-    buffers, pinned host staging, and a bounded cache of CUDA graphs keyed by shape set."""
+    """One engine: a pool of execution contexts (one per shape set) on shared activation memory, persistent
+    device buffers, pinned host staging, and a bounded cache of CUDA graphs keyed by shape set."""
 
     def __init__(
         self,
@@ -129,14 +131,17 @@ class TrtEngine:
         self.cuda_graphs = cuda_graphs
         self.graphs: LruCache[cuda_rt.Graph] = LruCache(max_graphs if cuda_graphs else 0, lambda g: g.destroy())
         self._uncapturable: set[ShapeKey] = set()
+        self._eager: dict[ShapeKey, int] = {}  # eager runs per shape set since its context or weights changed
         self._profile_of: dict[ShapeKey, int] = {}
         self._output_shapes: dict[ShapeKey, dict[str, tuple[int, ...]]] = {}
         self._host: LruCache[_Host] = LruCache(max(max_graphs, 8), lambda h: [b.free() for b in h.buffers])
-        # One context per profile (a profile serves one context at a time): switching between shape sets of
-        # different profiles never changes the state a graph was captured with.
-        self.contexts = [self._new_context(p) for p in range(max(len(self.profiles), 1))]
-        self._slots = [_Slot(c) for c in self.contexts]
-        self._allocate_buffers()
+        # The context pool: (shape set) -> its own context; evicting one drops its graph (module doc).
+        self._slots: LruCache[_Slot] = LruCache(max(max_graphs, 1), self._drop_slot)
+        try:
+            self._allocate_buffers()
+        except BaseException:
+            self.close()  # what was allocated before the failure (the session frees the rest)
+            raise
 
     def _new_context(self, profile: int) -> Any:
         trt = self._trt_module
@@ -146,7 +151,26 @@ class TrtEngine:
         context.set_device_memory(self.activation.ptr, self.activation.nbytes)
         if profile:
             self._set_profile(context, profile)
+        for t in self.tensors.values():
+            if t.buffer is not None:
+                context.set_tensor_address(t.name, t.buffer.ptr)
         return context
+
+    @property
+    def contexts(self) -> list[Any]:
+        """The live execution contexts of the pool, least recently used first."""
+        return [slot.context for slot in self._slots.values()]
+
+    def _drop_slot(self, slot: _Slot) -> None:
+        """A context leaves the pool: the graph captured on it goes with it."""
+        self.graphs.pop(slot.key)
+        self._eager.pop(slot.key, None)
+
+    def weights_changed(self) -> None:
+        """After a refit: graphs captured with the old weights are invalid, and capture waits for a second
+        run with the new ones (LoRA sets that alternate every step would otherwise capture every step)."""
+        self.graphs.clear()
+        self._eager.clear()
 
     def _set_profile(self, context: Any, profile: int) -> None:
         try:
@@ -171,7 +195,8 @@ class TrtEngine:
         """Each tensor's buffer holds its largest shape over every profile; outputs are sized by asking
         each profile's context for output shapes at that profile's max input shapes."""
         nbytes = {n: 0 for n in self.tensors}
-        for prof, context in zip(self.profiles, self.contexts):
+        sizing = [self._new_context(p) for p in range(max(len(self.profiles), 1))]  # dropped afterwards
+        for prof, context in zip(self.profiles, sizing):
             for n in self.input_names:
                 context.set_input_shape(n, prof[n].max)
                 nbytes[n] = max(nbytes[n], math.prod(prof[n].max) * self.tensors[n].dtype.itemsize)
@@ -181,8 +206,6 @@ class TrtEngine:
         self.stream.synchronize()
         for n, t in self.tensors.items():
             t.buffer = cuda_rt.DeviceBuffer(nbytes[n])
-            for context in self.contexts:
-                context.set_tensor_address(n, t.buffer.ptr)
 
     # ---- running ---------------------------------------------------------------------------------
     def _prepare_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -206,21 +229,23 @@ class TrtEngine:
             self._profile_of[key] = profile
         return profile
 
-    def _set_shapes(self, slot: _Slot, profile: int, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Give the profile's context new input shapes. Graphs captured on it before are no longer valid
-        (a graph bakes in the context's state), so they are dropped."""
-        for k in [k for k in self.graphs.keys() if self._profile_of.get(k) == profile]:  # type: ignore[arg-type]
-            self.graphs.pop(k)
-        slot.key = None
+    def _slot_for(self, profile: int, key: ShapeKey, shapes: Mapping[str, tuple[int, ...]]) -> _Slot:
+        """The pool's context for this shape set, made (on the profile, set to the shapes) on first use."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            return slot
+        context = self._new_context(profile)
         for n, shape in shapes.items():
-            if not slot.context.set_input_shape(n, shape):
+            if not context.set_input_shape(n, shape):
                 raise UserError(f"{self.name}: TensorRT refused shape {shape} for {n} in profile {profile}: "
                                 "rebuild the engine with sdrt build --profile covering it")
-        unresolved = slot.context.infer_shapes()
+        unresolved = context.infer_shapes()
         if unresolved:
             raise RuntimeError(f"{self.name}: TensorRT could not infer shapes of {unresolved}")
-        self._output_shapes[key] = {n: tuple(slot.context.get_tensor_shape(n)) for n in self.output_names}
-        slot.key = key
+        self._output_shapes[key] = {n: tuple(context.get_tensor_shape(n)) for n in self.output_names}
+        slot = _Slot(context, profile, key)
+        self._slots.put(key, slot)
+        return slot
 
     def _enqueue(self, context: Any) -> None:
         if not context.execute_async_v3(self.stream.handle):
@@ -275,10 +300,8 @@ class TrtEngine:
         shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         key = shape_key(shapes)
         profile = self._profile_for(key, shapes)
-        slot = self._slots[profile]
-        graph = self.graphs.get(key) if self.cuda_graphs and slot.key == key else None
-        if slot.key != key:
-            self._set_shapes(slot, profile, key, shapes)
+        slot = self._slot_for(profile, key, shapes)
+        graph = self.graphs.get(key) if self.cuda_graphs else None
         host = self._host_for(key)
         for n, a in arrays.items():
             np.copyto(host.inputs[n], a, casting="same_kind")
@@ -287,21 +310,23 @@ class TrtEngine:
             graph.launch(self.stream)
         else:
             self._enqueue(slot.context)  # the eager enqueue every capture must follow
-            if self.cuda_graphs and key not in self._uncapturable:
-                self._capture(slot.context, key)
+            self._eager[key] = self._eager.get(key, 0) + 1
+            if self.cuda_graphs and key not in self._uncapturable and self._eager[key] >= 2:
+                self._capture(slot.context, key)  # second use with the same context state and weights
         for n, a in host.outputs.items():
             cuda_rt.copy_to_host(a, self.tensors[n].buffer.ptr, self.stream)  # type: ignore[union-attr]
         self.stream.synchronize()
         return dict(host.outputs)
 
     def close(self) -> None:
+        """Free in the reverse order of creation: graphs, contexts, host staging, device buffers."""
         self.graphs.clear()
+        self._slots.clear()
         self._host.clear()
-        for t in self.tensors.values():
+        for t in reversed(list(self.tensors.values())):
             if t.buffer is not None:
                 t.buffer.free()
-        self.contexts = []
-        self._slots = []
+                t.buffer = None
 
 
 class TrtSession:
@@ -328,24 +353,34 @@ class TrtSession:
                     "or for another GPU?): rebuild it with sdrt build"
                 )
             engines[name] = engine
-        self.stream = cuda_rt.Stream()
-        size = max((e.device_memory_size_v2 for e in engines.values()), default=0)
-        self.activation = cuda_rt.DeviceBuffer(size)
-        self.lock = threading.RLock()  # the engines share the stream and the activation memory
-        self.engines = {
-            n: TrtEngine(n, e, self.stream, self.activation, cuda_graphs, max_graphs, self.lock)
-            for n, e in engines.items()
-        }
+        self.engines: dict[str, TrtEngine] = {}
+        self.activation: cuda_rt.DeviceBuffer | None = None
+        self.stream: cuda_rt.Stream | None = cuda_rt.Stream()
+        try:
+            size = max((e.device_memory_size_v2 for e in engines.values()), default=0)
+            self.activation = cuda_rt.DeviceBuffer(size)
+            self.lock = threading.RLock()  # the engines share the stream and the activation memory
+            for n, e in engines.items():
+                self.engines[n] = TrtEngine(n, e, self.stream, self.activation, cuda_graphs, max_graphs, self.lock)
+        except BaseException:
+            self.close()  # a failure part-way frees what was made, newest first
+            raise
 
     def __getitem__(self, name: str) -> TrtEngine:
         return self.engines[name]
 
     def close(self) -> None:
-        for e in self.engines.values():
+        """Free in the reverse order of creation (engines newest first, then activation memory, then the
+        stream); safe to call twice and after a failed construction."""
+        for e in reversed(list(self.engines.values())):
             e.close()
         self.engines.clear()
-        self.activation.free()
-        self.stream.destroy()
+        if self.activation is not None:
+            self.activation.free()
+            self.activation = None
+        if self.stream is not None:
+            self.stream.destroy()
+            self.stream = None
 
     def __enter__(self) -> "TrtSession":
         return self

@@ -10,7 +10,9 @@ values. `refit_cuda_engine()` then updates the engine.
 One engine holds one weight set at a time: `RefitSwitch` remembers which, and `RefitView` (the engine as one
 adapter set sees it) brings the engine to its set before each run, under the engine's lock; a plain run of
 the engine (the base pipeline) brings it back to the base weights. Restoring = refitting the changed weights
-with the bundle's own values. CUDA graphs captured with the old weights are dropped after each refit.
+with the bundle's own values. CUDA graphs captured with the old weights are dropped after each refit, and
+a set is captured again only on its second consecutive run (trt_engine.py: capture on second use). A failed
+refit marks the engine dirty, so the next apply refits every weight it may have changed.
 
 Written to NVIDIA's documented Python API and exercised against the stand-in in tests/fake_trt.py (which
 rejects unknown names and refuses to refit while weights are missing, as TensorRT does). NOT RUN ON A GPU.
@@ -25,6 +27,11 @@ import numpy as np
 from ..errors import UserError
 
 BaseValues = Callable[[list[str]], dict[str, np.ndarray]]
+DIRTY = ("<dirty: a refit failed part-way>",)  # RefitSwitch.current after a failed refit: equals no set's key
+
+
+class PartialRefit(UserError):
+    """refit_cuda_engine() returned False: "a subset of weights may have been refitted"."""
 
 
 def not_refittable(name: str) -> UserError:
@@ -58,7 +65,7 @@ def refit(trt: Any, engine: Any, logger: Any, name: str, weights: Mapping[str, n
         raise UserError(f"TensorRT cannot refit the {name} engine: it needs weights the bundle does not name "
                         f"({', '.join(still[:3])}): rebuild it with `sdrt build BUNDLE --refittable`")
     if not refitter.refit_cuda_engine():
-        raise UserError(f"TensorRT failed to refit the {name} engine (see its log above): rebuild it with "
+        raise PartialRefit(f"TensorRT failed to refit the {name} engine (see its log above): rebuild it with "
                         "`sdrt build BUNDLE --refittable`")
 
 
@@ -74,13 +81,21 @@ class RefitSwitch:
         self.refits = 0
 
     def apply(self, key: tuple, values: Mapping[str, np.ndarray]) -> None:
+        """Bring the engine to the set `key`. A refit that fails part-way ("if false is returned, a subset
+        of weights may have been refitted") leaves the engine dirty: no set is current, and every weight
+        it may have touched is refit on the next apply, whatever set that asks for."""
         if key == self.current:
             return
         restore = sorted(self.changed - set(values))
         weights = {**(self.base(restore) if restore else {}), **values}
         trt = self.engine._trt_module
-        refit(trt, self.engine.engine, trt.Logger(trt.Logger.WARNING), self.engine.name, weights, self.base)
-        self.engine.graphs.clear()  # captured with the old weights
+        try:
+            refit(trt, self.engine.engine, trt.Logger(trt.Logger.WARNING), self.engine.name, weights, self.base)
+        except PartialRefit:  # names were all accepted: any of them may now hold the new value
+            self.current, self.changed = DIRTY, self.changed | frozenset(weights)
+            self.engine.weights_changed()
+            raise
+        self.engine.weights_changed()  # graphs captured with the old weights are invalid
         self.current, self.changed = key, frozenset(values)
         self.refits += 1
 

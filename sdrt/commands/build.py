@@ -77,6 +77,6 @@ def build(
     root = engines_dir or bundle / "engines"
     click.echo(f"building for {target.describe()} into {root / target.dir_name}")
     started = time.perf_counter()
-    planned = plan_builds(bundle, manifest, names, precision, profiles, root, target, force, refittable)
+    planned = plan_builds(bundle, manifest, names, precision, profiles, root, target, force, options=options)
     run_builds(planned, root, options, build_engine, click.echo, profiles)
     click.echo(f"done in {time.perf_counter() - started:.1f} s")

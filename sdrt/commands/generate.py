@@ -104,7 +104,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
                                controlnets, canny_low, canny_high),
     )
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads, verify=verify,
-                         engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin)
+                         engines_dir=str(engines_dir) if engines_dir else None, spin=spin_choice.spin,
+                         refittable=bool(request.loras), sizes=[(height, width)] if height and width else ())
     try:
         pipe.check(request)  # every user error before anything is printed or computed
         click.echo("".join(f"note: {note}\n" for note in pipe.notes(request)), err=True, nl=False)

@@ -40,7 +40,11 @@ def plan_builds(
     target: GpuTarget,
     force: bool = False,
     refittable: bool = False,
+    options: BuildOptions | None = None,
 ) -> list[PlannedEngine]:
+    """What to build or reuse. The key holds every build setting that changes the plan (`options`: opt level,
+    workspace, refittable), so a build with other settings never reuses a plan built with the old ones."""
+    options = options or BuildOptions(refittable=refittable)
     shapes = pipeline_shapes(manifest, components, precision, profiles)
     planned = []
     for c in components:
@@ -50,7 +54,9 @@ def plan_builds(
             precision=precision,
             profiles_digest=profiles_digest(shapes[c]),
             target=target,
-            refittable=refittable,
+            refittable=options.refittable,
+            opt_level=options.opt_level,
+            workspace_gb=options.workspace_gb,
         )
         action, reason = ("build", "--force given") if force else build_decision(engines_root, key)
         onnx = Path(bundle) / manifest.component(c, precision).file

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -115,8 +115,7 @@ def find_engines(
             continue
         if key.model_hash != model_hash or key.component != component or key.precision != precision:
             continue
-        wanted = EngineKey(model_hash, component, precision, key.profiles_digest, target, key.refittable)
-        diff = key_differences(key, wanted)
+        diff = key_differences(key, replace(key, target=target))
         if diff:
             raise UserError(
                 f"engine {meta_path.with_suffix('.plan')} was built for {', '.join(diff)}: "
@@ -182,3 +181,23 @@ def check_plan(record: EngineRecord, verify: bool = False) -> None:
                         "replaced file): rebuild it with sdrt build --force")
     if verify:
         verify_plan(record)
+
+
+def covers(profiles: Sequence[Mapping[str, ShapeRange]], shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Whether one of the profiles holds every named shape (names a profile lacks are not checked)."""
+    def holds(r: ShapeRange, shape: Sequence[int]) -> bool:
+        return len(r.min) == len(shape) and all(a <= d <= b for a, d, b in zip(r.min, shape, r.max))
+
+    return any(all(n not in p or holds(p[n], s) for n, s in shapes.items()) for p in profiles)
+
+
+def choose_engine(records: Sequence[EngineRecord], component: str, wanted: Sequence[Mapping[str, Sequence[int]]] = (),
+                  refittable: bool = False) -> EngineRecord:
+    """The plan to load for `component` among `records` (newest first): refittable ones only when LoRA needs
+    them, then the newest whose profiles hold every shape set in `wanted` (what requests will ask for), else
+    the newest. Before, the newest plan was loaded whatever it was built for."""
+    pool = [r for r in records if r.key.refittable] if refittable else list(records)
+    if not pool:
+        raise UserError(f"the TensorRT {component} engines here were built without --refittable, which LoRA "
+                        "adapters need: run sdrt build BUNDLE --refittable")
+    return next((r for r in pool if all(covers(r.profiles, s) for s in wanted)), pool[0])

@@ -37,6 +37,10 @@ class GpuTarget:
         return f"{self.device_name} (sm{self.compute_capability.replace('.', '')}, TensorRT {self.tensorrt_version})"
 
 
+def _gb(value: float | None) -> str:
+    return "TensorRT's default" if value is None else f"{value:g} GB"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
@@ -78,11 +82,18 @@ class EngineKey:
     profiles_digest: str
     target: GpuTarget
     refittable: bool = False  # built with --refittable (its own plan: the flag changes the build)
+    opt_level: int = 3  # --opt-level: another level picks other tactics, so it is another plan
+    workspace_gb: float | None = None  # --workspace: a cap on tactic scratch memory changes the tactics too
 
     @property
     def stem(self) -> str:
-        """File name without extension: unet.fp16.<model 12 hex>.<profiles 12 hex>."""
+        """File name without extension: unet.fp16.<model 12 hex>.<profiles 12 hex>[.o5][.w4][.refit] (the
+        build settings appear only when not TensorRT's defaults, so plans built before them keep their names)."""
         stem = f"{self.component}.{self.precision}.{self.model_hash[:12]}.{self.profiles_digest[:12]}"
+        if self.opt_level != 3:
+            stem += f".o{self.opt_level}"
+        if self.workspace_gb is not None:
+            stem += f".w{self.workspace_gb:g}"
         return f"{stem}.refit" if self.refittable else stem
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +108,8 @@ class EngineKey:
             profiles_digest=d["profiles_digest"],
             target=GpuTarget(**d["target"]),
             refittable=bool(d.get("refittable", False)),  # metadata written before --refittable: not refittable
+            opt_level=int(d.get("opt_level", 3)),  # metadata written before these were keyed: the defaults
+            workspace_gb=d.get("workspace_gb"),
         )
 
 
@@ -112,6 +125,10 @@ def key_differences(have: EngineKey, want: EngineKey) -> list[str]:
         out.append("other profiles")
     if have.refittable != want.refittable:
         out.append("a refittable engine" if have.refittable else "a non-refittable engine (wanted --refittable)")
+    if have.opt_level != want.opt_level:
+        out.append(f"--opt-level {have.opt_level} (wanted {want.opt_level})")
+    if have.workspace_gb != want.workspace_gb:
+        out.append(f"--workspace {_gb(have.workspace_gb)} (wanted {_gb(want.workspace_gb)})")
     t, u = have.target, want.target
     if t.tensorrt_version != u.tensorrt_version:
         out.append(f"TensorRT {t.tensorrt_version} (this machine has {u.tensorrt_version})")

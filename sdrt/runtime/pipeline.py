@@ -77,11 +77,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str, backend: str = "ort-cpu", precision: str | None = None, threads: int = 0,
-             verify: bool = False, engines_dir: str | None = None, spin: bool = True) -> "Pipeline":
+             verify: bool = False, engines_dir: str | None = None, spin: bool = True, refittable: bool = False,
+             sizes: Sequence[tuple[int, int]] = ()) -> "Pipeline":
         """Open a bundle on a backend: ort-cpu or openvino (CPU engines the bundle opens), or auto / trt /
         ort-cuda / ort-trt through sdrt.runtime.gpu_engines (TensorRT engines or ONNX Runtime on the GPU, CUDA
         graphs). `backend_choice` says what runs and why; auto without a GPU measures ort-cpu against openvino
-        on the first request (sdrt.runtime.cpu_auto)."""
+        on the first request (sdrt.runtime.cpu_auto). With trt, `refittable` (LoRA adapters will be used) and
+        `sizes` ((height, width) requests will ask for) choose which built plans to load."""
         if backend not in ALL_BACKENDS:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
         if backend == "auto" and precision == "bf16":
@@ -111,7 +113,7 @@ class Pipeline:
         else:
             pipe = cls(probe)
             pipe._gpu = open_gpu_engines(choice, probe.root, probe.manifest, components, probe.precision,
-                                         engines_dir, verify_plans=verify)
+                                         engines_dir, verify_plans=verify, refittable=refittable, sizes=sizes)
             pipe._engines.update(pipe._gpu.engines)
         pipe.backend_choice = str(choice)
         return pipe

@@ -87,6 +87,8 @@ class BatchingEngine:
         self.pad_batches = pipeline.on_gpu if pad_batches is None else pad_batches
         self.warmup = warmup
         self.ready = False
+        self.warmup_error: BaseException | None = None
+        self._warmed = threading.Event()  # set once the loop thread's warm-up ended, either way
         self._cv = threading.Condition()
         self._waiting: deque[_Waiting] = deque()
         self._running: list[_Running] = []
@@ -211,14 +213,27 @@ class BatchingEngine:
                     self._fail(running, exc, "engine")
 
     def _warm_up(self) -> None:
-        """Create every engine and run one 1-step generation (binds buffers; captures graphs on a GPU)."""
+        """Create every engine and run one 1-step generation (binds buffers; captures graphs on a GPU), on the
+        loop thread: the thread that will run them (ONNX Runtime's CUDA EP keeps its graphs per thread)."""
         try:
             self.pipeline.engine("unet")
             if self.warmup:
                 self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
             self.ready = True
-        except Exception:  # noqa: BLE001 - requests report their own errors; /readyz stays false
+        except Exception as exc:  # noqa: BLE001 - requests report their own errors; /readyz stays false
+            self.warmup_error = exc
             log.exception("warm-up failed: the engine serves, but is not reported ready")
+        finally:
+            self._warmed.set()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the loop thread's warm-up ended; re-raise its error (a Ray replica's constructor fails
+        the deployment with it). Starts the loop if needed."""
+        self.start()
+        if not self._warmed.wait(timeout):
+            raise TimeoutError(f"warm-up did not finish within {timeout} s")
+        if self.warmup_error is not None:
+            raise self.warmup_error
 
     def _iterate(self) -> None:
         self._iteration += 1

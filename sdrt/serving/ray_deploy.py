@@ -119,7 +119,6 @@ class SdrtReplica:
 
         from ..runtime import Pipeline
         from ..runtime.cpu_policy import spin_for_this_machine
-        from ..runtime.request import GenerationRequest
         from .batcher import BatchingEngine
         from .metrics import ServeMetrics
 
@@ -128,12 +127,18 @@ class SdrtReplica:
         spin = spin_for_this_machine(config.spin, config.threads)
         self.pipeline = Pipeline.load(config.bundle, backend=config.backend, precision=config.precision,
                                       threads=config.threads, engines_dir=config.engines_dir, spin=spin.spin)
-        # Warm up here rather than in the engine's thread: Ray routes requests to a replica only once its
-        # constructor returns, and a bundle that cannot run fails the deployment with its own message.
-        self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
         self.metrics = ServeMetrics()
+        # Warm up on the loop thread, the one that will run the engines (ONNX Runtime's CUDA graphs are
+        # per thread and captured in global mode: gpu_lock.py), and wait for it here: Ray routes requests to
+        # a replica only once its constructor returns, and a bundle that cannot run fails the deployment
+        # with its own message.
         self.engine = BatchingEngine(self.pipeline, max_batch=config.max_batch, max_queue=config.max_queue,
-                                     observer=self.metrics, warmup=False).start()
+                                     observer=self.metrics, warmup=True)
+        try:
+            self.engine.wait_ready()
+        except BaseException:
+            self.engine.close()
+            raise
         log.info("sdrt replica %s: %s (%s; %s)", self.replica, config.bundle, self.pipeline.backend_choice, spin)
 
     def __serve_build_asgi_app__(self) -> Any:
