@@ -264,6 +264,11 @@ class TrtEngine:
         """The largest batch any optimization profile accepts (the batching loop caps its UNet calls here)."""
         return max((min(r.max[0] for r in prof.values() if r.max) for prof in self.profiles if prof), default=1)
 
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch any optimization profile accepts (smaller runs are padded up to it)."""
+        return min((max(r.min[0] for r in prof.values() if r.min) for prof in self.profiles if prof), default=1)
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
             if self.switch is not None:

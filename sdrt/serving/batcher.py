@@ -325,7 +325,7 @@ class BatchingEngine:
         engine = self.pipeline.with_loras(members[0].generation.request.loras).engine("unet")
         self._unets = {k: u for k, u in self._unets.items() if k in self._groups}
         if key not in self._unets or self._unets[key].engine is not engine:
-            self._unets[key] = UNetBatch(engine)
+            self._unets[key] = self.pipeline.unet_batch(engine)
         unet = self._unets[key]
         same_run = None if unet.per_row_timestep else (
             lambda a, b: a.generation.call.timestep == b.generation.call.timestep)

@@ -1,0 +1,104 @@
+"""Whole generations and the serving loop on the native TensorRT backend's code path, over stand-in engines that
+compute the bundle's ONNX graphs (tests/trt_pipeline.py) with the profiles `sdrt build` derives: the batch
+and shape limits a real engine set imposes are met here, with the images of ort-cpu as the reference.
+What this cannot show: real TensorRT or CUDA behaviour (NOT RUN ON A GPU; docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdrt.runtime import GenerationRequest, Pipeline
+from sdrt.runtime.control import ControlSpec
+from sdrt.serving.batcher import BatchingEngine
+from test_controlnet_parity import control_map
+from trt_pipeline import trt_pipeline, unet_batches
+
+
+def same_images(got, want) -> None:
+    for a, b in zip(got.images, want.images, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_controlnet_bundle_runs_plain_and_controlled_requests(cuda, controlnet_bundle, tmp_path) -> None:
+    """Defect 1 (issue 25): residual shapes came from the engine's input names, which TensorRT reports as
+    `dim{i}`: the zero residuals of a plain request got the full latent size ((2, 32, 8, 8) for the
+    `height_div2` residuals of (2, 32, 4, 4)) and every UNet call was refused as outside the profile."""
+    bundle = controlnet_bundle("sd1")
+    pipe = trt_pipeline(bundle, tmp_path, ["64x64"])
+    assert pipe.engine("unet").inputs["mid_block_res"].shape == ("dim0", 32, "dim2", "dim3")  # as TensorRT names
+    reference = Pipeline.load(str(bundle))
+    plain = GenerationRequest("a cat", steps=2, seed=3, width=64, height=64)
+    same_images(pipe.generate(plain), reference.generate(plain))
+    controlled = GenerationRequest("a cat", steps=2, seed=3, width=64, height=64,
+                                   controls=[ControlSpec(control_map(), 0.8, controlnet="edges")])
+    same_images(pipe.generate(controlled), reference.generate(controlled))
+    pipe.close()
+
+
+def test_a_request_without_guidance_is_padded_to_the_unet_profile_minimum(cuda, tiny_bundle, pipelines,
+                                                                          tmp_path) -> None:
+    """Defect 6: an engine set built with --cfg on takes UNet batches of 2 only; a cfg 1 request has one row,
+    which was refused ("outside every profile"). It is padded up to the profile's minimum."""
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64"], cfg="on")
+    request = GenerationRequest("a cat", steps=2, seed=4, cfg=1.0)
+    same_images(pipe.generate(request), pipelines("sd1").generate(request))
+    assert unet_batches(pipe) == [2, 2]
+    pipe.close()
+
+
+def serve_together(pipe: Pipeline, requests: list[GenerationRequest]) -> list:
+    """Submit every request before the loop starts, so they are admitted (and text-encoded) in one iteration."""
+    engine = BatchingEngine(pipe, warmup=False)
+    jobs = [engine.submit(r) for r in requests]
+    with engine:
+        return [job.result() for job in jobs]
+
+
+def test_serving_encodes_jobs_admitted_together_within_the_text_encoder_profile(cuda, tiny_bundle, pipelines,
+                                                                                tmp_path) -> None:
+    """Defect 4: two CFG jobs of two sizes are admitted in one iteration (rows are capped per size) and their
+    4 texts went through the text encoder in one run against its max batch of 2: both jobs failed."""
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64", "64x48"], cfg="on")
+    assert pipe.engine("text_encoder").max_batch == 2
+    requests = [GenerationRequest("a cat", steps=2, seed=5, width=64, height=64),
+                GenerationRequest("a dog", "blurry", steps=2, seed=6, width=64, height=48)]
+    results = serve_together(pipe, requests)
+    for request, result in zip(requests, results):
+        same_images(result, pipelines("sd1").generate(request))
+    assert pipe.engine("text_encoder").engine.batches["input_ids"] == [2, 2]
+    pipe.close()
+
+
+def test_serving_decodes_jobs_finishing_together_within_the_vae_profile(cuda, tiny_bundle, pipelines,
+                                                                        tmp_path) -> None:
+    """Defect 5: with --cfg both, two cfg 1 jobs share UNet runs (1 + 1 rows), finish together and were decoded
+    in one VAE run of 2 latents against the VAE profile's max batch of 1: both jobs failed."""
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64"], cfg="both")
+    assert (pipe.engine("vae_decoder").max_batch, pipe.engine("unet").max_batch) == (1, 2)
+    requests = [GenerationRequest("a cat", steps=2, seed=7, cfg=1.0),
+                GenerationRequest("a dog", steps=2, seed=8, cfg=1.0)]
+    results = serve_together(pipe, requests)
+    for request, result in zip(requests, results):
+        same_images(result, pipelines("sd1").generate(request))
+    assert unet_batches(pipe) == [2, 2]  # the two jobs shared each UNet run
+    assert pipe.engine("vae_decoder").engine.batches["latent"] == [1, 1]
+    pipe.close()
+
+
+@pytest.mark.parametrize("rows, want", [(1, [2]), (2, [2]), (3, [2, 2]), (5, [2, 2, 2])])
+def test_rows_are_chunked_by_the_max_and_padded_to_the_min(cuda, tiny_bundle, tmp_path, rows, want) -> None:
+    """run_rows on a text encoder with profile batch 2..2 (--batch 1 --cfg on gives min 1; here 2-2 / cfg off):
+    every run is exactly 2 rows, and each row's output is what it is alone."""
+    from sdrt.backends.engine import run_rows
+
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64"], batch="2", cfg="off")
+    encoder = pipe.engine("text_encoder")
+    ids = np.random.default_rng(rows).integers(0, 1000, (rows, 77)).astype(np.int32)
+    out = run_rows(encoder, {"input_ids": ids})["last_hidden_state"]
+    alone = [run_rows(encoder, {"input_ids": np.repeat(ids[i:i + 1], 2, axis=0)})["last_hidden_state"][0]
+             for i in range(rows)]
+    np.testing.assert_array_equal(out, np.stack(alone))
+    assert encoder.engine.batches["input_ids"][:len(want)] == want
+    pipe.close()
