@@ -6,6 +6,8 @@ What this cannot show: real TensorRT or CUDA behaviour (NOT RUN ON A GPU; docs/g
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,42 @@ def test_rows_are_chunked_by_the_max_and_padded_to_the_min(cuda, tiny_bundle, tm
     np.testing.assert_array_equal(out, np.stack(alone))
     assert encoder.engine.batches["input_ids"][:len(want)] == want
     pipe.close()
+
+
+def test_a_sticky_cuda_error_turns_the_server_not_ready_and_stops_it(cuda, tiny_bundle, tmp_path) -> None:
+    """Defect 16: after an illegal address every later CUDA call fails (the stand-in's sticky error), yet
+    /readyz stayed true while every job failed. The engine turns not ready, refuses new jobs, and stops the
+    server (stop_on_device_lost), which `sdrt serve` then exits with device_lost.EXIT_CODE."""
+    import httpx
+
+    from serving_adapter import running_server
+
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64"], cfg="both")
+    body = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "send_images": False}
+    with running_server(pipe) as served, httpx.Client(base_url=served.url, timeout=120) as client:
+        engine = served.engine._engine
+        calls = []
+        engine.on_device_lost = lambda: calls.append(engine.ready)
+        while not client.get("/readyz").status_code == 200:  # the warm-up generation runs first
+            assert engine._thread.is_alive()
+            time.sleep(0.05)
+        assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+        cuda.inject_illegal_address()
+        r = client.post("/sdapi/v1/txt2img", json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "device_lost")
+        assert r.json()["error"]["message"] == (
+            "the GPU failed on this request (cudaErrorIllegalAddress, a sticky CUDA error): this server stops and "
+            "must be restarted; retry on another replica")
+        assert calls == [False]  # once, after turning not ready
+        r = client.get("/readyz")
+        assert (r.status_code, r.json()) == (503, {"ready": False, "draining": False})
+        assert client.post("/sdapi/v1/txt2img", json=body).status_code == 503  # refused, not run
+        engine._thread.join(timeout=10)
+        assert not engine._thread.is_alive()  # the loop stopped
+        assert engine.device_lost == ("the GPU reported cudaErrorIllegalAddress, a sticky CUDA error after which "
+                                      "every GPU call of this process fails: restart the server")
+        from sdrt.serving.server import stop_on_device_lost
+
+        stop_on_device_lost(engine, served.server)
+        engine.on_device_lost()
+        assert served.server.should_exit  # what `sdrt serve` wires: the server stops listening
