@@ -4,7 +4,8 @@ Backends (ONNX Runtime on CPU/CUDA/TensorRT-EP, native TensorRT) implement `Engi
 knows which one it holds, so timing, guidance and sampling code is written once.
 
 Buffer contract: `run` copies the feeds into buffers the engine owns (one set per input-shape signature, so a
-GPU backend can bind device memory once and replay it) and returns its own output buffers. Those arrays are
+GPU backend can bind device memory once and replay it) and returns its own output buffers (TensorRT returns copies
+of its pinned staging, which its cache frees when it evicts a shape set). Those arrays are
 valid until the next `run` with the same input shapes; a caller that keeps an output longer copies it.
 A read-only feed that is the very array given last time for that input is not copied again (the prompt
 embeddings of a sampling loop): callers mark such constant arrays read-only.
