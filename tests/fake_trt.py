@@ -94,6 +94,7 @@ class FakeCuda:
                 fake.memory[self.ptr] = np.zeros(self.nbytes, np.uint8)
 
             def free(self) -> None:
+                fake.check_sticky("cudaFree")
                 fake.memory.pop(self.ptr, None)
                 self.ptr = 0
 
@@ -112,6 +113,7 @@ class FakeCuda:
                 return self._bytes[:n].view(dtype).reshape(shape)
 
             def free(self) -> None:
+                fake.check_sticky("cudaFreeHost")
                 fake.pinned.pop(self.ptr, None)
                 self._bytes[:] = 0xFF  # poisoned: a view read after cudaFreeHost sees garbage (NaN floats)
                 self.ptr = 0
@@ -251,6 +253,8 @@ class FakeContext:
         return self.profile, tuple(sorted(self.shapes.items())), tuple(sorted(self.addresses.items()))
 
     def execute_async_v3(self, stream: Any) -> bool:
+        if self.cuda.sticky is not None:
+            return False  # TensorRT logs the CUDA error and returns False
         assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
         captured = self._state()
         dtype = np.dtype(nptype(self.engine.dtype))
@@ -341,6 +345,8 @@ class OnnxContext(FakeContext):
         return self.engine.output_shapes(self.shapes)[name]
 
     def execute_async_v3(self, stream: Any) -> bool:
+        if self.cuda.sticky is not None:
+            return False  # TensorRT logs the CUDA error and returns False
         assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
         captured = self._state()
 

@@ -201,3 +201,23 @@ def test_outputs_outlive_the_pinned_staging_they_were_copied_from(cuda, tmp_path
         np.testing.assert_array_equal(kept, np.full((1, 4), 11.0))
         last = eng.run({"x": np.full((2, 4), 1.0, np.float32)})["y"]
     np.testing.assert_array_equal(last, np.full((2, 4), 3.0))  # after close() freed every pinned buffer
+
+
+def test_after_an_illegal_address_every_later_cuda_call_fails(cuda, tmp_path) -> None:
+    """The stand-in's sticky error (issue 25): the run that meets it fails at synchronize, and so does every
+    later call - copies, enqueues, allocations, frees - as after a real illegal address."""
+    s = session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])})
+    eng = s["e"]
+    run(eng, (1, 4))
+    cuda.inject_illegal_address()
+    with pytest.raises(cuda.CudaError, match="^cudaStreamSynchronize failed: cudaErrorIllegalAddress$"):
+        run(eng, (1, 4))
+    with pytest.raises(cuda.CudaError, match="^cudaMemcpyAsync failed: cudaErrorIllegalAddress$"):
+        run(eng, (1, 4))
+    with pytest.raises(cuda.CudaError, match="^cudaMallocHost failed: cudaErrorIllegalAddress$"):
+        run(eng, (2, 4))  # a new shape set: its pinned staging first
+    assert eng.contexts[0].execute_async_v3(7) is False
+    with pytest.raises(cuda.CudaError, match="^cudaMalloc failed: cudaErrorIllegalAddress$"):
+        cuda.DeviceBuffer(16)
+    with pytest.raises(cuda.CudaError, match="cudaErrorIllegalAddress$"):
+        s.close()

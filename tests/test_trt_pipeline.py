@@ -36,6 +36,10 @@ def test_controlnet_bundle_runs_plain_and_controlled_requests(cuda, controlnet_b
     controlled = GenerationRequest("a cat", steps=2, seed=3, width=64, height=64,
                                    controls=[ControlSpec(control_map(), 0.8, controlnet="edges")])
     same_images(pipe.generate(controlled), reference.generate(controlled))
+    one_row = GenerationRequest("a cat", steps=2, seed=3, width=64, height=64, cfg=1.0,  # defect 6: padded to 2
+                                controls=[ControlSpec(control_map(), 0.8, controlnet="edges")])
+    same_images(pipe.generate(one_row), reference.generate(one_row))
+    assert pipe.engine("controlnet_edges").engine.batches["sample"] == [2, 2, 2, 2]  # 2 rows, or 1 padded
     pipe.close()
 
 
