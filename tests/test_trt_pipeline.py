@@ -147,3 +147,19 @@ def test_a_sticky_cuda_error_turns_the_server_not_ready_and_stops_it(cuda, tiny_
         stop_on_device_lost(engine, served.server)
         engine.on_device_lost()
         assert served.server.should_exit  # what `sdrt serve` wires: the server stops listening
+
+
+def test_a_request_above_the_unet_profile_maximum_is_refused_at_check(cuda, tiny_bundle, tmp_path) -> None:
+    """Defect 6's other side: a generation's rows run together, so more than the profile's largest UNet batch is
+    refused in check() (at submit when serving), in one line, before any text encoding."""
+    from sdrt.errors import UserError
+
+    pipe = trt_pipeline(tiny_bundle("sd1"), tmp_path, ["64x64"], cfg="on")
+    with pytest.raises(UserError) as err:
+        pipe.check(GenerationRequest("a cat", steps=2, batch=2))
+    assert str(err.value) == ("this request needs 4 UNet rows per step (2 images x 2 for guidance) but the UNet "
+                              "engine takes at most 2: lower --batch, or rebuild the engines with sdrt build --batch "
+                              "covering it")
+    assert pipe.engine("text_encoder").engine.batches["input_ids"] == []
+    pipe.check(GenerationRequest("a cat", steps=2, batch=2, cfg=1.0))  # 2 rows: fits
+    pipe.close()

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from . import cpu_auto
 from .bundle import Bundle
-from ..backends.engine import Engine, run_engine, run_rows
+from ..backends.engine import Engine, batch_range, run_engine, run_rows
 from .denoise import LatentBlend, Progress
 from .control import ActiveControl, Controls, aspect_notes, control_pixels, is_residual
 from .generation import Generation, Timings, UNetBatch
@@ -304,9 +304,21 @@ class Pipeline:
         self.prompt_encoder.check_clip_skip(request.clip_skip)  # also builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
+        self._check_unet_rows(request)
         for name in self.controlnet_names(request):
             self.engine(self.bundle.manifest.controlnets[name].component)
         return sampler, size
+
+    def _check_unet_rows(self, request: GenerationRequest) -> None:
+        """A generation's UNet rows run together: more than a TensorRT profile's largest batch cannot run
+        (fewer are padded up to its smallest, sdrt.runtime.generation.UNetBatch)."""
+        high = batch_range(self.engine("unet"))[1]
+        guided = uses_cfg(request.cfg)
+        rows = request.batch * (2 if guided else 1)
+        if high is not None and rows > high:
+            need = f"{request.batch} images x 2 for guidance" if guided else f"{request.batch} images"
+            raise UserError(f"this request needs {rows} UNet rows per step ({need}) but the UNet engine takes at "
+                            f"most {high}: lower --batch, or rebuild the engines with sdrt build --batch covering it")
 
     def controlnet_names(self, request: GenerationRequest) -> list[str]:
         """The bundle's ControlNet for each of the request's controls, or a one-line UserError."""
