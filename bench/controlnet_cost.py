@@ -97,10 +97,8 @@ def paired_unet_calls(pipes: dict, request, pairs: int) -> dict:
     """One UNet call of each bundle (the ControlNet bundle's with its zero residuals, as a plain request feeds
     them), back to back in alternating order, `pairs` times: the median of the per-pair ratios, which a
     machine's changing load affects far less than a ratio of separate medians."""
-    from sdrt.runtime.generation import UNetBatch
-
     gens = {k: p.prepare(request) for k, p in pipes.items()}
-    batches = {k: UNetBatch(p.engine("unet")) for k, p in pipes.items()}
+    batches = {k: p.unet_batch() for k, p in pipes.items()}
     seconds: dict[str, list[float]] = {k: [] for k in pipes}
     for i in range(pairs + 2):
         for kind in (list(pipes) if i % 2 == 0 else list(reversed(pipes))):

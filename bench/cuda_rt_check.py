@@ -26,7 +26,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def recordable(value: Any) -> Any:
+    """What the JSON report keeps of a check's value: numbers, strings and containers of them as they are;
+    a CUDA object (Stream, DeviceBuffer, HostBuffer) as its type and size, which is all a reader can use."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): recordable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [recordable(v) for v in value]
+    nbytes = getattr(value, "nbytes", None)
+    return type(value).__name__ + (f" of {nbytes} bytes" if isinstance(nbytes, int) else "")
+
+
 def run_checks() -> dict[str, Any]:
+    """Every check's outcome; the report holds only JSON values (`recordable`)."""
     from sdrt.backends import cuda_rt
 
     rt = cuda_rt.cudart()
@@ -36,7 +50,8 @@ def run_checks() -> dict[str, Any]:
         started = time.perf_counter()
         try:
             value = fn()
-            report["checks"][name] = {"ok": True, "value": value, "seconds": round(time.perf_counter() - started, 4)}
+            report["checks"][name] = {"ok": True, "value": recordable(value),
+                                      "seconds": round(time.perf_counter() - started, 4)}
             return value
         except Exception as exc:  # noqa: BLE001  (every failure is recorded, the next checks still run)
             report["checks"][name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

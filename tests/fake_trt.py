@@ -26,6 +26,12 @@ mistake would pass silently otherwise (docs/gpu.md has the table of what they do
   rest, and refit_cuda_engine() returns False while any is missing; a non-refittable engine refuses a Refitter.
   With `engine.refit_applies = n`, refit_cuda_engine() applies only the first n weights set and returns False
   (TensorRT: "if false is returned, a subset of weights may have been refitted").
+- `OnnxEngine` (plan_bytes(..., onnx=PATH)): an engine of several inputs and outputs computing an exported ONNX
+  graph with ONNX Runtime on CPU; dynamic dims are -1 as engine.get_tensor_shape reports them (the ONNX
+  symbolic names are lost, as in a real plan), profiles are (min, opt, max) per input;
+- freed pinned memory is poisoned (0xFF bytes: NaN floats), so an array still viewing it reads garbage;
+- sticky errors: after `inject_illegal_address()` the next synchronize fails with cudaErrorIllegalAddress and
+  so does every later CUDA call (a corrupted CUDA context), as on a GPU.
 """
 
 from __future__ import annotations
@@ -83,21 +89,26 @@ class FakeCuda:
         self.stream: Any = None  # the last stream created
         self.streams_destroyed = 0
         self._handles = iter(range(0x7F00, 0x7FFF))
+        self.sticky: str | None = None  # a sticky CUDA error: every later call fails with it
+        self._illegal_next = False
         fake = self
 
         class DeviceBuffer:
             def __init__(self, nbytes: int) -> None:
+                fake.check_sticky("cudaMalloc")
                 self.nbytes = max(int(nbytes), 1)
                 self.ptr = fake._next
                 fake._next += self.nbytes + 256
                 fake.memory[self.ptr] = np.zeros(self.nbytes, np.uint8)
 
             def free(self) -> None:
+                fake.check_sticky("cudaFree")
                 fake.memory.pop(self.ptr, None)
                 self.ptr = 0
 
         class HostBuffer:
             def __init__(self, nbytes: int) -> None:
+                fake.check_sticky("cudaMallocHost")
                 self.nbytes = max(int(nbytes), 1)
                 self._bytes = np.zeros(self.nbytes, np.uint8)
                 self.ptr = self._bytes.ctypes.data
@@ -110,7 +121,9 @@ class FakeCuda:
                 return self._bytes[:n].view(dtype).reshape(shape)
 
             def free(self) -> None:
+                fake.check_sticky("cudaFreeHost")
                 fake.pinned.pop(self.ptr, None)
+                self._bytes[:] = 0xFF  # poisoned: a view read after cudaFreeHost sees garbage (NaN floats)
                 self.ptr = 0
 
         class Stream:
@@ -126,6 +139,9 @@ class FakeCuda:
                     self.queue.append((what, op))
 
             def synchronize(self) -> None:
+                if fake._illegal_next:  # a kernel of this stream's work read an illegal address
+                    fake._illegal_next, fake.sticky, self.queue = False, "cudaErrorIllegalAddress", []
+                fake.check_sticky("cudaStreamSynchronize")
                 queue, self.queue = self.queue, []
                 for what, op in queue:
                     fake.log.append(what)
@@ -140,6 +156,7 @@ class FakeCuda:
                 self.ops = ops
 
             def launch(self, stream: Any) -> None:
+                fake.check_sticky("cudaGraphLaunch")
                 fake.launches += 1
                 for what, op in self.ops:
                     stream.queue.append((f"graph:{what}", op))
@@ -155,7 +172,16 @@ class FakeCuda:
             raise AssertionError(f"{call} got stream {stream!r} ({type(stream).__name__}), not the session "
                                  f"stream's handle {getattr(self.stream, 'handle', None)!r}")
 
+    def inject_illegal_address(self) -> None:
+        """The next synchronize reports an illegal address; from then on every CUDA call fails (sticky)."""
+        self._illegal_next = True
+
+    def check_sticky(self, call: str) -> None:
+        if self.sticky is not None:
+            raise self.CudaError(f"{call} failed: {self.sticky}")
+
     def _pinned(self, array: np.ndarray) -> None:
+        self.check_sticky("cudaMemcpyAsync")
         start = array.ctypes.data
         for base, data in self.pinned.items():
             if base <= start and start + array.nbytes <= base + data.nbytes:
@@ -178,6 +204,7 @@ class FakeCuda:
         stream.put("d2h", op)
 
     def begin_capture(self, stream: Any) -> None:
+        self.check_sticky("cudaStreamBeginCapture")
         assert self.capturing is None, "capture already in progress"
         self.capturing, self.capture_broken = [], False
 
@@ -245,6 +272,8 @@ class FakeContext:
 
     def execute_async_v3(self, stream: Any) -> bool:
         self.cuda.check_stream(stream, "execute_async_v3")
+        if self.cuda.sticky is not None:
+            return False  # TensorRT logs the CUDA error and returns False
         assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
         captured = self._state()
         dtype = np.dtype(nptype(self.engine.dtype))
@@ -318,6 +347,133 @@ class FakeEngine:
         return ctx
 
 
+_ORT_DTYPES = {"tensor(float)": "FLOAT", "tensor(float16)": "HALF", "tensor(int32)": "INT32",
+               "tensor(int64)": "INT64", "tensor(bool)": "BOOL"}
+
+
+class OnnxContext(FakeContext):
+    """An execution context of an OnnxEngine: every input has its own shape and profile range."""
+
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        lo, _, hi = self.engine.profiles[self.profile][name]
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        if self.shapes.get(name) != shape:
+            self.shapes[name], self.changed = shape, True
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.engine.input_names:
+            return self.shapes[name]
+        return self.engine.output_shapes(self.shapes)[name]
+
+    def execute_async_v3(self, stream: Any) -> bool:
+        self.cuda.check_stream(stream, "execute_async_v3")
+        if self.cuda.sticky is not None:
+            return False  # TensorRT logs the CUDA error and returns False
+        assert self.device_memory is not None, "USER_MANAGED context enqueued without set_device_memory"
+        captured = self._state()
+
+        def op() -> None:
+            if self._state() != captured:
+                raise FakeCudaError("CUDA graph replayed while its execution context is in another state than "
+                                    "at capture (shapes/profile changed): undefined behaviour on a GPU")
+            feeds = {}
+            for n in self.engine.input_names:
+                dtype, shape = self.engine.dtypes[n], self.shapes[n]
+                nbytes = math.prod(shape) * dtype.itemsize
+                feeds[n] = self.cuda.memory[self.addresses[n]][:nbytes].view(dtype).reshape(shape)
+            for n, value in self.engine.compute(feeds).items():
+                data = np.frombuffer(np.ascontiguousarray(value, self.engine.dtypes[n]).tobytes(), np.uint8)
+                dst = self.cuda.memory[self.addresses[n]]
+                assert data.nbytes <= dst.nbytes, f"output {n} overflows its {dst.nbytes}-byte buffer"
+                dst[:data.nbytes] = data
+
+        if self.cuda.capturing is not None:
+            if self.changed:
+                self.cuda.capture_broken = True
+                return False
+            self.cuda.capturing.append(("enqueue", op))
+        else:
+            self.eager_runs += 1
+            self.changed = False
+            self.cuda.stream.put("enqueue", op)
+        return True
+
+
+class OnnxEngine:
+    """An engine computing an ONNX graph (ONNX Runtime on CPU) with every input and output of the graph,
+    dynamic dims reported as -1 as TensorRT does, and (min, opt, max) profiles per input."""
+
+    refittable = False
+
+    def __init__(self, onnx: str, profiles: list[dict], activation_bytes: int, cuda: FakeCuda) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+        self.cuda = cuda
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_names = [i.name for i in ins]
+        self.names = self.input_names + [o.name for o in outs]
+        self.nodes = {n.name: n for n in ins + outs}
+        self.trt_dtypes = {n.name: DTYPES[_ORT_DTYPES[n.type]] for n in ins + outs}
+        self.dtypes = {n: np.dtype(nptype(t)) for n, t in self.trt_dtypes.items()}
+        self.num_io_tensors = len(self.names)
+        self.profiles = [{n: tuple(tuple(int(d) for d in s) for s in r) for n, r in p.items()} for p in profiles]
+        for p in self.profiles:
+            assert set(p) == set(self.input_names), f"a profile needs every input {self.input_names}"
+        self.num_optimization_profiles = len(self.profiles)
+        self.device_memory_size_v2 = activation_bytes
+        self.weights: dict[str, np.ndarray] = {}
+        self.contexts: list[FakeContext] = []
+        self.profile_users: dict[int, int] = {}
+        self.fail_capture_for: set[tuple[int, ...]] = set()
+        self._shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
+        self.batches: dict[str, list[int]] = {n: [] for n in self.input_names}  # the batch of every run, per input
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "INPUT" if name in self.input_names else "OUTPUT"
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self.trt_dtypes[name]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else -1 for d in self.nodes[name].shape)
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> list:
+        return [list(s) for s in self.profiles[profile][name]]
+
+    def create_execution_context(self, strategy: str) -> FakeContext:
+        assert strategy == "USER_MANAGED"
+        ctx = OnnxContext(self, self.cuda)
+        self.contexts.append(ctx)
+        return ctx
+
+    def output_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Output shapes for these input shapes (TensorRT infers them; here: one run on zeros, cached)."""
+        key = tuple(sorted(shapes.items()))
+        if key not in self._shapes:
+            zeros = {n: np.zeros(shapes[n], self.dtypes[n]) for n in self.input_names}
+            outs = self.session.run(None, zeros)
+            self._shapes[key] = {o.name: tuple(v.shape) for o, v in zip(self.session.get_outputs(), outs)}
+        return self._shapes[key]
+
+    def compute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for n, value in feeds.items():
+            self.batches[n].append(value.shape[0])
+        outs = self.session.run(None, {n: np.array(v) for n, v in feeds.items()})
+        return {o.name: v for o, v in zip(self.session.get_outputs(), outs)}
+
+
+def onnx_plan_bytes(onnx: str, profiles: list[dict], activation_bytes: int = 4096) -> bytes:
+    """A plan of an OnnxEngine: `profiles` is a list of {input: [min, opt, max]} shapes."""
+    return json.dumps({"onnx": str(onnx), "profiles": profiles, "activation": activation_bytes}).encode()
+
+
 def plan_bytes(profiles: list, activation_bytes: int = 4096, dtype: str = "FLOAT", refittable: bool = False,
                combined: list | None = None, no_context: bool = False) -> bytes:
     return json.dumps({"profiles": profiles, "activation": activation_bytes, "dtype": dtype,
@@ -363,6 +519,8 @@ def fake_tensorrt(cuda: FakeCuda, version: str = "11.4.0.fake") -> SimpleNamespa
                 d = json.loads(data)
             except ValueError:
                 return None
+            if "onnx" in d:
+                return OnnxEngine(d["onnx"], d["profiles"], d["activation"], cuda)
             return FakeEngine(d["profiles"], d["activation"], cuda, d.get("dtype", "FLOAT"), d.get("refittable", False),
                               d.get("combined"), d.get("no_context", False))
 

@@ -191,7 +191,44 @@ def test_engine_protocol_attributes_and_owned_outputs(cuda, tmp_path) -> None:
         assert list(eng.outputs) == ["y"]
         a = eng.run({"x": np.ones((2, 4), np.float32)})["y"]
         b = eng.run({"x": np.zeros((2, 4), np.float32)})["y"]
-        assert a is b  # one output buffer per shape set, reused (no allocation per step)
+        assert a is not b and not np.shares_memory(b, eng._host.get(trt_engine.shape_key({"x": (2, 4)})).outputs["y"])
+        np.testing.assert_array_equal(a, np.full((2, 4), 3.0))  # the caller's array: a later run leaves it alone
         np.testing.assert_array_equal(b, np.ones((2, 4)))
         c = eng.run({"x": np.zeros((3, 4), np.float32)})["y"]
-        assert c is not b and c.shape == (3, 4)
+        assert c.shape == (3, 4)
+
+
+def test_outputs_outlive_the_pinned_staging_they_were_copied_from(cuda, tmp_path) -> None:
+    """Defect 11 (issue 25): run() returned views of pinned staging buffers, which the staging cache frees when
+    it evicts their shape set and close() frees: the stand-in poisons freed pinned memory (0xFF: NaN), as a
+    real cudaFreeHost leaves the views pointing at memory the allocator hands out again."""
+    with session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])}, max_graphs=2) as s:
+        eng = s["e"]
+        kept = eng.run({"x": np.full((1, 4), 5.0, np.float32)})["y"]
+        for batch in (2, 3, 4):
+            for width in range(4, 16, 2):  # 18 more shape sets: (1, 4)'s staging is evicted and freed
+                run(eng, (batch, width))
+        assert (1, 4) not in [dict(k)["x"] for k in eng._host.keys()]
+        np.testing.assert_array_equal(kept, np.full((1, 4), 11.0))
+        last = eng.run({"x": np.full((2, 4), 1.0, np.float32)})["y"]
+    np.testing.assert_array_equal(last, np.full((2, 4), 3.0))  # after close() freed every pinned buffer
+
+
+def test_after_an_illegal_address_every_later_cuda_call_fails(cuda, tmp_path) -> None:
+    """The stand-in's sticky error (issue 25): the run that meets it fails at synchronize, and so does every
+    later call - copies, enqueues, allocations, frees - as after a real illegal address."""
+    s = session(tmp_path, {"e": fake_trt.plan_bytes([DYNAMIC])})
+    eng = s["e"]
+    run(eng, (1, 4))
+    cuda.inject_illegal_address()
+    with pytest.raises(cuda.CudaError, match="^cudaStreamSynchronize failed: cudaErrorIllegalAddress$"):
+        run(eng, (1, 4))
+    with pytest.raises(cuda.CudaError, match="^cudaMemcpyAsync failed: cudaErrorIllegalAddress$"):
+        run(eng, (1, 4))
+    with pytest.raises(cuda.CudaError, match="^cudaMallocHost failed: cudaErrorIllegalAddress$"):
+        run(eng, (2, 4))  # a new shape set: its pinned staging first
+    assert eng.contexts[0].execute_async_v3(7) is False
+    with pytest.raises(cuda.CudaError, match="^cudaMalloc failed: cudaErrorIllegalAddress$"):
+        cuda.DeviceBuffer(16)
+    with pytest.raises(cuda.CudaError, match="cudaErrorIllegalAddress$"):
+        s.close()

@@ -4,7 +4,8 @@ Backends (ONNX Runtime on CPU/CUDA/TensorRT-EP, native TensorRT) implement `Engi
 knows which one it holds, so timing, guidance and sampling code is written once.
 
 Buffer contract: `run` copies the feeds into buffers the engine owns (one set per input-shape signature, so a
-GPU backend can bind device memory once and replay it) and returns its own output buffers. Those arrays are
+GPU backend can bind device memory once and replay it) and returns its own output buffers (TensorRT returns copies
+of its pinned staging, which its cache frees when it evicts a shape set). Those arrays are
 valid until the next `run` with the same input shapes; a caller that keeps an output longer copies it.
 A read-only feed that is the very array given last time for that input is not copied again (the prompt
 embeddings of a sampling loop): callers mark such constant arrays read-only.
@@ -66,6 +67,31 @@ def run_engine(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.
     any number of threads may call this on one engine. (Stand-ins without a lock run unguarded.)"""
     with engine_lock(engine):
         return {name: np.array(value, copy=True) for name, value in engine.run(feeds).items()}
+
+
+def batch_range(engine: Engine) -> tuple[int, int | None]:
+    """(smallest, largest) batch the engine accepts: a TensorRT engine's profiles bound both; engines without
+    profiles take any batch (1, None)."""
+    return max(int(getattr(engine, "min_batch", 1) or 1), 1), getattr(engine, "max_batch", None)
+
+
+def run_rows(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`run_engine` for feeds whose axis 0 is the batch (text encoders, VAE, ControlNets): a batch above the
+    engine's largest profile runs in chunks, one below its smallest is padded with copies of its last row
+    (outputs of padding rows dropped). Rows are independent in these graphs, so the result is the same."""
+    low, high = batch_range(engine)
+    rows = len(next(iter(feeds.values())))
+    if low <= rows and (high is None or rows <= high):
+        return run_engine(engine, feeds)
+    step = high or rows
+    parts = []
+    for start in range(0, rows, step):
+        chunk = {n: np.asarray(v)[start:start + step] for n, v in feeds.items()}
+        used = len(next(iter(chunk.values())))
+        if used < low:
+            chunk = {n: np.concatenate([v, np.repeat(v[-1:], low - used, axis=0)]) for n, v in chunk.items()}
+        parts.append({n: v[:used] for n, v in run_engine(engine, chunk).items()})
+    return {n: np.concatenate([p[n] for p in parts]) if len(parts) > 1 else parts[0][n] for n in parts[0]}
 
 
 def check_feeds(engine_name: str, inputs: Mapping[str, IOSpec], feeds: Mapping[str, np.ndarray]) -> None:

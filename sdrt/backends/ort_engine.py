@@ -45,7 +45,7 @@ from .ort_options import (
 )
 
 log = logging.getLogger(__name__)
-MAX_BINDINGS = 8  # input-shape signatures kept bound per engine on CPU (each holds its own buffers)
+MAX_BINDINGS = 8  # input-shape signatures kept bound per engine beside those of captured CUDA graphs
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
@@ -185,8 +185,8 @@ class OrtEngine:
         if binding is None:
             binding = self._bind(feeds)  # runs the first evaluation itself, to learn the output shapes
             self._bindings[key] = binding
-            if self.device == "cpu" and len(self._bindings) > MAX_BINDINGS:
-                self._bindings.popitem(last=False)
+            for old in evictable(list(self._bindings), self._graph_ids, MAX_BINDINGS):
+                del self._bindings[old]  # its buffers (device memory on a GPU) go with it
             return self._results(binding)
         self._bindings.move_to_end(key)
         for name, target in binding.inputs.items():
@@ -257,6 +257,15 @@ class OrtEngine:
             binding.keep.append(value)
             binding.io.bind_ortvalue_output(name, value)
         return binding
+
+
+def evictable(keys: Sequence[tuple], graph_ids: Mapping[tuple, int], limit: int) -> list[tuple]:
+    """Bindings to drop (least recently used first in `keys`) so that at most `limit` remain beside those of
+    shape sets with a captured CUDA graph (graph id > 0). Those stay for the engine's life: ONNX Runtime
+    replays a graph on the addresses it captured and has no call to drop one, and there are at most
+    max_graphs of them. Without this bound a server's device memory grew with every shape set it saw."""
+    loose = [k for k in keys if graph_ids.get(k, -1) <= 0]
+    return loose[:max(len(loose) - limit, 0)]
 
 
 def _info(node: Any) -> IOSpec:

@@ -26,8 +26,9 @@ Design (the points that make per-step latency low, each a known pitfall when mis
   and out-of-range shapes are refused with the supported ranges before TensorRT sees them.
 
 Interface: the runtime's Engine protocol (name, inputs, outputs, providers, run(feeds) -> outputs): host
-arrays in, engine-owned host arrays out (one set per input-shape set, valid until the next run with the
-same shapes); the copies are outside the graph. `run` holds the session's lock (see backends/engine.py).
+arrays in, host arrays out that the caller owns: copies of the pinned staging arrays, which the staging
+cache frees on eviction and close() frees (a view of freed pinned memory would read whatever the allocator
+put there next); the copies are outside the graph. `run` holds the session's lock (see backends/engine.py).
 Written to TensorRT 11's documented
 Python API (see docs/gpu.md); NOT RUN ON A GPU YET.
 """
@@ -289,6 +290,11 @@ class TrtEngine:
         """The largest batch any optimization profile accepts (the batching loop caps its UNet calls here)."""
         return max((min(r.max[0] for r in prof.values() if r.max) for prof in self.profiles if prof), default=1)
 
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch any optimization profile accepts (smaller runs are padded up to it)."""
+        return min((max(r.min[0] for r in prof.values() if r.min) for prof in self.profiles if prof), default=1)
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
             if self.switch is not None:
@@ -316,7 +322,7 @@ class TrtEngine:
         for n, a in host.outputs.items():
             cuda_rt.copy_to_host(a, self.tensors[n].buffer.ptr, self.stream)  # type: ignore[union-attr]
         self.stream.synchronize()
-        return dict(host.outputs)
+        return {n: a.copy() for n, a in host.outputs.items()}  # the pinned arrays are freed on eviction/close
 
     def close(self) -> None:
         """Free in the reverse order of creation: graphs, contexts, host staging, device buffers."""

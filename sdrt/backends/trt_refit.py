@@ -123,6 +123,10 @@ class RefitView:
     def max_batch(self) -> int:
         return self._engine.max_batch
 
+    @property
+    def min_batch(self) -> int:
+        return self._engine.min_batch
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
             self._switch.apply(self.key, self.values)

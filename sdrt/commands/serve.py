@@ -159,14 +159,17 @@ def run_on_ray(config: ReplicaConfig, scale: RayScale, host: str, port: int, add
 def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, backend: str,
                engines_dir: Path | None, precision: str | None, threads: int, spin: bool | None, max_batch: int,
                max_queue: int, log_level: str) -> None:
-    """Load the bundle, start the batching engine, serve until SIGTERM, then drain and close the engine."""
+    """Load the bundle, start the batching engine, serve until SIGTERM, then drain and close the engine.
+    After a sticky CUDA error the server stops at once and exits with device_lost.EXIT_CODE (module doc of
+    sdrt.serving.batcher), so an orchestrator restarts the process."""
+    from ..backends.device_lost import EXIT_CODE
     from ..runtime import Pipeline
     from ..runtime.cpu_policy import spin_for_this_machine
     from ..serving.app import create_app
     from ..serving.batcher import BatchingEngine
     from ..serving.metrics import ServeMetrics
     from ..serving.model_info import ServedModel
-    from ..serving.server import make_server
+    from ..serving.server import make_server, stop_on_device_lost
 
     spin_choice = spin_for_this_machine(spin, threads)
     pipe = Pipeline.load(str(bundle), backend=backend, precision=precision, threads=threads,
@@ -177,6 +180,7 @@ def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, bac
         app = create_app(engine, settings, ServedModel.from_pipeline(pipe), metrics)
         server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=settings.request_timeout + 5,
                              log_level=log_level)
+        stop_on_device_lost(engine, server)
         host, port = sock.getsockname()[:2]
         click.echo(f"sdrt serve: {bundle} on http://{host}:{port} ({pipe.backend_choice}; {spin_choice})"
                    f"{' with API keys' if settings.api_keys else ''}", err=True)
@@ -184,7 +188,14 @@ def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, bac
         engine.drain(timeout=settings.request_timeout)
     finally:
         engine.close()
-        pipe.close()
+        try:
+            pipe.close()
+        except Exception:  # noqa: BLE001 - after a sticky CUDA error freeing fails too; the exit frees it all
+            if engine.device_lost is None:
+                raise
+    if engine.device_lost is not None:
+        click.echo(f"sdrt serve: {engine.device_lost} (exit code {EXIT_CODE})", err=True)
+        raise click.exceptions.Exit(EXIT_CODE)
 
 
 def _lora_dir(path: Path | None) -> str | None:

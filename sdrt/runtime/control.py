@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..backends.engine import Engine, run_engine
+from ..backends.engine import Engine, run_rows
 from ..errors import UserError
 from .images import check_image_mode, converted, deep_gray_levels, resized_levels
 
@@ -176,7 +176,7 @@ class Controls:
             feeds = {"sample": np.ascontiguousarray(sample[:, :channels]) if sample.shape[1] != channels else sample,
                      "timestep": timesteps, "controlnet_cond": control.image_rows,
                      **{k: v for k, v in cond.items() if k in control.engine.inputs}}
-            out = run_engine(control.engine, feeds)
+            out = run_rows(control.engine, feeds)  # padded up to a TensorRT profile's smallest batch
             scaled = {name: value * np.float32(weight) for name, value in out.items()}
             summed = scaled if summed is None else {n: summed[n] + scaled[n] for n in summed}
         return summed

@@ -14,13 +14,13 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..backends.engine import Engine, engine_lock, run_engine
+from ..backends.engine import Engine, batch_range, engine_lock, run_engine
 from ..schedulers import ModelCall, Sampler
-from .control import Controls, is_residual, residual_shape
+from .control import Controls, residual_shape
 from .denoise import NoiseSource, Progress, StepEnd, fill_rows, guide
 from .guidance import uses_cfg
 from .request import GenerationRequest
@@ -146,8 +146,12 @@ class UNetBatch:
     feeds its own conditioning arrays, exactly as before batching existed.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, residuals: Mapping[str, Sequence[int | str]] | None = None) -> None:
+        """`residuals`: the UNet's ControlNet residual inputs and their shapes as the manifest names them
+        (Pipeline.unet_batch passes them): an engine's own dim names depend on the backend (TensorRT calls
+        every dynamic dim `dim{i}`), so they cannot tell a residual's latent-size divisor."""
         self.engine = engine
+        self.min_rows = batch_range(engine)[0]  # a TensorRT profile's smallest batch: runs are padded up to it
         shape = engine.inputs["timestep"].shape if "timestep" in engine.inputs else ("batch",)
         self.timestep_shape = tuple(shape)
         # An older export may have a scalar (or single) timestep: then every row of a run needs the same one.
@@ -157,11 +161,12 @@ class UNetBatch:
         self._sample: np.ndarray | None = None
         self._timesteps = np.empty(0, dtype=np.float32)
         # ControlNet bundles: the UNet's residual inputs (zeros for generations without ControlNets)
-        self.residual_inputs = {n: spec.shape for n, spec in engine.inputs.items() if is_residual(n)}
+        self.residual_inputs = {n: tuple(shape) for n, shape in (residuals or {}).items()}
         self._zeros: tuple[tuple, dict[str, np.ndarray]] = ((), {})
 
     def run(self, gens: Sequence[Generation], rows: int | None = None) -> float:
-        """One UNet evaluation for all `gens` (padded to `rows` rows when given); returns its seconds.
+        """One UNet evaluation for all `gens` (padded to `rows` rows when given, and always to the engine's
+        smallest batch); returns its seconds.
 
         The UNet output is read once: each generation's guidance reads its rows straight from the engine's
         output buffer (under the engine's lock), with no stacked copy first; then the samplers step."""
@@ -191,7 +196,7 @@ class UNetBatch:
         """The UNet feeds for `gens`, written into buffers kept from call to call (no per-step allocation
         of the sample and timestep inputs)."""
         used = sum(g.rows for g in gens)
-        total = max(rows or used, used)
+        total = max(rows or used, used, self.min_rows)
         channels, spatial = gens[0].channels, gens[0].call.x.shape[2:]
         shape = (total, channels, *spatial)
         if self._sample is None or self._sample.shape != shape:

@@ -24,9 +24,9 @@ from ..errors import UserError
 from ..schedulers import NoiseSchedule, Sampler, Temperature
 from . import cpu_auto
 from .bundle import Bundle
-from ..backends.engine import Engine, run_engine
+from ..backends.engine import Engine, batch_range, run_engine, run_rows
 from .denoise import LatentBlend, Progress
-from .control import ActiveControl, Controls, aspect_notes, control_pixels
+from .control import ActiveControl, Controls, aspect_notes, control_pixels, is_residual
 from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
@@ -202,6 +202,17 @@ class Pipeline:
                 self._lora_sets = LoraSets(self)
         return self._lora_sets.view(loras)
 
+    def unet_batch(self, engine: Engine | None = None) -> UNetBatch:
+        """A UNetBatch on `engine` (default: this pipeline's UNet) with the manifest's residual inputs."""
+        return UNetBatch(engine or self.engine("unet"), self.residual_shapes)
+
+    @property
+    def residual_shapes(self) -> dict[str, list]:
+        """The UNet's ControlNet residual inputs and their named shapes, from the manifest (never from an
+        engine's inputs: TensorRT names dynamic dims `dim{i}`, losing the `height_divF` the shapes need)."""
+        spec = self.bundle.manifest.component("unet", self.bundle.precision)
+        return {t.name: list(t.shape) for t in spec.inputs if is_residual(t.name)}
+
     # ---- generation: prepare -> step (UNetBatch) -> finish ---------------------------------------------
     def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
                  progress: Progress | None = None) -> GenerationResult:
@@ -211,7 +222,7 @@ class Pipeline:
         if (adapted := self.with_loras(request.loras)) is not self:
             return adapted.generate(request, noise, progress)
         generation = self.prepare(request, noise, progress)
-        unet = UNetBatch(self.engine("unet"))
+        unet = self.unet_batch()
         while not generation.done:
             unet.run([generation])
         return self.finish(generation)
@@ -318,9 +329,21 @@ class Pipeline:
         self.prompt_encoder.check_clip_skip(request.clip_skip)  # also builds the tokenizers and text encoders
         for name in ("unet", "vae_decoder") + (("vae_encoder",) if request.init_image is not None else ()):
             self.engine(name)
+        self._check_unet_rows(request)
         for name in self.controlnet_names(request):
             self.engine(self.bundle.manifest.controlnets[name].component)
         return sampler, size
+
+    def _check_unet_rows(self, request: GenerationRequest) -> None:
+        """A generation's UNet rows run together: more than a TensorRT profile's largest batch cannot run
+        (fewer are padded up to its smallest, sdrt.runtime.generation.UNetBatch)."""
+        high = batch_range(self.engine("unet"))[1]
+        guided = uses_cfg(request.cfg)
+        rows = request.batch * (2 if guided else 1)
+        if high is not None and rows > high:
+            need = f"{request.batch} images x 2 for guidance" if guided else f"{request.batch} images"
+            raise UserError(f"this request needs {rows} UNet rows per step ({need}) but the UNet engine takes at "
+                            f"most {high}: lower --batch, or rebuild the engines with sdrt build --batch covering it")
 
     def controlnet_names(self, request: GenerationRequest) -> list[str]:
         """The bundle's ControlNet for each of the request's controls, or a one-line UserError."""
@@ -412,7 +435,7 @@ class Pipeline:
     def encode(self, image: np.ndarray, noise: NoiseSource | None, batch: int) -> np.ndarray:
         """Scaled latents [batch, 4, h, w] of one image [1, 3, H, W], sampled once per batch row (the mean
         without `noise`)."""
-        out = run_engine(self.engine("vae_encoder"), {"image": image})
+        out = run_rows(self.engine("vae_encoder"), {"image": image})
         mean = np.asarray(out["latent_mean"], dtype=np.float32)
         std = np.asarray(out["latent_std"], dtype=np.float32)
         sample = np.repeat(mean, batch, axis=0) if noise is None else mean + std * noise((batch, *mean.shape[1:]))
@@ -424,7 +447,8 @@ class Pipeline:
         unscaled = latents / np.float32(self.model.vae_scaling_factor)
         if self.model.vae_shift_factor:
             unscaled = unscaled + np.float32(self.model.vae_shift_factor)
-        return np.asarray(run_engine(self.engine("vae_decoder"), {"latent": unscaled})["image"], dtype=np.float32)
+        # in chunks of the engine's batch range (a TensorRT profile's max; serving decodes several jobs at once)
+        return np.asarray(run_rows(self.engine("vae_decoder"), {"latent": unscaled})["image"], dtype=np.float32)
 
     def _parameters(self, request: GenerationRequest, sampler: Sampler, seed: int, size: tuple[int, int]) -> str:
         settings: dict[str, object] = {

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.engine import Engine, run_engine
+from ..backends.engine import Engine, run_rows
 from ..errors import UserError
 from ..manifest import clip_skip_output
 from .prompt_syntax import literal, parse_prompt_attention, token_windows
@@ -165,7 +165,7 @@ class PromptEncoder:
             tokenizer = branch.tokenizer
             ids = np.concatenate([tokenizer.pack([w for w, _ in job.layouts[b]], job.windows)
                                   for job in jobs])  # [sum(windows), 77]
-            out = run_engine(branch.encoder, {"input_ids": ids})
+            out = run_rows(branch.encoder, {"input_ids": ids})  # split by a TensorRT profile's max batch
             for i, job in enumerate(jobs):
                 rows = slice(starts[i], starts[i] + job.windows)
                 states = np.asarray(out[branch.output_for(job.clip_skip)][rows], dtype=np.float32)

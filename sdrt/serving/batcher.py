@@ -13,7 +13,10 @@ call at a time. At each iteration the loop
 So jobs join and leave between UNet calls: a new request never waits for another to finish.
 
 An exception in a batched engine run fails the jobs of that run only (FailedEvent "engine"; "user" for a
-UserError, e.g. NaN results) and the loop keeps serving. Scheduling rules: sdrt/serving/groups.py.
+UserError, e.g. NaN results) and the loop keeps serving, except after a sticky CUDA error
+(sdrt.backends.device_lost): then every later GPU call fails, so the engine turns not ready, fails every job,
+refuses new ones, stops its loop and calls `on_device_lost` (`sdrt serve` then exits non-zero for its
+orchestrator to restart it). Scheduling rules: sdrt/serving/groups.py.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..backends.device_lost import sticky_cuda_error
 from ..errors import UserError
 from ..runtime.generation import Generation, UNetBatch
 from ..runtime.guidance import uses_cfg
@@ -89,6 +93,8 @@ class BatchingEngine:
         self.ready = False
         self.warmup_error: BaseException | None = None
         self._warmed = threading.Event()  # set once the loop thread's warm-up ended, either way
+        self.device_lost: str | None = None  # set on a sticky CUDA error: one line saying what happened
+        self.on_device_lost: Callable[[], None] | None = None  # called once, on the loop thread
         self._cv = threading.Condition()
         self._waiting: deque[_Waiting] = deque()
         self._running: list[_Running] = []
@@ -211,6 +217,8 @@ class BatchingEngine:
                 log.exception("batching loop iteration failed")
                 for running in list(self._running):
                     self._fail(running, exc, "engine")
+        if self.device_lost is not None:
+            self._fail_all(DeviceLost(self.device_lost), "engine")
 
     def _warm_up(self) -> None:
         """Create every engine and run one 1-step generation (binds buffers; captures graphs on a GPU), on the
@@ -223,6 +231,7 @@ class BatchingEngine:
         except Exception as exc:  # noqa: BLE001 - requests report their own errors; /readyz stays false
             self.warmup_error = exc
             log.exception("warm-up failed: the engine serves, but is not reported ready")
+            self._check_device(exc)
         finally:
             self._warmed.set()
 
@@ -340,7 +349,7 @@ class BatchingEngine:
         engine = self.pipeline.with_loras(members[0].generation.request.loras).engine("unet")
         self._unets = {k: u for k, u in self._unets.items() if k in self._groups}
         if key not in self._unets or self._unets[key].engine is not engine:
-            self._unets[key] = UNetBatch(engine)
+            self._unets[key] = self.pipeline.unet_batch(engine)
         unet = self._unets[key]
         same_run = None if unet.per_row_timestep else (
             lambda a, b: a.generation.call.timestep == b.generation.call.timestep)
@@ -421,10 +430,30 @@ class BatchingEngine:
         self._report_failure(running.job, running.submitted, error, kind)
 
     def _report_failure(self, job: Job, submitted: float, error: BaseException, kind: str) -> None:
+        if kind == "engine":
+            self._check_device(error)
         if job.done:
             return
         job.report(FailedEvent(error, kind))
         self._notify("job_finished", job, kind, time.monotonic() - submitted, 0)
+
+    def _check_device(self, error: BaseException) -> None:
+        """After a sticky CUDA error every later GPU call fails: stop serving (module doc)."""
+        name = sticky_cuda_error(error)
+        if name is None or self.device_lost is not None:
+            return
+        self.device_lost = (f"the GPU reported {name}, a sticky CUDA error after which every GPU call of this "
+                            "process fails: restart the server")
+        self.ready = False
+        log.error("%s", self.device_lost)
+        with self._cv:
+            self._stopping = self._abort = True
+            self._cv.notify_all()
+        if self.on_device_lost is not None:
+            try:
+                self.on_device_lost()
+            except Exception:  # noqa: BLE001
+                log.exception("on_device_lost failed")
 
     def _fail_all(self, error: BaseException, kind: str) -> None:
         with self._cv:
@@ -442,6 +471,10 @@ class BatchingEngine:
             getattr(self.observer, hook)(*args)
         except Exception:  # noqa: BLE001 - metrics must never break serving
             log.exception("batch observer %s failed", hook)
+
+
+class DeviceLost(RuntimeError):
+    """The jobs left when the engine stopped after a sticky CUDA error."""
 
 
 class _DecodeAlone(Exception):

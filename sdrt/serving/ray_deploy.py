@@ -149,6 +149,13 @@ class SdrtReplica:
         app.add_middleware(ReplicaHeader, replica=self.replica)
         return app
 
+    def check_health(self) -> None:
+        """Ray Serve's periodic health check: after a sticky CUDA error every job fails, so the replica is
+        reported unhealthy and Ray replaces it."""
+        lost = getattr(getattr(self, "engine", None), "device_lost", None)
+        if lost is not None:
+            raise RuntimeError(lost)
+
     def __del__(self) -> None:
         """Ray calls this once the replica has no request left (graceful shutdown): stop the loop, free
         the engines."""

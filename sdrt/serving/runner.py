@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Sequence
 import anyio
 from starlette.requests import Request
 
+from ..backends.device_lost import sticky_cuda_error
 from ..errors import UserError
 from ..manifest import BundleError
 from ..runtime.pipeline import GenerationResult
@@ -134,6 +135,12 @@ def failure(event: FailedEvent, timeout: float) -> ApiError:
         return ApiError(422, "invalid_request", str(error))
     if event.kind == "timeout":
         return timeout_error(timeout)
+    lost = sticky_cuda_error(error) if event.kind == "engine" else None
+    if lost is not None:
+        log.error("the GPU failed in a job: %s: %s", type(error).__name__, one_line(str(error)))
+        return ApiError(503, "device_lost", f"the GPU failed on this request ({lost}, a sticky CUDA error): this "
+                                            "server stops and must be restarted; retry on another replica",
+                        headers={"Retry-After": "5"})
     if event.kind == "cancelled":
         return ApiError(503, "cancelled", "the job was cancelled before it finished (server shutting down or "
                                           "client gone): retry")

@@ -57,3 +57,12 @@ def make_server(app: Any, on_exit: Callable[[], None], graceful_timeout: float |
     config = uvicorn.Config(app, lifespan="off", log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=graceful_timeout)
     return DrainingServer(config, on_exit)
+
+
+def stop_on_device_lost(engine: Any, server: DrainingServer) -> None:
+    """After a sticky CUDA error the engine fails every job: stop listening (in-flight requests get their
+    failure), so `sdrt serve` can exit non-zero and its orchestrator restart it."""
+    def stop() -> None:
+        server.should_exit = True
+
+    engine.on_device_lost = stop

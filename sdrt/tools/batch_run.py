@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..runtime.generation import Generation, UNetBatch
+from ..runtime.generation import Generation
 from ..runtime.pipeline import GenerationResult, Pipeline
 
 
@@ -45,7 +45,7 @@ def run_together(pipe: Pipeline, generations: Sequence[Generation], max_rows: in
                  done: Callable[[int, BatchedResult], None] | None = None) -> list[BatchedResult]:
     """Run every generation to its result (in the order given); `done(index, result)` as each finishes."""
     results: list[BatchedResult | None] = [None] * len(generations)
-    unet = UNetBatch(pipe.engine("unet"))
+    unet = pipe.unet_batch()
     for number, chunk in enumerate(batches(generations, max(max_rows, 1))):
         started = time.perf_counter()
         work = {i: 0 for i in chunk}  # UNet rows x calls per generation
