@@ -227,7 +227,7 @@ def test_after_an_illegal_address_every_later_cuda_call_fails(cuda, tmp_path) ->
         run(eng, (1, 4))
     with pytest.raises(cuda.CudaError, match="^cudaMallocHost failed: cudaErrorIllegalAddress$"):
         run(eng, (2, 4))  # a new shape set: its pinned staging first
-    assert eng.contexts[0].execute_async_v3(7) is False
+    assert eng.contexts[0].execute_async_v3(cuda.stream.handle) is False
     with pytest.raises(cuda.CudaError, match="^cudaMalloc failed: cudaErrorIllegalAddress$"):
         cuda.DeviceBuffer(16)
     with pytest.raises(cuda.CudaError, match="cudaErrorIllegalAddress$"):
