@@ -40,12 +40,16 @@ def plan_builds(
     target: GpuTarget,
     force: bool = False,
     refittable: bool = False,
+    graphs: str | None = None,
 ) -> list[PlannedEngine]:
-    shapes = pipeline_shapes(manifest, components, precision, profiles)
+    """`graphs`: the manifest's graph set the engines are built from, when it is not `precision` (the key's
+    precision): `sdrt build --fp8` builds "fp8" engines from the "int8" graphs (sdrt.engines.qdq_convert)."""
+    graphs = graphs or precision
+    shapes = pipeline_shapes(manifest, components, graphs, profiles)
     planned = []
     for c in components:
         key = EngineKey(
-            model_hash=component_model_hash(manifest, c, precision),
+            model_hash=component_model_hash(manifest, c, graphs),
             component=c,
             precision=precision,
             profiles_digest=profiles_digest(shapes[c]),
@@ -53,7 +57,7 @@ def plan_builds(
             refittable=refittable,
         )
         action, reason = ("build", "--force given") if force else build_decision(engines_root, key)
-        onnx = Path(bundle) / manifest.component(c, precision).file
+        onnx = Path(bundle) / manifest.component(c, graphs).file
         planned.append(PlannedEngine(c, key, onnx, shapes[c], action, reason))
     return planned
 

@@ -1,0 +1,152 @@
+"""sdrt.engines.qdq_convert on real ONNX graphs run by ONNX Runtime on CPU: the fp8 variant of an int8 QDQ graph
+(same calibrated ranges: scale x 127 / 448), uint8 asymmetric activations made symmetric int8 for TensorRT,
+int32 biases folded, the opset raised to 19 for float8 without touching large weights. Expected values come
+from the closed forms (the fixture's known scales) and numpy / ml_dtypes, not from the module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_fixtures import qdq_conv_params, write_qdq_conv
+from sdrt.engines.qdq_convert import convert_qdq, needs_conversion, qdq_facts, write_converted
+
+FP8 = ml_dtypes.float8_e4m3fn
+
+
+def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reference Conv 3x3, padding 1, in float64."""
+    n, c, h, wd = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + h, j:j + wd], w[:, :, i, j].astype(np.float64))
+    return out + b.reshape(1, -1, 1, 1)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+@pytest.fixture()
+def x() -> np.ndarray:
+    return np.random.default_rng(1).uniform(-3.9, 3.9, (2, 4, 5, 6)).astype(np.float32)
+
+
+def test_fp8_variant_keeps_the_ranges_and_runs_as_fp8(tmp_path: Path, x: np.ndarray) -> None:
+    p = qdq_conv_params()
+    model = convert_qdq(onnx.load(str(write_qdq_conv(tmp_path / "int8.onnx"))), "fp8", {"w": p["w"]})
+    t = inits(model)
+    x_scale = np.float32(np.float32(4.0 / 127) * 127 / 448)  # amax 4 = int8 scale x 127, over e4m3's 448
+    w_scale = (p["w_scale"] * np.float32(127) / np.float32(448)).astype(np.float32)
+    np.testing.assert_allclose(numpy_helper.to_array(t["x_scale"]), x_scale, rtol=1e-6)
+    np.testing.assert_allclose(numpy_helper.to_array(t["w_scale"]), w_scale, rtol=1e-6)
+    for zp in ("x_zero_point", "w_zero_point"):
+        assert t[zp].data_type == TensorProto.FLOAT8E4M3FN
+        assert not numpy_helper.to_array(t[zp]).astype(np.float32).any()
+    assert model.opset_import[0].version == 19  # float8 Q/DQ exist from opset 19
+    w_fp8 = numpy_helper.to_array(t["w_quantized"])
+    assert t["w_quantized"].data_type == TensorProto.FLOAT8E4M3FN
+    expected = (p["w"] / w_scale.reshape(4, 1, 1, 1)).astype(FP8)  # rounded once, from the float weights
+    np.testing.assert_array_equal(w_fp8.astype(np.float32), expected.astype(np.float32))
+    x_fp8 = (x / x_scale).astype(FP8).astype(np.float64) * x_scale
+    w_deq = expected.astype(np.float64) * w_scale.reshape(4, 1, 1, 1)
+    y = run(model, x)
+    np.testing.assert_allclose(y, conv3x3(x_fp8, w_deq, p["bias"]), rtol=1e-5, atol=1e-5)
+    # e4m3 keeps 3 mantissa bits: each operand within 2^-4 relative (+ half a subnormal step)
+    ex = np.abs(x) * 2.0**-4 + x_scale * 2.0**-10
+    ew = np.abs(p["w"]) * 2.0**-4 + w_scale.reshape(4, 1, 1, 1) * 2.0**-10
+    bound = conv3x3(np.abs(x), ew, np.zeros(4)) + conv3x3(ex, np.abs(p["w"]) + ew, np.zeros(4))
+    assert np.all(np.abs(y - conv3x3(x, p["w"], p["bias"])) <= bound + 1e-5)
+
+
+def test_without_float_weights_the_int8_weights_are_requantized(tmp_path: Path) -> None:
+    p = qdq_conv_params()
+    model = convert_qdq(onnx.load(str(write_qdq_conv(tmp_path / "int8.onnx"))), "fp8")
+    w_scale = (p["w_scale"] * np.float32(127) / np.float32(448)).reshape(4, 1, 1, 1)
+    dequantized = p["w_q"].astype(np.float32) * p["w_scale"].reshape(4, 1, 1, 1)
+    got = numpy_helper.to_array(inits(model)["w_quantized"]).astype(np.float32)
+    np.testing.assert_array_equal(got, (dequantized / w_scale).astype(FP8).astype(np.float32))
+    assert np.any(got != (p["w"] / w_scale).astype(FP8).astype(np.float32))  # rounding twice shows
+
+
+def test_uint8_asymmetric_activations_become_symmetric_int8(tmp_path: Path, x: np.ndarray) -> None:
+    p = qdq_conv_params()
+    source = onnx.load(str(write_qdq_conv(tmp_path / "u8.onnx", activation="uint8")))
+    assert qdq_facts(source).types == ("int8", "uint8") and needs_conversion(qdq_facts(source), "int8")
+    model = convert_qdq(source, "int8")
+    t = inits(model)
+    x_scale = np.float32(np.float32(8.0 / 255) * 128 / 127)  # amax = scale x max(128 - 0, 255 - 128)
+    np.testing.assert_allclose(numpy_helper.to_array(t["x_scale"]), x_scale, rtol=1e-6)
+    assert t["x_zero_point"].data_type == TensorProto.INT8 and numpy_helper.to_array(t["x_zero_point"]) == 0
+    np.testing.assert_array_equal(numpy_helper.to_array(t["w_quantized"]), p["w_q"])  # int8 weights unchanged
+    assert model.opset_import[0].version == 17
+    facts = qdq_facts(model)
+    assert facts.types == ("int8",) and facts.symmetric and not needs_conversion(facts, "int8")
+    x_q = np.clip(np.rint(x / x_scale), -127, 127) * np.float64(x_scale)
+    w = p["w_q"].astype(np.float64) * p["w_scale"].reshape(4, 1, 1, 1)
+    np.testing.assert_allclose(run(model, x), conv3x3(x_q, w, p["bias"]), rtol=1e-5, atol=1e-5)
+
+
+def test_symmetric_int8_needs_no_conversion_but_fp8_does(tmp_path: Path) -> None:
+    facts = qdq_facts(onnx.load(str(write_qdq_conv(tmp_path / "int8.onnx"))))
+    assert (facts.nodes, facts.types, facts.symmetric, facts.opset) == (3, ("int8",), True, 17)
+    assert not needs_conversion(facts, "int8") and needs_conversion(facts, "fp8")
+
+
+def test_int32_biases_are_folded_to_float(tmp_path: Path, x: np.ndarray) -> None:
+    """ONNX Runtime stores biases int32 -> DequantizeLinear; TensorRT dequantizes only 8/4-bit types."""
+    p = qdq_conv_params()
+    out = write_converted(write_qdq_conv(tmp_path / "int8.onnx", int32_bias=True), tmp_path / "fp8.onnx", "fp8")
+    model = onnx.load(str(out))
+    t = inits(model)
+    assert not [i for i in t.values() if i.data_type == TensorProto.INT32]
+    assert [n.op_type for n in model.graph.node].count("DequantizeLinear") == 2  # x and w, no bias
+    b_scale = np.float32(4.0 / 127) * p["w_scale"]
+    np.testing.assert_allclose(numpy_helper.to_array(t["b"]), np.rint(p["bias"] / b_scale) * b_scale, rtol=1e-6)
+    run(model, x)  # the folded graph is valid and runs
+
+
+def test_opset_upgrade_leaves_large_weights_alone() -> None:
+    """Opset 17 -> 19 rewrites ReduceMean (axes attribute -> input); a large initializer stands in as a stub
+    during the conversion and comes back byte for byte."""
+    big = np.random.default_rng(2).standard_normal(40_000).astype(np.float32)  # 160 kB > the stub threshold
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["m", "big"], ["p"]),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 40_000])],
+        initializer=[numpy_helper.from_array(big, "big"), numpy_helper.from_array(np.float32(0.05), "s"),
+                     numpy_helper.from_array(np.int8(0), "z")])
+    model = convert_qdq(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), "fp8")
+    assert model.opset_import[0].version == 19
+    reduce = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    assert len(reduce.input) == 2 and "axes" not in {a.name for a in reduce.attribute}
+    np.testing.assert_array_equal(numpy_helper.to_array(inits(model)["big"]), big)
+    x = np.array([[0.5, 1.0, 1.5], [-1.0, 0.0, 2.0]], np.float32)
+    y = run(model, x)
+    s = np.float32(0.05 * 127 / 448)
+    expected = (x.mean(axis=1, keepdims=True) * big / s).astype(FP8).astype(np.float32) * s
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_a_graph_without_qdq_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    with pytest.raises(ValueError, match="graph 'plain' has no QuantizeLinear/DequantizeLinear nodes"):
+        convert_qdq(helper.make_model(graph), "fp8")
