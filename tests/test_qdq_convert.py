@@ -150,3 +150,66 @@ def test_a_graph_without_qdq_is_refused(tmp_path: Path) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     with pytest.raises(ValueError, match="graph 'plain' has no QuantizeLinear/DequantizeLinear nodes"):
         convert_qdq(helper.make_model(graph), "fp8")
+
+
+def test_onnx_runtime_quantizer_output_converts_and_runs(tmp_path: Path) -> None:
+    """The shared QDQ export path (ONNX Runtime's quantize_static, as sdrt quantize calls it: per-channel
+    symmetric int8 weights, int32 biases, Q/DQ on every activation) on Conv + Relu + MatMul, in both
+    activation layouts: int8 conversion reproduces the symmetric graph exactly; fp8 stays within fp8's
+    precision of the float graph. Run with graph optimizations off: ONNX Runtime 1.32's CPU optimizer drops
+    a Relu between float8 DequantizeLinear and QuantizeLinear (it treats zero point 0 as the type's minimum),
+    which would make the comparison wrong for reasons not in the graph."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 4, 3, 3)) * 0.2).astype(np.float32)
+    m = (rng.standard_normal((16, 16)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]), helper.make_node("MatMul", ["f", "M"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 16])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(m, "M"),
+                     numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "B"),
+                     numpy_helper.from_array(np.array([1, 8, -1, 16], np.int64), "shape")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+              str(tmp_path / "f.onnx"))
+    feeds = [{"x": rng.standard_normal((1, 4, 4, 4)).astype(np.float32)} for _ in range(6)]
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    def outputs(model: onnx.ModelProto | str) -> list[np.ndarray]:
+        data = model if isinstance(model, str) else model.SerializeToString()
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return [session.run(["y"], f)[0] for f in feeds]
+
+    exact = outputs(str(tmp_path / "f.onnx"))
+    magnitude = max(float(np.abs(y).max()) for y in exact)
+    for activation, symmetric in ((QuantType.QUInt8, False), (QuantType.QInt8, True)):
+        q_path = tmp_path / f"q_{symmetric}.onnx"
+        quantize_static(str(tmp_path / "f.onnx"), str(q_path), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv", "MatMul"], per_channel=True, reduce_range=False,
+                        activation_type=activation, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric})
+        source = onnx.load(str(q_path))
+        assert "int32" in qdq_facts(source).types  # ONNX Runtime's bias layout
+        for target, zp_type in (("int8", TensorProto.INT8), ("fp8", TensorProto.FLOAT8E4M3FN)):
+            model = convert_qdq(onnx.load(str(q_path)), target, {"W": w, "M": m} if target == "fp8" else None)
+            onnx.checker.check_model(model)
+            zero_points = {n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+            assert {inits(model)[z].data_type for z in zero_points} == {zp_type}
+            got = outputs(model)
+            if target == "int8" and symmetric:  # same scales, same integers: the same function
+                for a, b in zip(got, outputs(source)):
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            worst = max(float(np.abs(a - b).max()) for a, b in zip(got, exact))
+            assert worst <= (0.03 if target == "int8" else 0.08) * magnitude, (activation, target, worst)
