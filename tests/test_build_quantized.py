@@ -35,7 +35,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return code, out, err
 
 
-def add_int8_unet(bundle: Path, activation: str = "int8") -> Path:
+def add_int8_unet(bundle: Path, activation: str = "int8", fusions: dict | None = None) -> Path:
     """The bundle's int8 set as `sdrt quantize --int8` records it: the UNet's QDQ graph, fp32 IO, hashed."""
     (bundle / "int8").mkdir()
     graph = write_qdq_conv(bundle / "int8" / "unet.onnx", activation=activation)
@@ -43,7 +43,7 @@ def add_int8_unet(bundle: Path, activation: str = "int8") -> Path:
     fp16 = manifest.component("unet", "fp16")
     spec = ComponentSpec("int8/unet.onnx", [TensorSpec(t.name, "float32", t.shape) for t in fp16.inputs],
                          [TensorSpec(t.name, "float32", t.shape) for t in fp16.outputs],
-                         compute_precision="int8-qdq")
+                         compute_precision="int8-qdq", fusions=fusions or {})
     manifest.components["int8"] = {"unet": spec}
     manifest.files["int8/unet.onnx"] = hashlib.sha256(graph.read_bytes()).hexdigest()
     manifest.save(bundle)
@@ -194,3 +194,15 @@ def test_dry_run_names_the_graph_the_unet_is_built_from(capsys, bundle) -> None:
     assert (code, err) == (0, "")
     assert "unet (fp8, from the bundle's int8 graph) profile 0 (512x512 batch 1 chunks 1 cfg on):\n" in out
     assert "text_encoder profile 0 (512x512 batch 1 chunks 1 cfg on):\n" in out
+
+
+def test_int8_graph_of_a_fused_unet_is_refused_with_the_quantize_fix(capsys, tmp_path, gpu) -> None:
+    """A QDQ graph quantized from a fused fp32 UNet keeps the com.microsoft attention ops TensorRT cannot parse."""
+    write_bundle(tmp_path / "b", "sd1")
+    add_int8_unet(tmp_path / "b", fusions={"MultiHeadAttention": 16})
+    code, out, err = run_cli(capsys, "build", str(tmp_path / "b"), "--int8")
+    assert (code, out) == (2, "")
+    assert err == (f"error: bundle {tmp_path / 'b'}'s int8 unet graph has ONNX Runtime CPU fusions "
+                   f"(MultiHeadAttention), which TensorRT cannot parse: re-export with sdrt export --no-fuse, "
+                   f"then run sdrt quantize {tmp_path / 'b'} --int8 again\n")
+    assert gpu.paths == []

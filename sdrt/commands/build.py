@@ -73,9 +73,10 @@ def build(
         for c in group:
             fused = manifest.component(c, graph_set).fusions  # BundleError naming what the bundle has
             if fused:
+                fix = (f"re-export with sdrt export --no-fuse, then run sdrt quantize {bundle} --int8 again"
+                       if c in quantized else "build --precision fp16, or re-export with sdrt export --no-fuse")
                 raise UserError(f"bundle {bundle}'s {graph_set} {c} graph has ONNX Runtime CPU fusions "
-                                f"({', '.join(fused)}), which TensorRT cannot parse: build --precision fp16, or "
-                                "re-export with sdrt export --no-fuse")
+                                f"({', '.join(fused)}), which TensorRT cannot parse: {fix}")
     options = BuildOptions(opt_level=opt_level, workspace_gb=workspace, refittable=refittable)
     height, width = manifest.model.default_size
     profiles = [parse_profile(s, manifest.model, batch, prompt_chunks, cfg) for s in (sizes or (f"{width}x{height}",))]

@@ -35,10 +35,9 @@ def quantization_choice(int8: bool, fp8: bool) -> str | None:
 
 
 def quantized_graphs(manifest: Manifest, bundle: str | Path, quantization: str) -> str:
-    """The manifest graph set the quantized UNet engine is built from: the bundle's own fp8 graph for --fp8
-    when it has one, else the int8 QDQ graph (converted for fp8 at build time)."""
-    if quantization == "fp8" and QUANTIZED_COMPONENT in manifest.components.get("fp8", {}):
-        return "fp8"
+    """The manifest graph set the quantized UNet engine is built from: the int8 QDQ graph for both --int8 and
+    --fp8 (converted for fp8 at build time, so fp8 has the int8 graph's calibration by construction and the
+    bundle stores no second quantized UNet)."""
     if QUANTIZED_COMPONENT in manifest.components.get("int8", {}):
         return "int8"
     raise UserError(f"bundle {bundle} has no int8 UNet graph, which --{quantization} builds from: "
