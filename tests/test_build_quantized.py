@@ -206,3 +206,14 @@ def test_int8_graph_of_a_fused_unet_is_refused_with_the_quantize_fix(capsys, tmp
                    f"(MultiHeadAttention), which TensorRT cannot parse: re-export with sdrt export --no-fuse, "
                    f"then run sdrt quantize {tmp_path / 'b'} --int8 again\n")
     assert gpu.paths == []
+
+
+def test_missing_onnx_is_one_line(capsys, bundle, gpu, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails, installed or not
+    code, out, err = run_cli(capsys, "build", str(bundle), "--int8", "--components", "unet")
+    assert code == 2 and err == (
+        "error: sdrt build --int8 reads the QDQ UNet graph with onnx (import of onnx halted; None in sys.modules): "
+        "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
+    assert not list((bundle / "engines").rglob("*.plan"))

@@ -164,7 +164,8 @@ def test_onnx_runtime_quantizer_output_converts_and_runs(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((8, 4, 3, 3)) * 0.2).astype(np.float32)
     m = (rng.standard_normal((16, 16)) * 0.2).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("Reshape", ["r", "shape"], ["f"]), helper.make_node("MatMul", ["f", "M"], ["y"])]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],

@@ -83,7 +83,12 @@ def tensorrt_graphs(
     if not todo:
         yield out
         return
-    import onnx  # noqa: PLC0415
+    try:
+        import ml_dtypes  # noqa: F401, PLC0415  (float8 weights)
+        import onnx  # noqa: PLC0415
+    except ImportError as exc:
+        raise UserError(f"sdrt build --{out[todo[0]].key.precision} reads the QDQ UNet graph with onnx "
+                        f"({exc}): pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com") from None
 
     Path(engines_root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=engines_root, prefix=".qdq-") as scratch:
