@@ -214,3 +214,22 @@ def test_onnx_runtime_quantizer_output_converts_and_runs(tmp_path: Path) -> None
                     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
             worst = max(float(np.abs(a - b).max()) for a, b in zip(got, exact))
             assert worst <= (0.03 if target == "int8" else 0.08) * magnitude, (activation, target, worst)
+
+
+def test_a_weight_feeding_two_dequantize_nodes_is_requantized_once() -> None:
+    """Two DequantizeLinear nodes on one int8 weight (and one scale): converting the second must not treat the
+    already-converted fp8 values as int8 again."""
+    q = np.array([[-127, -3, 0, 5], [64, 127, -64, 1]], np.int8)
+    scale = np.array([0.01, 0.02], np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], [f"w{i}"], axis=0) for i in (1, 2)]
+    nodes += [helper.make_node("Add", ["w1", "w2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "shared", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        initializer=[numpy_helper.from_array(q, "w"), numpy_helper.from_array(scale, "s"),
+                     numpy_helper.from_array(np.zeros(2, np.int8), "z")])
+    model = convert_qdq(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), "fp8")
+    new_scale = scale * np.float32(127) / np.float32(448)
+    expected = (q * scale[:, None] / new_scale[:, None]).astype(FP8).astype(np.float32)
+    np.testing.assert_array_equal(numpy_helper.to_array(inits(model)["w"]).astype(np.float32), expected)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["y"], {})[0], 2 * expected * new_scale[:, None], rtol=1e-6)

@@ -128,19 +128,28 @@ def convert_qdq(model: Any, target: str, float_weights: Mapping[str, np.ndarray]
     qmax = FP8_MAX if target == "fp8" else INT8_MAX
     converted: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # (scale, zp) -> old s, zp, new s
     quantized_tensors: set[str] = set()  # Q outputs and DQ inputs: their declared type changes
+    requantized: set[str] = set()  # weight initializers already re-quantized (one may feed several DQ nodes)
+    for node in qdq:
+        for name in node.input[1:3]:
+            if name and name not in inits:
+                raise ValueError(f"{node.op_type} {node.name!r}: its scale and zero point must be initializers")
+    before = {name: (numpy_helper.to_array(inits[name]), inits[name].data_type)  # read before anything changes
+              for node in qdq for name in node.input[1:3] if name}
+    new_scales: dict[str, np.ndarray] = {}
     for node in qdq:
         scale_name = node.input[1]
         zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        if scale_name not in inits or (zp_name and zp_name not in inits):
-            raise ValueError(f"{node.op_type} {node.name!r}: its scale and zero point must be initializers")
         key = (scale_name, zp_name)
         if key not in converted:
-            scale = numpy_helper.to_array(inits[scale_name])
-            zp_type = inits[zp_name].data_type if zp_name else TensorProto.UINT8
-            zp = numpy_helper.to_array(inits[zp_name]).astype(np.float32) if zp_name else np.zeros_like(scale)
+            scale = before[scale_name][0]
+            zp_type = before[zp_name][1] if zp_name else TensorProto.UINT8
+            zp = before[zp_name][0].astype(np.float32) if zp_name else np.zeros_like(scale, np.float32)
             lo, hi = _range(zp_type)
             amax = scale.astype(np.float32) * np.maximum(zp - lo, hi - zp)
             new_scale = np.where(amax > 0, amax / qmax, 1.0).astype(scale.dtype)
+            if scale_name in new_scales and not np.array_equal(new_scales[scale_name], new_scale):
+                raise ValueError(f"scale {scale_name!r} is shared by Q/DQ nodes of different ranges: cannot convert")
+            new_scales[scale_name] = new_scale
             converted[key] = (scale.astype(np.float32), zp, new_scale.astype(np.float32))
             inits[scale_name].CopyFrom(numpy_helper.from_array(new_scale, scale_name))
             zeros = helper.make_tensor(zp_name or f"{scale_name}_zero_point_{target}", new_type,
@@ -160,7 +169,10 @@ def convert_qdq(model: Any, target: str, float_weights: Mapping[str, np.ndarray]
         data = node.input[0]
         if node.op_type == "QuantizeLinear":
             quantized_tensors.add(node.output[0])
+        elif data in requantized:
+            continue
         elif data in inits:  # a weight stored quantized: re-quantize its values
+            requantized.add(data)
             stored = numpy_helper.to_array(inits[data]).astype(np.float32)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             original = (float_weights or {}).get(data.removesuffix("_quantized"))
