@@ -559,26 +559,30 @@ def plan_latency(plan: Path, feeds: Mapping[str, Any], n: int = 50) -> dict[str,
 
 QDQ_PROFILES = (((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32)),)
 QDQ_SHAPES = ((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32))
-QDQ_TOLERANCE = 0.02  # of the output's largest magnitude: same quantized operands, other summation order
+QDQ_TOLERANCE = 0.05  # of the output's largest magnitude: same graph; fp16 rounding of x / scale may pick the
+# neighbouring fp8 value (a 2^-4 step) on one side and not the other
 FP8_MIN_CAPABILITY = (8, 9)
 
 
 def step_int8_trt(ctx: Context) -> dict[str, Any]:
-    """sdrt's builder (strongly typed, no precision flag) on the QDQ Conv of tests/onnx_fixtures.py: the int8
-    graph as written, and on compute capability 8.9+ its fp8 conversion (sdrt.engines.qdq_convert, what
-    `sdrt build --fp8` parses); each engine's outputs against ONNX Runtime CPU on the same graph, and the
-    latency of one call. Whether TensorRT accepts these Q/DQ graphs at all is the first thing it finds out."""
+    """sdrt's builder (strongly typed, no precision flag) on what `sdrt build --int8` / `--fp8` parse, made
+    from the QDQ Conv of tests/onnx_fixtures.py in ONNX Runtime CPU's layout (uint8 activations, int32 bias)
+    by sdrt.engines.qdq_convert: int8 Q/DQ with fp16 outside, and on compute capability 8.9+ fp8; each
+    engine's outputs against ONNX Runtime CPU on the same graph, and the latency of one call. Whether
+    TensorRT accepts these Q/DQ graphs at all is the first thing it finds out."""
     from sdrt.backends import cuda_rt
     from sdrt.engines.qdq_convert import write_converted
     from sdrt.engines.profiles import ShapeRange
 
     fixtures = onnx_fixtures()
-    int8 = fixtures.write_qdq_conv(ctx.work / "qdq_int8.onnx")
+    source = fixtures.write_qdq_conv(ctx.work / "qdq_ort_cpu.onnx", activation="uint8", int32_bias=True)
+    weights = {"w": fixtures.qdq_conv_params()["w"]}
     profiles = [{"x": ShapeRange(*p)} for p in QDQ_PROFILES]
+    int8 = write_converted(source, ctx.work / "qdq_int8.onnx", "int8")
     out: dict[str, Any] = {"int8": build_and_compare_qdq(int8, profiles, ctx.work / "qdq_int8.plan")}
     _, major, minor = cuda_rt.device_properties(0)
     if (major, minor) >= FP8_MIN_CAPABILITY:
-        fp8 = write_converted(int8, ctx.work / "qdq_fp8.onnx", "fp8", {"w": fixtures.qdq_conv_params()["w"]})
+        fp8 = write_converted(source, ctx.work / "qdq_fp8.onnx", "fp8", weights)
         out["fp8"] = build_and_compare_qdq(fp8, profiles, ctx.work / "qdq_fp8.plan")
     else:
         out["fp8"] = {"skipped": f"compute capability {major}.{minor} is below 8.9"}
@@ -589,18 +593,22 @@ def step_int8_trt(ctx: Context) -> dict[str, Any]:
 
 def build_and_compare_qdq(onnx_path: Path, profiles: Sequence[Mapping[str, Any]], plan: Path) -> dict[str, Any]:
     """Build `onnx_path` with sdrt's builder, run it through TrtSession at QDQ_SHAPES (inputs inside the
-    calibrated range +-4) and compare with ONNX Runtime CPU on the same graph."""
+    calibrated range +-4) and compare with ONNX Runtime CPU on the same graph (graph optimizations off: ORT
+    1.32's CPU optimizer mishandles a Relu between float8 Q/DQ, docs/gpu.md)."""
     import numpy as np
+    import onnxruntime as ort
 
     from sdrt.backends.trt_engine import TrtSession
 
     out: dict[str, Any] = {"build": build_plan(onnx_path, profiles, plan)}
-    reference = ort_cpu("qdq", onnx_path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     calls = []
     with TrtSession({"qdq": plan}, cuda_graphs=False) as session:
         for i, shape in enumerate(QDQ_SHAPES):
             x = np.random.default_rng(i).uniform(-3.9, 3.9, shape).astype(np.float32)
-            y, ref = session["qdq"].run({"x": x})["y"].copy(), reference.run({"x": x})["y"]
+            y, ref = session["qdq"].run({"x": x})["y"].copy(), reference.run(["y"], {"x": x})[0]
             scale = float(np.max(np.abs(ref))) or 1.0
             calls.append({"shape": list(shape), "max_abs_diff": max_abs_diff(y, ref), "ref_max_abs": scale,
                           "passed": max_abs_diff(y, ref) <= QDQ_TOLERANCE * scale})
@@ -730,7 +738,7 @@ STEPS: tuple[Step, ...] = (
     Step("sd1_trt", 110, "sdrt build + generate --backend trt vs ort-cpu; per-step time with/without graphs",
          ("sd1_bundle",)),
     Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy vs ort-cpu", ("sd1_bundle",)),
-    Step("int8_trt", 25, "int8 QDQ Conv built strongly typed (fp8 conversion too on sm89+), run vs ORT CPU"),
+    Step("int8_trt", 25, "QDQ Conv as sdrt build --int8 (and --fp8 on sm89+) parses it, built and run vs ORT CPU"),
 )
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "versions": step_versions, "cuda_rt": step_cuda_rt, "vram_4gib": step_vram_4gib,

@@ -18,7 +18,7 @@ from fake_bundles import write_bundle
 from onnx_fixtures import write_qdq_conv
 from sdrt.cli import main
 from sdrt.engines import builder as builder_mod
-from sdrt.engines.target import GpuTarget
+from sdrt.engines.target import GpuTarget, component_model_hash
 from sdrt.manifest import ComponentSpec, Manifest, TensorSpec
 from test_engine_builder import fake_tensorrt
 
@@ -50,12 +50,12 @@ def add_int8_unet(bundle: Path, activation: str = "int8", fusions: dict | None =
     return graph
 
 
-def zero_point_types(path: Path) -> set[str]:
-    """The data types of the Q/DQ zero points of the graph at `path` (read with onnx, independently)."""
+def qdq_types(path: Path) -> tuple[set[str], set[str]]:
+    """The data types of the Q/DQ zero points and scales of the graph at `path` (read with onnx, independently)."""
     model = onnx.load(str(path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
-    return {onnx.TensorProto.DataType.Name(inits[n.input[2]].data_type) for n in model.graph.node
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    return tuple({onnx.TensorProto.DataType.Name(inits[n.input[k]].data_type) for n in qdq} for k in (2, 1))
 
 
 @pytest.fixture()
@@ -86,7 +86,7 @@ def gpu(monkeypatch) -> SimpleNamespace:
             def parse_from_file(self, path: str) -> bool:
                 world.paths.append(Path(path))
                 is_onnx = Path(path).read_bytes()[:1] != b"s"  # fake_bundles' stand-ins read "stand-in for ..."
-                world.qdq_types.append(zero_point_types(Path(path)) if is_onnx else None)
+                world.qdq_types.append(qdq_types(Path(path)) if is_onnx else None)
                 return super().parse_from_file(path)
 
         trt.OnnxParser = RecordingParser
@@ -106,9 +106,10 @@ def test_int8_build_parses_the_qdq_graph_strongly_typed_without_precision_flags(
     gpu.target = GpuTarget(version, "9.0", "NVIDIA H100 80GB HBM3")
     code, out, err = run_cli(capsys, "build", str(bundle), "--int8")
     assert (code, err) == (0, "")
-    unet = [p for p in gpu.paths if p.name == "unet.onnx"]
-    assert unet == [bundle / "int8" / "unet.onnx"]  # the QDQ graph as it is (symmetric int8), not fp16/unet.onnx
-    assert gpu.qdq_types[gpu.paths.index(unet[0])] == {"INT8"}
+    unet = [p for p in gpu.paths if p.name.startswith("unet")]
+    assert [p.name for p in unet] == ["unet.int8.onnx"]  # not fp16/unet.onnx: the int8 QDQ graph, converted ...
+    assert unet[0].parent.parent == bundle / "engines" and not unet[0].exists()  # ... in a folder removed after
+    assert gpu.qdq_types[gpu.paths.index(unet[0])] == ({"INT8"}, {"FLOAT16"})  # int8 Q/DQ, fp16 outside them
     assert sorted(p.relative_to(bundle).as_posix() for p in gpu.paths if p != unet[0]) == [
         "fp16/text_encoder.onnx", "fp16/vae_decoder.onnx", "fp16/vae_encoder.onnx"]
     assert gpu.network_flags == flags  # TensorRT 10: 1 << STRONGLY_TYPED; 11: strongly typed without a flag
@@ -116,7 +117,8 @@ def test_int8_build_parses_the_qdq_graph_strongly_typed_without_precision_flags(
     plans = sorted(p.name.split(".")[:2] for p in (bundle / "engines").rglob("*.plan"))
     assert plans == [["text_encoder", "fp16"], ["unet", "int8"], ["vae_decoder", "fp16"], ["vae_encoder", "fp16"]]
     meta = json.loads(next((bundle / "engines").rglob("unet.int8.*.json")).read_text())
-    assert meta["key"]["precision"] == "int8" and meta["build"]["onnx"] == "unet.onnx"
+    assert meta["key"]["precision"] == "int8" and meta["build"]["onnx"] == "unet.int8.onnx"
+    assert meta["key"]["model_hash"] == component_model_hash(Manifest.load(bundle), "unet", "int8")
 
 
 def test_fp8_build_parses_an_fp8_conversion_of_the_int8_graph(capsys, bundle, gpu) -> None:
@@ -124,9 +126,9 @@ def test_fp8_build_parses_an_fp8_conversion_of_the_int8_graph(capsys, bundle, gp
     assert (code, err) == (0, "")
     assert len(gpu.paths) == 1 and gpu.paths[0].name == "unet.fp8.onnx"
     assert gpu.paths[0].parent.parent == bundle / "engines"  # a temporary folder inside the engine folder ...
-    assert gpu.qdq_types == [{"FLOAT8E4M3FN"}]  # ... holding the fp8 Q/DQ graph when TensorRT parsed it
+    assert gpu.qdq_types == [({"FLOAT8E4M3FN"}, {"FLOAT16"})]  # ... holding the fp8 Q/DQ graph at parse time
     assert not gpu.paths[0].exists() and not list((bundle / "engines").glob(".qdq-*"))  # removed after the build
-    assert "unet: converting int8 Q/DQ (int8, 3 nodes) to fp8 for TensorRT\n" in out
+    assert "unet: converting int8 Q/DQ (int8, 3 nodes) to fp8, fp16 outside them, for TensorRT\n" in out
     assert gpu.config.flags == set() and gpu.network_flags == 1 << 1
     assert [p.name.split(".")[:2] for p in (bundle / "engines").rglob("*.plan")] == [["unet", "fp8"]]
 
@@ -138,8 +140,8 @@ def test_uint8_asymmetric_int8_graph_is_converted_to_symmetric_int8(capsys, tmp_
     add_int8_unet(tmp_path / "b", activation="uint8")
     code, out, err = run_cli(capsys, "build", str(tmp_path / "b"), "--int8", "--components", "unet")
     assert (code, err) == (0, "")
-    assert [p.name for p in gpu.paths] == ["unet.int8.onnx"] and gpu.qdq_types == [{"INT8"}]
-    assert "unet: converting int8 Q/DQ (int8, uint8, 3 nodes) to int8 for TensorRT\n" in out
+    assert [p.name for p in gpu.paths] == ["unet.int8.onnx"] and gpu.qdq_types == [({"INT8"}, {"FLOAT16"})]
+    assert "unet: converting int8 Q/DQ (int8, uint8, 3 nodes) to int8, fp16 outside them, for TensorRT\n" in out
 
 
 def test_cache_key_includes_the_quantization(capsys, bundle, gpu) -> None:
@@ -153,7 +155,7 @@ def test_cache_key_includes_the_quantization(capsys, bundle, gpu) -> None:
     assert unet_line("--int8").startswith("unet: reusing ")  # ... and the int8 one is found again
     assert unet_line("--fp8").startswith("unet: building unet.fp8.")  # fp8 from the same graph: its own engine
     assert unet_line("--fp8").startswith("unet: reusing ")
-    assert gpu.paths.count(bundle / "int8" / "unet.onnx") == 1  # parsed once; reuse parses nothing
+    assert [p.name for p in gpu.paths] == ["unet.int8.onnx", "unet.onnx", "unet.fp8.onnx"]  # reuse parses nothing
 
 
 def test_int8_and_fp8_together_are_refused(capsys, bundle, gpu) -> None:

@@ -109,7 +109,8 @@ def test_symmetric_int8_needs_no_conversion_but_fp8_does(tmp_path: Path) -> None
 def test_int32_biases_are_folded_to_float(tmp_path: Path, x: np.ndarray) -> None:
     """ONNX Runtime stores biases int32 -> DequantizeLinear; TensorRT dequantizes only 8/4-bit types."""
     p = qdq_conv_params()
-    out = write_converted(write_qdq_conv(tmp_path / "int8.onnx", int32_bias=True), tmp_path / "fp8.onnx", "fp8")
+    out = write_converted(write_qdq_conv(tmp_path / "int8.onnx", int32_bias=True), tmp_path / "fp8.onnx", "fp8",
+                          fp16=False)
     model = onnx.load(str(out))
     t = inits(model)
     assert not [i for i in t.values() if i.data_type == TensorProto.INT32]
@@ -233,3 +234,45 @@ def test_a_weight_feeding_two_dequantize_nodes_is_requantized_once() -> None:
     np.testing.assert_array_equal(numpy_helper.to_array(inits(model)["w"]).astype(np.float32), expected)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["y"], {})[0], 2 * expected * new_scale[:, None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["int8", "fp8"])
+def test_fp16_outside_the_qdq_pairs_keeps_fp32_io_and_the_results(tmp_path: Path, x: np.ndarray, target: str) -> None:
+    """What TensorRT gets: Q/DQ in `target`, fp16 everywhere else (scales, bias, the Conv), fp32 graph IO, opset
+    21, nodes in topological order (onnx.checker). int8: ONNX Runtime gives the fp32-outside graph's result to
+    fp16 precision. fp8: x / scale computed in fp16 may round to the neighbouring e4m3 value, a 2^-4 step, so
+    the result is held to fp8's own error bound against the exact float Conv instead."""
+    from sdrt.engines.qdq_convert import fp16_outside
+
+    source = write_qdq_conv(tmp_path / "int8.onnx", activation="uint8", int32_bias=True)
+    fp32_outside = convert_qdq(onnx.load(str(source)), target)
+    out = onnx.load(str(write_converted(source, tmp_path / "trt.onnx", target)))
+    onnx.checker.check_model(out)
+    assert out.opset_import[0].version == 21
+    assert [i.type.tensor_type.elem_type for i in list(out.graph.input) + list(out.graph.output)] == [
+        TensorProto.FLOAT, TensorProto.FLOAT]
+    t = inits(out)
+    assert {t[n].data_type for n in ("x_scale", "w_scale", "b")} == {TensorProto.FLOAT16}
+    zp = TensorProto.FLOAT8E4M3FN if target == "fp8" else TensorProto.INT8
+    assert {t[n].data_type for n in ("x_zero_point", "w_zero_point", "w_quantized")} == {zp}
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    assert conv.input[2] == "b"  # the fp16 bias feeds the Conv directly: it computes in fp16
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    y16 = ort.InferenceSession(out.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x})[0]
+    y32 = ort.InferenceSession(fp32_outside.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x})[0]
+    assert y16.dtype == np.float32
+    if target == "int8":
+        np.testing.assert_allclose(y16, y32, rtol=0, atol=0.01 * float(np.abs(y32).max()))
+    else:
+        p = qdq_conv_params()
+        x_scale = np.float32(8.0 / 255 * 128 / 448)  # uint8 activations: amax = scale x 128
+        w_scale = (p["w_scale"] * 127 / 448).reshape(4, 1, 1, 1)
+        ex = np.abs(x) * 2.0**-4 + x_scale * 2.0**-10 + np.abs(x) * 2.0**-11  # + the fp16 input cast
+        ew = np.abs(p["w"]) * 2.0**-4 + w_scale * 2.0**-10
+        exact = conv3x3(x, p["w"], p["bias"])
+        bound = conv3x3(np.abs(x), ew, np.zeros(4)) + conv3x3(ex, np.abs(p["w"]) + ew, np.zeros(4))
+        assert np.all(np.abs(y16 - exact) <= bound + 0.005 * np.abs(exact).max())  # + fp16 accumulation
+    fp16_outside(out)  # idempotent enough to run twice (already opset 21, already fp16)

@@ -9,12 +9,14 @@ thus comes from the same calibration data and the same choice of what is quantiz
 ranges were clipped for int8's sake and are kept as they are).
 
 - target "int8": TensorRT takes only signed int8 with zero point 0; ONNX Runtime CPU's fastest graph has
-  uint8 asymmetric activations (U8S8), so those become int8 with scale amax / 127. A graph already symmetric
-  int8 needs no conversion (`needs_conversion`).
+  uint8 asymmetric activations (U8S8), so those become int8 with scale amax / 127 (`needs_conversion` says
+  whether the Q/DQ pairs need it).
 - target "fp8": FLOAT8E4M3FN Q/DQ (ONNX opset 19, which the graph is converted to), scale amax / 448 (e4m3's
   largest finite value), per-channel weight scales kept per channel. Quantized weights are re-quantized to
   fp8; when the float weights are given (the fp32 graph's initializers, found by ONNX Runtime's `_quantized`
   naming) they are used, so the weights are rounded once, not int8-then-fp8.
+- `fp16_outside`: the rest of the graph in fp16 (the int8 graph is ONNX Runtime CPU's, fp32 outside its
+  Q/DQ pairs), as NVIDIA's ModelOpt writes its int8 / fp8 SD UNets for TensorRT.
 
 Build-time code (onnx, numpy, ml_dtypes); not run on a GPU: the graphs it writes run on ONNX Runtime CPU in
 the tests, and TensorRT's acceptance of them is checked by bench/gpu_acceptance.py (step int8_trt).
@@ -32,6 +34,8 @@ TARGETS = ("int8", "fp8")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 INT8_MAX = 127.0  # symmetric int8 as TensorRT quantizes: [-127, 127]
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 zero points
+FP16_OPSET = 21  # fp16 scales on fp8 Q/DQ: ModelOpt raises its fp16 QDQ graphs to opset 21 for TensorRT
+FP16_KEEP_FP32 = ("Resize",)  # ModelOpt keeps Resize in fp32 in its fp16 SD UNets
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _STUB_BYTES = 1 << 16  # initializers above this size are left out of the opset conversion (2 GB protobuf limit)
 _EXTERNAL_BYTES = 1_800_000_000  # write the weights to a .data file beside the graph above this size
@@ -76,7 +80,7 @@ def qdq_facts(model: Any) -> QdqFacts:
 
 
 def needs_conversion(facts: QdqFacts, target: str) -> bool:
-    """Whether TensorRT needs the graph converted for `target` (False: parse the bundle's file as it is)."""
+    """Whether the Q/DQ pairs must be rewritten for `target` (False: already symmetric `target` type)."""
     want = {"int8": "int8", "fp8": "float8e4m3fn"}[target]
     return facts.types != (want,) or not facts.symmetric or (target == "fp8" and facts.opset < FP8_OPSET)
 
@@ -241,6 +245,55 @@ def _with_opset(model: Any, version: int) -> Any:
     return converted
 
 
+def fp16_outside(model: Any) -> Any:
+    """`model` with everything outside its Q/DQ pairs in fp16, graph inputs and outputs left fp32: what NVIDIA's
+    ModelOpt writes for TensorRT (high-precision type fp16), since in a strongly typed network a layer without
+    Q/DQ runs in its graph type, and fp32 there would be slower than the fp16 engine it should beat. Scales
+    become fp16 too (ONNX allows it from opset 19; the opset is raised to 21 as ModelOpt does); ONNX Runtime's
+    float16 converter does the rewrite, with Resize kept fp32 (ModelOpt's choice for SD UNets)."""
+    from onnxruntime.transformers import float16  # noqa: PLC0415
+
+    if _default_opset(model) < FP16_OPSET:
+        model = _with_opset(model, FP16_OPSET)
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > _EXTERNAL_BYTES  # shape inference needs < 2 GB
+    model = float16.convert_float_to_float16(
+        model, keep_io_types=True, disable_shape_infer=big,
+        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32))
+    _sort_nodes(model.graph)
+    return model
+
+
+def _sort_nodes(graph: Any) -> None:
+    """Topological order (ONNX requires it; the float16 converter appends its IO casts at the end)."""
+    nodes = list(graph.node)
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
+    waiting = [sum(1 for i in set(n.input) if i not in available and i in producer) for n in nodes]
+    consumers: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i not in available and i in producer:
+                consumers.setdefault(producer[i], []).append(k)
+    queue = [k for k, w in enumerate(waiting) if w == 0]
+    order: list[int] = []
+    while queue:
+        k = queue.pop(0)
+        order.append(k)
+        for c in consumers.get(k, []):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                queue.append(c)
+    if len(order) != len(nodes):
+        raise ValueError(f"graph {graph.name!r} has a cycle: its nodes cannot be ordered")
+    copies = []
+    for k in order:
+        copy = type(nodes[k])()
+        copy.CopyFrom(nodes[k])
+        copies.append(copy)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def float_initializers(path: str | Path) -> dict[str, np.ndarray]:
     """The float initializers of an ONNX graph (the bundle's fp32 UNet), by name, external data included."""
     import onnx  # noqa: PLC0415
@@ -252,12 +305,15 @@ def float_initializers(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def write_converted(source: str | Path, out: str | Path, target: str,
-                    float_weights: Mapping[str, np.ndarray] | None = None) -> Path:
-    """Load `source` (external data included), convert it for `target` and save it at `out`, its weights in
-    `out`.data when the graph would pass protobuf's 2 GB limit. The caller owns and removes `out`."""
+                    float_weights: Mapping[str, np.ndarray] | None = None, fp16: bool = True) -> Path:
+    """Load `source` (external data included), convert it for `target` (and, with `fp16`, to fp16 outside the
+    Q/DQ pairs) and save it at `out`, its weights in `out`.data when the graph would pass protobuf's 2 GB
+    limit. The caller owns and removes `out`."""
     import onnx  # noqa: PLC0415
 
     model = convert_qdq(onnx.load(str(source)), target, float_weights)
+    if fp16:
+        model = fp16_outside(model)
     out = Path(out)
     big = sum(len(t.raw_data) for t in model.graph.initializer) > _EXTERNAL_BYTES
     onnx.save(model, str(out), save_as_external_data=big, location=f"{out.name}.data" if big else None)

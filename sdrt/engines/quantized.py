@@ -4,9 +4,10 @@ The UNet engine comes from the bundle's QDQ graph (`sdrt quantize BUNDLE --int8`
 network is strongly typed (builder.network_flags), so the Q/DQ nodes alone set what runs in int8 / fp8 and no
 precision flag is set. The other components keep their fp16 (or fp32) engines. The engine key's precision is
 "int8" or "fp8" (sdrt.engines.target.EngineKey), so a quantized UNet engine is never taken for an fp16 one.
-When the graph is not yet in the form TensorRT takes (uint8 asymmetric activations for ONNX Runtime CPU; the
-fp8 variant), sdrt.engines.qdq_convert writes the converted graph to a temporary folder inside the engine
-folder for the build and removes it after. Not run on a GPU.
+The bundle's graph is ONNX Runtime CPU's (uint8 asymmetric activations, fp32 outside the Q/DQ pairs), so
+sdrt.engines.qdq_convert writes what TensorRT gets (symmetric int8 or fp8 Q/DQ, fp16 elsewhere, as NVIDIA's
+ModelOpt writes SD UNets) to a temporary folder inside the engine folder for the build and removes it after.
+Not run on a GPU.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def tensorrt_graphs(
     engines_root: str | Path,
     echo: Callable[[str], None] = print,
 ) -> Iterator[list[PlannedEngine]]:
-    """`planned` with each quantized engine that is to be built pointing at a graph TensorRT takes: the
-    bundle's file when it already is one, else its conversion (qdq_convert) in a temporary folder inside
-    `engines_root`, removed when the block ends. Engines that are reused are not touched (nothing converted)."""
-    from .qdq_convert import needs_conversion, qdq_facts, write_converted  # noqa: PLC0415
+    """`planned` with each quantized engine that is to be built pointing at the graph TensorRT gets: the
+    bundle's QDQ graph converted by qdq_convert (Q/DQ pairs in `target`'s symmetric type, fp16 outside them),
+    written to a temporary folder inside `engines_root` and removed when the block ends. Engines that are
+    reused are not touched (nothing converted)."""
+    from .qdq_convert import qdq_facts, write_converted  # noqa: PLC0415
 
     out = list(planned)
     todo = [i for i, p in enumerate(out) if p.action == "build" and p.key.precision in ("int8", "fp8")]
@@ -99,11 +101,9 @@ def tensorrt_graphs(
             if facts.nodes == 0:
                 raise UserError(f"bundle {bundle}'s {graphs} {p.component} graph {p.onnx.name} has no "
                                 f"QuantizeLinear/DequantizeLinear nodes: run sdrt quantize {bundle} --int8 again")
-            if not needs_conversion(facts, target):
-                continue
             converted = Path(scratch) / f"{p.component}.{target}.onnx"
             echo(f"{p.component}: converting {graphs} Q/DQ ({', '.join(facts.types)}, {facts.nodes} nodes) "
-                 f"to {target} for TensorRT")
+                 f"to {target}, fp16 outside them, for TensorRT")
             write_converted(p.onnx, converted, target, _float_weights(bundle, manifest, p.component, target))
             out[i] = dataclasses.replace(p, onnx=converted)
         yield out
