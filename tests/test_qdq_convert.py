@@ -239,7 +239,7 @@ def test_a_weight_feeding_two_dequantize_nodes_is_requantized_once() -> None:
 @pytest.mark.parametrize("target", ["int8", "fp8"])
 def test_fp16_outside_the_qdq_pairs_keeps_fp32_io_and_the_results(tmp_path: Path, x: np.ndarray, target: str) -> None:
     """What TensorRT gets: Q/DQ in `target`, fp16 everywhere else (scales, bias, the Conv), fp32 graph IO, opset
-    21, nodes in topological order (onnx.checker). int8: ONNX Runtime gives the fp32-outside graph's result to
+    19, nodes in topological order (onnx.checker). int8: ONNX Runtime gives the fp32-outside graph's result to
     fp16 precision. fp8: x / scale computed in fp16 may round to the neighbouring e4m3 value, a 2^-4 step, so
     the result is held to fp8's own error bound against the exact float Conv instead."""
     from sdrt.engines.qdq_convert import fp16_outside
@@ -248,7 +248,7 @@ def test_fp16_outside_the_qdq_pairs_keeps_fp32_io_and_the_results(tmp_path: Path
     fp32_outside = convert_qdq(onnx.load(str(source)), target)
     out = onnx.load(str(write_converted(source, tmp_path / "trt.onnx", target)))
     onnx.checker.check_model(out)
-    assert out.opset_import[0].version == 21
+    assert out.opset_import[0].version == 19
     assert [i.type.tensor_type.elem_type for i in list(out.graph.input) + list(out.graph.output)] == [
         TensorProto.FLOAT, TensorProto.FLOAT]
     t = inits(out)
@@ -275,4 +275,4 @@ def test_fp16_outside_the_qdq_pairs_keeps_fp32_io_and_the_results(tmp_path: Path
         exact = conv3x3(x, p["w"], p["bias"])
         bound = conv3x3(np.abs(x), ew, np.zeros(4)) + conv3x3(ex, np.abs(p["w"]) + ew, np.zeros(4))
         assert np.all(np.abs(y16 - exact) <= bound + 0.005 * np.abs(exact).max())  # + fp16 accumulation
-    fp16_outside(out)  # idempotent enough to run twice (already opset 21, already fp16)
+    fp16_outside(out)  # runs on its own output too (already opset 19, already fp16)

@@ -34,7 +34,7 @@ TARGETS = ("int8", "fp8")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 INT8_MAX = 127.0  # symmetric int8 as TensorRT quantizes: [-127, 127]
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 zero points
-FP16_OPSET = 21  # fp16 scales on fp8 Q/DQ: ModelOpt raises its fp16 QDQ graphs to opset 21 for TensorRT
+FP16_OPSET = 19  # fp16 scales on Q/DQ exist from ONNX opset 19; TensorRT 10.0 parses opsets 9-20
 FP16_KEEP_FP32 = ("Resize",)  # ModelOpt keeps Resize in fp32 in its fp16 SD UNets
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _STUB_BYTES = 1 << 16  # initializers above this size are left out of the opset conversion (2 GB protobuf limit)
@@ -249,8 +249,9 @@ def fp16_outside(model: Any) -> Any:
     """`model` with everything outside its Q/DQ pairs in fp16, graph inputs and outputs left fp32: what NVIDIA's
     ModelOpt writes for TensorRT (high-precision type fp16), since in a strongly typed network a layer without
     Q/DQ runs in its graph type, and fp32 there would be slower than the fp16 engine it should beat. Scales
-    become fp16 too (ONNX allows it from opset 19; the opset is raised to 21 as ModelOpt does); ONNX Runtime's
-    float16 converter does the rewrite, with Resize kept fp32 (ModelOpt's choice for SD UNets)."""
+    become fp16 too (ONNX allows it from opset 19, to which the graph is raised; ModelOpt goes to 21, which
+    TensorRT 10.0's parser (opsets 9-20) would not take); ONNX Runtime's float16 converter does the rewrite,
+    with Resize kept fp32 (ModelOpt's choice for SD UNets)."""
     from onnxruntime.transformers import float16  # noqa: PLC0415
 
     if _default_opset(model) < FP16_OPSET:
