@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from fake_bundles import write_bundle
-from onnx_fixtures import write_qdq_conv
+from onnx_fixtures import write_affine_fp16, write_qdq_conv
 from sdrt.cli import main
 from sdrt.engines import builder as builder_mod
 from sdrt.engines.target import GpuTarget, component_model_hash
@@ -219,3 +219,17 @@ def test_missing_onnx_is_one_line(capsys, bundle, gpu, monkeypatch) -> None:
         "error: sdrt build --int8 reads the QDQ UNet graph with onnx (import of onnx halted; None in sys.modules): "
         "pip install 'sdrt[gpu]' --extra-index-url https://pypi.nvidia.com\n")
     assert not list((bundle / "engines").rglob("*.plan"))
+
+
+def test_int8_graph_without_qdq_nodes_is_refused(capsys, tmp_path, gpu) -> None:
+    write_bundle(tmp_path / "b", "sd1")
+    graph = add_int8_unet(tmp_path / "b")
+    write_affine_fp16(graph)  # a graph with no Q/DQ where the QDQ UNet should be
+    manifest = Manifest.load(tmp_path / "b")
+    manifest.files["int8/unet.onnx"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    manifest.save(tmp_path / "b")
+    code, out, err = run_cli(capsys, "build", str(tmp_path / "b"), "--int8", "--components", "unet")
+    assert code == 2
+    assert err == (f"error: bundle {tmp_path / 'b'}'s int8 unet graph unet.onnx has no QuantizeLinear/DequantizeLinear "
+                   f"nodes: run sdrt quantize {tmp_path / 'b'} --int8 again\n")
+    assert gpu.paths == [] and not list((tmp_path / "b" / "engines").glob(".qdq-*"))

@@ -104,7 +104,11 @@ def tensorrt_graphs(
             converted = Path(scratch) / f"{p.component}.{target}.onnx"
             echo(f"{p.component}: converting {graphs} Q/DQ ({', '.join(facts.types)}, {facts.nodes} nodes) "
                  f"to {target}, fp16 outside them, for TensorRT")
-            write_converted(p.onnx, converted, target, _float_weights(bundle, manifest, p.component, target))
+            try:
+                write_converted(p.onnx, converted, target, _float_weights(bundle, manifest, p.component, target))
+            except ValueError as exc:  # a Q/DQ layout the conversion does not know (int4, shared scales, ...)
+                raise UserError(f"bundle {bundle}'s {graphs} {p.component} graph cannot be converted for TensorRT "
+                                f"({exc}): run sdrt quantize {bundle} --int8 again") from None
             out[i] = dataclasses.replace(p, onnx=converted)
         yield out
 
