@@ -249,14 +249,19 @@ def bench_module(name: str) -> Any:
     return module
 
 
-def affine_onnx(work: Path) -> Path:
-    """The fp16 y = 2x + 1 graph of tests/test_trt_gpu.py (its constants are checked on CPU by
-    tests/test_gpu_onnx_fixture.py)."""
+def onnx_fixtures() -> Any:
+    """tests/onnx_fixtures.py, the graphs the CPU tests check too."""
     spec = importlib.util.spec_from_file_location("onnx_fixtures", ROOT / "tests" / "onnx_fixtures.py")
     fixtures = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(fixtures)  # type: ignore[union-attr]
+    return fixtures
+
+
+def affine_onnx(work: Path) -> Path:
+    """The fp16 y = 2x + 1 graph of tests/test_trt_gpu.py (its constants are checked on CPU by
+    tests/test_gpu_onnx_fixture.py)."""
     path = work / "affine.onnx"
-    return path if path.is_file() else fixtures.write_affine_fp16(path)
+    return path if path.is_file() else onnx_fixtures().write_affine_fp16(path)
 
 
 DENSE_GRAPH = "fp16 MatMul chain 64 -> 8 x 2048 -> 64 with Relu, batch 2048 (about 120 GFLOP per call)"
@@ -574,6 +579,67 @@ def plan_latency(plan: Path, feeds: Mapping[str, Any], n: int = 50) -> dict[str,
         return time_calls(lambda: session["dense"].run(feeds), n)
 
 
+QDQ_PROFILES = (((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32)),)
+QDQ_SHAPES = ((1, 4, 8, 8), (2, 4, 16, 16), (4, 4, 32, 32))
+QDQ_TOLERANCE = 0.05  # of the output's largest magnitude: same graph; fp16 rounding of x / scale may pick the
+# neighbouring fp8 value (a 2^-4 step) on one side and not the other
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def step_int8_trt(ctx: Context) -> dict[str, Any]:
+    """sdrt's builder (strongly typed, no precision flag) on what `sdrt build --int8` / `--fp8` parse, made
+    from the QDQ Conv of tests/onnx_fixtures.py in ONNX Runtime CPU's layout (uint8 activations, int32 bias)
+    by sdrt.engines.qdq_convert: int8 Q/DQ with fp16 outside, and on compute capability 8.9+ fp8; each
+    engine's outputs against ONNX Runtime CPU on the same graph, and the latency of one call. Whether
+    TensorRT accepts these Q/DQ graphs at all is the first thing it finds out."""
+    from sdrt.backends import cuda_rt
+    from sdrt.engines.qdq_convert import write_converted
+    from sdrt.engines.profiles import ShapeRange
+
+    fixtures = onnx_fixtures()
+    source = fixtures.write_qdq_conv(ctx.work / "qdq_ort_cpu.onnx", activation="uint8", int32_bias=True)
+    weights = {"w": fixtures.qdq_conv_params()["w"]}
+    profiles = [{"x": ShapeRange(*p)} for p in QDQ_PROFILES]
+    int8 = write_converted(source, ctx.work / "qdq_int8.onnx", "int8")
+    out: dict[str, Any] = {"int8": build_and_compare_qdq(int8, profiles, ctx.work / "qdq_int8.plan")}
+    _, major, minor = cuda_rt.device_properties(0)
+    if (major, minor) >= FP8_MIN_CAPABILITY:
+        fp8 = write_converted(source, ctx.work / "qdq_fp8.onnx", "fp8", weights)
+        out["fp8"] = build_and_compare_qdq(fp8, profiles, ctx.work / "qdq_fp8.plan")
+    else:
+        out["fp8"] = {"skipped": f"compute capability {major}.{minor} is below 8.9"}
+    out["tolerance"] = QDQ_TOLERANCE
+    out["passed"] = all(r.get("passed", True) for r in (out["int8"], out["fp8"]))
+    return out
+
+
+def build_and_compare_qdq(onnx_path: Path, profiles: Sequence[Mapping[str, Any]], plan: Path) -> dict[str, Any]:
+    """Build `onnx_path` with sdrt's builder, run it through TrtSession at QDQ_SHAPES (inputs inside the
+    calibrated range +-4) and compare with ONNX Runtime CPU on the same graph (graph optimizations off: ORT
+    1.32's CPU optimizer mishandles a Relu between float8 Q/DQ, docs/gpu.md)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from sdrt.backends.trt_engine import TrtSession
+
+    out: dict[str, Any] = {"build": build_plan(onnx_path, profiles, plan)}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    calls = []
+    with TrtSession({"qdq": plan}, cuda_graphs=False) as session:
+        for i, shape in enumerate(QDQ_SHAPES):
+            x = np.random.default_rng(i).uniform(-3.9, 3.9, shape).astype(np.float32)
+            y, ref = session["qdq"].run({"x": x})["y"].copy(), reference.run(["y"], {"x": x})[0]
+            scale = float(np.max(np.abs(ref))) or 1.0
+            calls.append({"shape": list(shape), "max_abs_diff": max_abs_diff(y, ref), "ref_max_abs": scale,
+                          "passed": max_abs_diff(y, ref) <= QDQ_TOLERANCE * scale})
+        x = np.random.default_rng(9).uniform(-3.9, 3.9, QDQ_SHAPES[1]).astype(np.float32)
+        out["latency"] = time_calls(lambda: session["qdq"].run({"x": x}), 20)
+    out["calls"], out["passed"] = calls, all(c["passed"] for c in calls)
+    return out
+
+
 def step_ort_cuda_graphs(ctx: Context) -> dict[str, Any]:
     """OrtEngine on CUDAExecutionProvider with CUDA graphs (one gpu_graph_id per shape set) over shapes A
     and B alternating, every output against ORT CPU; then per-shape latency."""
@@ -715,12 +781,13 @@ STEPS: tuple[Step, ...] = (
          ("sd1_bundle",)),
     Step("ort_trt_fresh", 65, "generate --backend ort-trt on a fresh bundle copy: [gpu] (TensorRT 11) must refuse in "
          "one line naming libnvinfer.so.10; [ort-trt] (TensorRT 10) must match ort-cpu", ("sd1_bundle",)),
+    Step("int8_trt", 25, "QDQ Conv as sdrt build --int8 (and --fp8 on sm89+) parses it, built and run vs ORT CPU"),
 )
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "versions": step_versions, "cuda_rt": step_cuda_rt, "vram_4gib": step_vram_4gib,
     "trt_two_profiles": step_trt_two_profiles, "ort_cuda_graphs": step_ort_cuda_graphs,
     "typed_builds": step_typed_builds, "sd1_bundle": step_sd1_bundle, "sd1_trt": step_sd1_trt,
-    "ort_trt_fresh": step_ort_trt_fresh,
+    "ort_trt_fresh": step_ort_trt_fresh, "int8_trt": step_int8_trt,
 }
 
 

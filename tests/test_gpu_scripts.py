@@ -89,7 +89,7 @@ def test_unknown_step_in_only_is_one_line_exit_2() -> None:
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
         "error: unknown step warp_drive in --only: choose from versions, cuda_rt, vram_4gib, trt_two_profiles, "
-        "ort_cuda_graphs, typed_builds, sd1_bundle, sd1_trt, ort_trt_fresh"]
+        "ort_cuda_graphs, typed_builds, sd1_bundle, sd1_trt, ort_trt_fresh, int8_trt"]
 
 
 # ---- the runner: statuses, needs, budgets, the JSON ----------------------------------------------------------

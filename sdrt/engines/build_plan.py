@@ -41,15 +41,19 @@ def plan_builds(
     force: bool = False,
     refittable: bool = False,
     options: BuildOptions | None = None,
+    graphs: str | None = None,
 ) -> list[PlannedEngine]:
     """What to build or reuse. The key holds every build setting that changes the plan (`options`: opt level,
-    workspace, refittable), so a build with other settings never reuses a plan built with the old ones."""
+    workspace, refittable), so a build with other settings never reuses a plan built with the old ones.
+    `graphs`: the manifest's graph set the engines are built from, when it is not `precision` (the key's
+    precision): `sdrt build --fp8` builds "fp8" engines from the "int8" graphs (sdrt.engines.qdq_convert)."""
     options = options or BuildOptions(refittable=refittable)
-    shapes = pipeline_shapes(manifest, components, precision, profiles)
+    graphs = graphs or precision
+    shapes = pipeline_shapes(manifest, components, graphs, profiles)
     planned = []
     for c in components:
         key = EngineKey(
-            model_hash=component_model_hash(manifest, c, precision),
+            model_hash=component_model_hash(manifest, c, graphs),
             component=c,
             precision=precision,
             profiles_digest=profiles_digest(shapes[c]),
@@ -59,7 +63,7 @@ def plan_builds(
             workspace_gb=options.workspace_gb,
         )
         action, reason = ("build", "--force given") if force else build_decision(engines_root, key)
-        onnx = Path(bundle) / manifest.component(c, precision).file
+        onnx = Path(bundle) / manifest.component(c, graphs).file
         planned.append(PlannedEngine(c, key, onnx, shapes[c], action, reason))
     return planned
 

@@ -2,10 +2,10 @@
 
 Supported: TensorRT 10.1 and newer (device_memory_size_v2 and set_device_memory(ptr, size), which the
 runtime uses, appeared in 10.1); older versions are refused in one line. The network is created with the
-STRONGLY_TYPED flag: on TensorRT 10 a network without it is weakly typed and, without BuilderFlag.FP16,
-runs the fp16 ONNX on fp32/TF32 kernels; on TensorRT 11 every network is strongly typed and the flag is
-accepted and ignored. So an fp16 engine comes from the bundle's fp16 ONNX, whose graph carries its
-precision, and no precision flag is set.
+STRONGLY_TYPED flag on TensorRT 10: a network without it is weakly typed and, without BuilderFlag.FP16,
+runs the fp16 ONNX on fp32/TF32 kernels; on TensorRT 11 every network is strongly typed and no flag is
+passed. So an fp16 engine comes from the bundle's fp16 ONNX, an int8 / fp8 UNet engine from its QDQ graph
+(explicit quantization), each graph carrying its precision, and no precision flag is set.
 The timing cache (per GPU target) makes rebuilds and the other components' builds fast (ORT measured
 108 s -> 9.4 s); before saving we merge whatever cache is on disk now, so two builds that ran at once
 do not drop each other's timings. Written to TensorRT 11's documented Python API; NOT RUN ON A GPU YET.
@@ -70,8 +70,20 @@ def check_tensorrt_version(version: str) -> None:
 
 
 def network_flags(trt: Any) -> int:
-    """create_network flags: STRONGLY_TYPED (required on TensorRT 10, implicit and accepted on 11)."""
+    """create_network flags: STRONGLY_TYPED on TensorRT 10 (without it the network is weakly typed); none on 11,
+    where every network is strongly typed and the flag is deprecated and ignored (so a later 11.x may drop it).
+    Strongly typed is also what explicit quantization wants: the Q/DQ nodes of an int8 / fp8 graph set the
+    precision, and no precision flag (BuilderFlag.FP16/INT8/FP8, gone in 11) is ever set."""
+    if _major(str(getattr(trt, "__version__", "0"))) >= 11:
+        return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0
 
 
 def _progress_monitor(trt: Any, echo: Echo) -> Any:
