@@ -79,7 +79,7 @@ def table(settings: dict[str, Any], requests: Sequence["GenerationRequest"], sum
         if summary.median_ssim is None else f"median SSIM      {_ssim(summary.median_ssim):>10}",
     ]
     if adherence:
-        lines.append(f"adherence        {summary.adherence_candidate:>10.2f}      exact {summary.adherence_exact:.2f}; "
+        lines.append(f"adherence        {summary.adherence_candidate:>10.3f}      exact {summary.adherence_exact:.3f}; "
                      f"gate: at most {gate.adherence_points:g} lower")
     lines += ["", outcome.line(settings["candidate"]["mode"])]
     return "\n".join(lines)
