@@ -243,6 +243,7 @@ def test_cli_against_itself_prints_identical_rows_and_passes(tiny_sd1, tmp_path,
     rows = [line for line in lines if line.strip()[:1].isdigit() and "identical" in line]
     assert len(rows) == 16  # 8 default prompts x 2 seeds
     assert "adheres" not in out  # no adherence column off the built-in model
+    assert "median PSNR       identical      gate >= 30 dB" in lines
     assert lines[-2:] == ["fp32 on ort-cpu passed the quality gate", f"wrote {report}"]
     assert "image 16/16 compared" in err
     document = json.loads(report.read_text())

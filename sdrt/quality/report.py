@@ -38,6 +38,10 @@ def _db(value: float) -> str:
     return "identical" if math.isinf(value) else f"{value:.2f}"
 
 
+def _db_unit(value: float) -> str:
+    return f"{_db(value):>10}" + ("   " if math.isinf(value) else " dB")
+
+
 def _ssim(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -71,8 +75,8 @@ def table(settings: dict[str, Any], requests: Sequence["GenerationRequest"], sum
         lines.append(f"{row}  {_prompt(request.prompt)}")
     lines += [
         "",
-        f"median PSNR      {_db(summary.median_psnr_db):>10} dB   gate >= {gate.median_psnr_db:g} dB",
-        f"worst PSNR       {_db(summary.worst_psnr_db):>10} dB   gate >= {gate.worst_psnr_db:g} dB",
+        f"median PSNR      {_db_unit(summary.median_psnr_db)}   gate >= {gate.median_psnr_db:g} dB",
+        f"worst PSNR       {_db_unit(summary.worst_psnr_db)}   gate >= {gate.worst_psnr_db:g} dB",
         f"max difference   {summary.max_diff:>10.0f} /255",
         f"mean difference  {summary.mean_diff:>10.3f} /255",
         f"median SSIM      {_ssim(summary.median_ssim):>10}      (pip install 'sdrt[quality]' for SSIM)"
@@ -85,20 +89,35 @@ def table(settings: dict[str, Any], requests: Sequence["GenerationRequest"], sum
     return "\n".join(lines)
 
 
-def to_json(settings: dict[str, Any], requests: Sequence["GenerationRequest"], summary: QualitySummary,
-            outcome: Verdict, gate: Gate = GATE) -> dict[str, Any]:
+def yardstick_json(requests: Sequence["GenerationRequest"], summary: QualitySummary, outcome: Verdict, mode: str,
+                   gate: Gate = GATE) -> dict[str, Any]:
+    """The gate, the summary, the verdict and the images: `sdrt quality`'s document and `sdrt bench --quality`'s
+    "quality" field."""
     figures = summary.as_dict()
     images = figures.pop("images")
     return {
-        "schema": SCHEMA,
-        "settings": settings,
-        "machine": machine_facts(),
         "gate": gate.as_dict(),
         "summary": figures,
-        "verdict": {"passed": outcome.passed, "failures": list(outcome.failures),
-                    "line": outcome.line(settings["candidate"]["mode"])},
+        "verdict": {"passed": outcome.passed, "failures": list(outcome.failures), "line": outcome.line(mode)},
         "images": [{"prompt": r.prompt, "seed": r.seed, **image} for r, image in zip(requests, images)],
     }
+
+
+def summary_line(summary: QualitySummary) -> str:
+    """The figures on one line (the bench's quality row)."""
+    ssim = "" if summary.median_ssim is None else f", median SSIM {summary.median_ssim:.4f}"
+    adherence = "" if summary.adherence_exact is None else (
+        f", adherence {summary.adherence_candidate:.3f} (exact {summary.adherence_exact:.3f})")
+    psnr = (f"median PSNR {_db_unit(summary.median_psnr_db).strip()}, worst {_db_unit(summary.worst_psnr_db).strip()}"
+            if not math.isinf(summary.worst_psnr_db) else "identical images")
+    return (f"{psnr}, max difference {summary.max_diff:.0f}/255, mean {summary.mean_diff:.3f}/255"
+            f"{ssim}{adherence}")
+
+
+def to_json(settings: dict[str, Any], requests: Sequence["GenerationRequest"], summary: QualitySummary,
+            outcome: Verdict, gate: Gate = GATE) -> dict[str, Any]:
+    return {"schema": SCHEMA, "settings": settings, "machine": machine_facts(),
+            **yardstick_json(requests, summary, outcome, settings["candidate"]["mode"], gate)}
 
 
 def json_bytes(document: dict[str, Any]) -> bytes:
