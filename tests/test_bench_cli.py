@@ -154,5 +154,6 @@ def test_quality_carries_the_yardstick_of_the_benchmarked_mode(bundle: Path, tmp
     lines = out.splitlines()
     assert lines[-3] == f"quality vs exact (fp32 on ort-cpu), 4 image(s): {quality['summary_line']}"
     assert lines[-2] == "bf16 on openvino passed the quality gate" and lines[-1] == f"wrote {json_path}"
-    assert quality["summary_line"].startswith(f"median PSNR {quality['summary']['median_psnr_db']:.2f} dB, worst ")
+    median = quality["summary"]["median_psnr_db"]
+    assert quality["summary_line"].startswith(f"median PSNR {median:.2f} dB, worst ")
     assert "quality 4/4 compared" in err
