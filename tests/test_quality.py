@@ -235,11 +235,12 @@ def test_openvino_f32_is_near_exact_and_bf16_measurably_less(pipelines, tiny_sd1
 
 def test_cli_against_itself_prints_identical_rows_and_passes(tiny_sd1, tmp_path, capsys):
     report = tmp_path / "q.json"
-    code, out, err = run_cli("quality", [str(tiny_sd1), "--steps", "3", "--seeds", "2", "--json", str(report)],
-                             capsys)
+    code, out, err = run_cli("quality", [str(tiny_sd1), "--steps", "3", "--seeds", "2", "--size", "64x48", "--cfg", "3",
+                                         "--json", str(report)], capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"sdrt quality {tiny_sd1} (sd1): fp32 on ort-cpu against exact (fp32 on ort-cpu)"
+    assert lines[1] == "16 image(s): 8 prompt(s) x 2 seed(s), 64x48, 3 steps euler, cfg 3.0"
     rows = [line for line in lines if line.strip()[:1].isdigit() and "identical" in line]
     assert len(rows) == 16  # 8 default prompts x 2 seeds
     assert "adheres" not in out  # no adherence column off the built-in model
@@ -248,6 +249,11 @@ def test_cli_against_itself_prints_identical_rows_and_passes(tiny_sd1, tmp_path,
     assert "image 16/16 compared" in err
     document = json.loads(report.read_text())
     assert document["schema"] == "sdrt-quality/1"
+    settings = document["settings"]
+    assert (settings["width"], settings["height"], settings["cfg"], settings["seeds"], settings["prompts"]) == (
+        64, 48, 3.0, 2, 8)
+    assert settings["reference"] == {"backend": "ort-cpu", "precision": "fp32"}
+    assert settings["candidate"]["mode"] == "fp32 on ort-cpu" and settings["candidate"]["precision"] is None
     assert document["summary"]["identical"] and document["summary"]["median_psnr_db"] is None
     first_two = [(i["seed"], i["psnr_db"], i["max_diff"]) for i in document["images"][:2]]
     assert first_two == [(0, None, 0.0), (1, None, 0.0)]
