@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cli_helpers import run_cli
 from sdrt.quality import GATE, ImageComparison, compare_images, pixel_difference, psnr, ssim, summarise, verdict
@@ -283,14 +284,25 @@ def test_cli_exit_1_and_the_figures_when_the_candidate_fails(tiny_sd1, tmp_path,
     report = tmp_path / "q.json"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# one comment line\n\na lighthouse\n  \na cat\n")
+    saved = tmp_path / "pairs"
     code, out, _ = run_cli("quality", [str(bundle), "--precision", "fp16", "--steps", "2", "--prompts", str(prompts),
-                                       "--json", str(report), "--quiet"], capsys)
+                                       "--json", str(report), "--save", str(saved), "--quiet"], capsys)
     assert code == 1
-    assert out.splitlines()[-2].startswith("fp16 on ort-cpu failed the quality gate: median PSNR ")
+    assert out.splitlines()[-3].startswith("fp16 on ort-cpu failed the quality gate: median PSNR ")
+    assert out.splitlines()[-2:] == [f"wrote 6 images to {saved}", f"wrote {report}"]
     document = json.loads(report.read_text())
     assert document["verdict"]["passed"] is False
     assert [i["prompt"] for i in document["images"]] == ["a lighthouse", "a cat"]
     assert document["summary"]["worst_psnr_db"] < GATE.worst_psnr_db
+    # --save: the pairs the figures were computed on, and their difference x8
+    assert sorted(p.name for p in saved.iterdir()) == [f"{n:02d}-0-{kind}.png" for n in (1, 2)
+                                                       for kind in ("candidate", "diff", "exact")]
+    for n, image in enumerate(document["images"], start=1):
+        exact, candidate, diff = (np.asarray(Image.open(saved / f"{n:02d}-0-{kind}.png")).astype(np.int64)
+                                  for kind in ("exact", "candidate", "diff"))
+        mse = np.mean((exact - candidate) ** 2)
+        assert image["psnr_db"] == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-9)
+        assert np.array_equal(diff, np.minimum(np.abs(exact - candidate) * 8, 255))
 
 
 def _error(code_out_err: tuple[int, str, str]) -> str:
@@ -329,6 +341,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_sd1, tmp_path, capsys):
         "--backend openvino, or use --precision fp32")
     assert quality("--json", str(a_file / "q.json")) == (
         f"error: output {a_file / 'q.json'} cannot be written: {a_file} is a file, not a folder")
+    assert quality("--save", str(a_file), "--steps", "1") == (
+        f"error: output {a_file / '01-0-exact.png'} cannot be written: {a_file} is a file, not a folder")
     assert "Invalid value for '--precision': 'int4' is not one of" in quality("--precision", "int4")
     assert "Invalid value for '--against': 'fp16' is not 'fp32'" in quality("--against", "fp16")
     assert not list(tmp_path.glob("*.json"))

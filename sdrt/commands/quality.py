@@ -18,6 +18,7 @@ from .options import engine_options
 
 EXIT_GATE_FAILED = 1
 REFERENCE_BACKEND = "ort-cpu"  # the exact mode every other mode is measured against
+DIFF_GAIN = 8  # --save's difference images: 32 levels of difference and more show white
 
 
 @click.command()
@@ -35,10 +36,13 @@ REFERENCE_BACKEND = "ort-cpu"  # the exact mode every other mode is measured aga
 @click.option("--cfg", default=None, type=float,
               help="Guidance scale (default: 7.5; 5 on the built-in model, its own).")
 @click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write the results here.")
+@click.option("--save", "save_dir", default=None, type=click.Path(path_type=Path),
+              help="Also write each pair of images into this folder: NN-SEED-exact.png, NN-SEED-candidate.png and "
+                   f"NN-SEED-diff.png (the absolute difference x{DIFF_GAIN}, so 1 level shows as {DIFF_GAIN}).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str | None, threads: int,
             spin: bool | None, against: str, prompts_file: Path | None, seeds: int, size: str | None, steps: int,
-            sampler: str, cfg: float | None, json_path: Path | None, quiet: bool) -> None:
+            sampler: str, cfg: float | None, json_path: Path | None, save_dir: Path | None, quiet: bool) -> None:
     """Measure how far a cheaper mode (--backend/--precision) moves the images from exact fp32, against the gate.
 
     Exit code 0: the candidate passed the quality gate; 1: it failed (figures printed, JSON written);
@@ -51,7 +55,7 @@ def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str
     from ..runtime import Pipeline
     from ..runtime.cpu_policy import spin_for_this_machine
     from .bench import parse_size
-    from .output_files import check_outputs
+    from .output_files import check_outputs, write_all
 
     width, height = parse_size(size)
     if seeds < 1:
@@ -73,12 +77,18 @@ def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str
                                     prompt_count=8, **fields)
         for pipe in (reference, candidate):  # every user error before anything is computed
             pipe.check(requests[0])
+        saved: list[tuple[Path, bytes]] = []
+        if save_dir is not None:
+            check_outputs([path for n, r in enumerate(requests) for path in pair_paths(save_dir, n, r.seed)])
         if backend == "auto":
             say(candidate.backend_choice)
         mode = mode_name(candidate)
         say(f"{len(requests)} image(s) on the exact reference ({against} on {REFERENCE_BACKEND}) and on {mode}")
         summary = compare_pipelines(reference, candidate, requests,
-                                    progress=lambda n, total: say(f"image {n}/{total} compared"))
+                                    progress=lambda n, total: say(f"image {n}/{total} compared"),
+                                    on_pair=None if save_dir is None else (
+                                        lambda n, r, exact, cheap: saved.extend(pair_files(save_dir, n, r, exact,
+                                                                                           cheap))))
     finally:
         reference.close()
         candidate.close()
@@ -92,6 +102,9 @@ def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str
                 "threads": threads, "spin": spin_choice.spin, "spin_reason": spin_choice.reason}
     outcome = verdict(summary)
     click.echo(table(settings, requests, summary, outcome))
+    if save_dir is not None:
+        write_all(saved)
+        click.echo(f"wrote {len(saved)} images to {save_dir}")
     if json_path is not None:
         write_atomic(json_path, json_bytes(to_json(settings, requests, summary, outcome)))
         click.echo(f"wrote {json_path}")
@@ -116,3 +129,19 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise UserError(f"--prompts {path} has no prompts: write one prompt per line (# starts a comment)")
     return prompts
+
+
+def pair_paths(folder: Path, index: int, seed: int) -> list[Path]:
+    stem = f"{index + 1:02d}-{seed}"
+    return [folder / f"{stem}-{kind}.png" for kind in ("exact", "candidate", "diff")]
+
+
+def pair_files(folder: Path, index: int, request, exact, candidate) -> list[tuple[Path, bytes]]:
+    """The exact image, the candidate and their difference (x DIFF_GAIN per channel, black where they agree)."""
+    import numpy as np
+
+    from ..runtime.images import png_bytes
+
+    diff = np.abs(exact.astype(np.int16) - candidate.astype(np.int16)) * DIFF_GAIN
+    images = (exact, candidate, np.minimum(diff, 255).astype(np.uint8))
+    return [(path, png_bytes(image)) for path, image in zip(pair_paths(folder, index, request.seed), images)]

@@ -66,9 +66,12 @@ def default_requests(pipe: "Pipeline", prompts: Sequence[str] | None = None, see
 
 
 def compare_pipelines(reference: "Pipeline", candidate: "Pipeline", requests: Sequence["GenerationRequest"],
-                      progress: Callable[[int, int], None] | None = None) -> QualitySummary:
+                      progress: Callable[[int, int], None] | None = None,
+                      on_pair: Callable[[int, "GenerationRequest", np.ndarray, np.ndarray], None] | None = None,
+                      ) -> QualitySummary:
     """Generate every request on both pipelines and compare image by image. Adherence is judged when every
-    prompt is a caption of the built-in model's world (the judge can read nothing else)."""
+    prompt is a caption of the built-in model's world (the judge can read nothing else). `on_pair(index,
+    request, exact, candidate)` sees each pair of images as it is made (`sdrt quality --save`)."""
     if not requests:
         raise ValueError("no requests to compare: give at least one")
     pairs: list[tuple[np.ndarray, np.ndarray, str]] = []
@@ -77,6 +80,8 @@ def compare_pipelines(reference: "Pipeline", candidate: "Pipeline", requests: Se
         exact = reference.generate(request).images[0]
         cheap = candidate.generate(request).images[0]
         pairs.append((exact, cheap, request.prompt))
+        if on_pair is not None:
+            on_pair(n, request, exact, cheap)
         if progress is not None:
             progress(n + 1, len(requests))
     comparisons = [_with_adherence(compare_images(exact, cheap), exact, cheap, prompt)
