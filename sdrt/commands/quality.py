@@ -84,11 +84,13 @@ def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str
             say(candidate.backend_choice)
         mode = mode_name(candidate)
         say(f"{len(requests)} image(s) on the exact reference ({against} on {REFERENCE_BACKEND}) and on {mode}")
+
+        def keep(n: int, request, exact, cheap) -> None:
+            saved.extend(pair_files(save_dir, n, request, exact, cheap))
+
         summary = compare_pipelines(reference, candidate, requests,
                                     progress=lambda n, total: say(f"image {n}/{total} compared"),
-                                    on_pair=None if save_dir is None else (
-                                        lambda n, r, exact, cheap: saved.extend(pair_files(save_dir, n, r, exact,
-                                                                                           cheap))))
+                                    on_pair=keep if save_dir is not None else None)
     finally:
         reference.close()
         candidate.close()
