@@ -386,3 +386,29 @@ def test_cli_on_the_builtin_model_judges_adherence_and_measures_bf16(builtin_bun
     assert document["images"][0]["psnr_db"] == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-9)
     assert document["images"][0]["max_diff"] == np.abs(exact - bf16).max()
     assert GATE.worst_psnr_db <= document["summary"]["worst_psnr_db"] < document["summary"]["median_psnr_db"] < 60
+
+
+# ---- the report, without pipelines ----------------------------------------------------------------------------------
+
+def _settings() -> dict:
+    return {"bundle": "b", "family": "sd1", "reference": {"backend": "ort-cpu", "precision": "fp32"},
+            "candidate": {"mode": "int8 on ort-cpu"}, "prompts": 2, "seeds": 1, "width": 64, "height": 64,
+            "steps": 20, "sampler": "euler", "cfg": 7.5}
+
+
+def test_report_without_scikit_image_or_adherence_says_so():
+    from sdrt.quality.report import summary_line, table
+    from sdrt.runtime import GenerationRequest
+
+    requests = [GenerationRequest("a cat", seed=0), GenerationRequest("x" * 60, seed=0)]
+    summary = summarise(_at(math.inf, 24.5))
+    lines = table(_settings(), requests, summary, verdict(summary)).splitlines()
+    assert lines[4] == "  1     0  identical     0   0.000     n/a  a cat"
+    assert lines[5] == "  2     0      24.50     1   0.500     n/a  " + "x" * 45 + "..."
+    assert "median SSIM             n/a      (pip install 'sdrt[quality]' for SSIM)" in lines
+    assert "median PSNR       identical      gate >= 30 dB" in lines
+    assert "worst PSNR            24.50 dB   gate >= 25 dB" in lines
+    assert lines[-1] == "int8 on ort-cpu failed the quality gate: worst PSNR 24.50 dB < 25 dB"
+    assert summary_line(summary) == ("median PSNR identical, worst 24.50 dB, max difference 1/255, "
+                                     "mean 0.250/255")
+    assert summary_line(summarise(_at(math.inf))) == "identical images, max difference 0/255, mean 0.000/255"
