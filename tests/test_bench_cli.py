@@ -56,7 +56,8 @@ def test_json_has_the_documented_keys(bench_output) -> None:
     _, doc, _ = bench_output
     assert doc["schema"] == "sdrt-bench/1"
     assert set(doc) == {"schema", "settings", "machine", "stages", "per_step", "timeline", "images_per_s",
-                        "peak_rss_bytes", "peak_vram_bytes", "peak_vram_source", "runs"}
+                        "peak_rss_bytes", "peak_vram_bytes", "peak_vram_source", "runs", "quality"}
+    assert doc["quality"] is None  # measured only with --quality
     settings = doc["settings"]
     assert (settings["width"], settings["height"], settings["steps"], settings["runs"]) == (64, 48, STEPS, RUNS)
     assert settings["providers"]["unet"] == ["CPUExecutionProvider"] and settings["spin"] is False
@@ -134,3 +135,25 @@ def test_bench_modules_import_no_heavy_dependency() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_quality_carries_the_yardstick_of_the_benchmarked_mode(bundle: Path, tmp_path, capsys) -> None:
+    """--quality: after the timed runs, the benchmarked mode against exact fp32 on ort-cpu (sdrt quality's
+    figures and gate) on 4 default prompts; here OpenVINO bf16, which moves every image a little."""
+    pytest.importorskip("openvino")
+    json_path = tmp_path / "bench.json"
+    code, out, err = run_cli([str(bundle), "--backend", "openvino", "--precision", "bf16", "--steps", "2",
+                              "--runs", "1", "--warmup", "0", "--quality", "--json", str(json_path)], capsys)
+    assert code == 0, err
+    quality = json.loads(json_path.read_text())["quality"]
+    assert set(quality) == {"reference", "summary_line", "gate", "summary", "verdict", "images"}
+    assert quality["reference"] == "fp32 on ort-cpu" and len(quality["images"]) == 4
+    assert all(image["max_diff"] > 0 and image["psnr_db"] is not None for image in quality["images"])
+    assert {image["seed"] for image in quality["images"]} == {0}
+    assert quality["verdict"]["line"] == "bf16 on openvino passed the quality gate"
+    lines = out.splitlines()
+    assert lines[-3] == f"quality vs exact (fp32 on ort-cpu), 4 image(s): {quality['summary_line']}"
+    assert lines[-2] == "bf16 on openvino passed the quality gate" and lines[-1] == f"wrote {json_path}"
+    median = quality["summary"]["median_psnr_db"]
+    assert quality["summary_line"].startswith(f"median PSNR {median:.2f} dB, worst ")
+    assert "quality 4/4 compared" in err

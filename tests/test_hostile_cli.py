@@ -238,7 +238,7 @@ def usable_cores_here() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-@pytest.mark.parametrize("command", ["generate", "bench"])
+@pytest.mark.parametrize("command", ["generate", "bench", "quality"])
 @pytest.mark.parametrize("threads", ["-1", "100000"])
 def test_threads_out_of_range(bundle: Path, tmp_path: Path, capsys, no_generation, command: str,
                               threads: str) -> None:

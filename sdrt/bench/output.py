@@ -7,7 +7,8 @@ machine {cpu_count, load_average, platform, python, onnxruntime}, stages {text_e
 denoising, unet_engine, host_overhead, vae_decode, other, end_to_end: {median_s, p90_s}}, per_step {engine,
 host_overhead: {median_s, p90_s}}, timeline [{step, engine_median_s, engine_p90_s, host_median_s,
 host_p90_s}], images_per_s, peak_rss_bytes, peak_vram_bytes (null without a GPU), peak_vram_source,
-runs [per-run seconds].
+runs [per-run seconds], quality (null without --quality; else the benchmarked mode against exact fp32 on ort-cpu:
+{reference, summary_line, gate, summary, verdict, images}, as in `sdrt quality`'s document, docs/quality.md).
 Per-stage figures are per run (the whole batch); per_step and timeline are per denoising step.
 """
 
@@ -92,6 +93,10 @@ def table(report: Report) -> str:
         f"peak RSS                {format_bytes(report.peak_rss_bytes)}",
         f"peak VRAM               {format_bytes(report.peak_vram_bytes, report.peak_vram_source)}",
     ]
+    if report.quality is not None:
+        q = report.quality
+        lines += ["", f"quality vs exact ({q['reference']}), {len(q['images'])} image(s): {q['summary_line']}",
+                  q["verdict"]["line"]]
     return "\n".join(lines)
 
 
@@ -109,6 +114,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "peak_vram_bytes": report.peak_vram_bytes,
         "peak_vram_source": report.peak_vram_source,
         "runs": [r.to_json() for r in report.runs],
+        "quality": report.quality,
     }
 
 

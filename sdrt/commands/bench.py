@@ -12,6 +12,7 @@ import click
 from .options import engine_options, resolve_seed
 
 _SIZE = re.compile(r"^(\d+)[xX](\d+)$")
+QUALITY_PROMPTS = 4  # bench --quality: enough for a median and a worst image, a fraction of `sdrt quality`'s 8
 
 
 def parse_size(text: str | None) -> tuple[int | None, int | None]:
@@ -41,10 +42,15 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
 @click.option("--json", "json_path", default=None, type=click.Path(path_type=Path), help="Write the results here.")
 @click.option("--chart", "chart_path", default=None, type=click.Path(path_type=Path),
               help="Write a PNG chart here (needs matplotlib: pip install 'sdrt[bench]').")
+@click.option("--quality", "with_quality", is_flag=True,
+              help="Then measure the benchmarked mode against exact fp32 on ort-cpu (sdrt quality's figures and "
+                   f"gate, on its first {QUALITY_PROMPTS} default prompts at the bench's size, steps, sampler "
+                   "and cfg).")
 @click.option("--quiet", is_flag=True, help="No per-run lines on stderr.")
 def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str | None, steps: int, sampler: str,
           cfg: float, batch: int, size: str | None, runs: int, warmup: int, threads: int, spin: bool | None,
-          prompt: str, seed: int, json_path: Path | None, chart_path: Path | None, quiet: bool) -> None:
+          prompt: str, seed: int, json_path: Path | None, chart_path: Path | None, with_quality: bool,
+          quiet: bool) -> None:
     """Measure where the time of a generation with the model in BUNDLE goes."""
     from ..bench.chart import chart_png, require_matplotlib
     from ..bench.output import json_bytes, table
@@ -87,6 +93,9 @@ def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str |
 
     try:
         report = run_benchmark(pipe, request, runs, warmup, settings, on_run)
+        if with_quality:
+            report.quality = measure_quality(pipe, str(bundle), request, (height, width), threads, spin_choice.spin,
+                                             quiet)
     finally:
         pipe.close()
     click.echo(table(report))
@@ -97,3 +106,24 @@ def bench(bundle: Path, backend: str, engines_dir: Path | None, precision: str |
         write_atomic(chart_path, chart_png(report))
         click.echo(f"wrote {chart_path}")
     sys.stdout.flush()
+
+
+def measure_quality(pipe, bundle: str, request, size: tuple[int, int], threads: int, spin: bool,
+                    quiet: bool) -> dict:
+    """The yardstick of the benchmarked pipeline against exact fp32 on ort-cpu (sdrt.quality), after the timed
+    runs so it never disturbs them. A failed gate is reported, not an error: the bench measures."""
+    from ..quality.gate import verdict
+    from ..quality.report import mode_name, summary_line, yardstick_json
+    from ..quality.runner import compare_pipelines, default_requests
+    from ..runtime import Pipeline
+    from .quality import REFERENCE_BACKEND
+
+    reference = Pipeline.load(bundle, backend=REFERENCE_BACKEND, precision="fp32", threads=threads, spin=spin)
+    requests = default_requests(reference, steps=request.steps, size=size,
+                                prompt_count=QUALITY_PROMPTS, sampler=request.sampler, cfg=request.cfg,
+                                schedule=request.schedule)
+    progress = None if quiet else (lambda n, total: click.echo(f"quality {n}/{total} compared", err=True))
+    summary = compare_pipelines(reference, pipe, requests, progress=progress)
+    outcome = verdict(summary)
+    return {"reference": f"fp32 on {REFERENCE_BACKEND}", "summary_line": summary_line(summary),
+            **yardstick_json(requests, summary, outcome, mode_name(pipe))}

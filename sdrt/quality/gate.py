@@ -83,12 +83,12 @@ def verdict(summary: QualitySummary, gate: Gate | None = None) -> Verdict:
     gate = gate or GATE
     failures = []
     if summary.median_psnr_db < gate.median_psnr_db:
-        failures.append(f"median PSNR {summary.median_psnr_db:.1f} dB < {gate.median_psnr_db:g} dB")
+        failures.append(f"median PSNR {summary.median_psnr_db:.2f} dB < {gate.median_psnr_db:g} dB")
     if summary.worst_psnr_db < gate.worst_psnr_db:
-        failures.append(f"worst PSNR {summary.worst_psnr_db:.1f} dB < {gate.worst_psnr_db:g} dB")
+        failures.append(f"worst PSNR {summary.worst_psnr_db:.2f} dB < {gate.worst_psnr_db:g} dB")
     if summary.adherence_exact is not None and summary.adherence_candidate is not None:
         drop = summary.adherence_exact - summary.adherence_candidate
         if drop > gate.adherence_points + 1e-12:
-            failures.append(f"adherence {summary.adherence_candidate:.2f} vs {summary.adherence_exact:.2f} exact "
-                            f"(drop {drop:.2f} > {gate.adherence_points:g})")
+            failures.append(f"adherence {summary.adherence_candidate:.3f} vs {summary.adherence_exact:.3f} exact "
+                            f"(drop {drop:.3f} > {gate.adherence_points:g})")
     return Verdict(not failures, failures)

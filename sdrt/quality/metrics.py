@@ -59,6 +59,10 @@ class ImageComparison:
     max_diff: float  # levels, 0..255
     mean_diff: float
     ssim: float | None  # None without scikit-image
+    # Built-in model only: whether the judge (sdrt.tinymodel.adherence) finds the prompt's shape, colour and
+    # background in the exact image and in the candidate; None where the prompt is no caption of its world.
+    adheres_exact: bool | None = None
+    adheres_candidate: bool | None = None
 
     def as_dict(self) -> dict:
         out = asdict(self)

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..tinymodel.adherence import adherence
-from ..tools.cell_score import caption_target, is_builtin
+from ..tools.cell_score import is_builtin, score
 from .gate import QualitySummary, summarise
-from .metrics import compare_images
+from .metrics import ImageComparison, compare_images
 
 if TYPE_CHECKING:  # the runtime imports this module lazily; no cycle at run time
     from ..runtime.pipeline import Pipeline
@@ -52,31 +51,53 @@ def default_prompts(builtin_model: bool, count: int) -> list[str]:
 def default_requests(pipe: "Pipeline", prompts: Sequence[str] | None = None, seeds: int = 1,
                      size: tuple[int, int] | None = None, steps: int = 20, prompt_count: int = 4,
                      **fields: object) -> list["GenerationRequest"]:
-    """One request per (prompt, seed): the bundle's default size, Euler, CFG on (the bundle's usual use)."""
+    """One request per (prompt, seed): the bundle's default size, Euler, CFG on (the bundle's usual use; the
+    built-in model's own guidance scale on the built-in model). `size` is (height, width)."""
     from ..runtime.request import GenerationRequest  # noqa: PLC0415
+    from ..tinymodel.builtin import DEFAULT_CFG  # noqa: PLC0415
 
-    prompts = list(prompts) if prompts else default_prompts(is_builtin(pipe.model), prompt_count)
+    builtin = is_builtin(pipe.model)
+    prompts = list(prompts) if prompts else default_prompts(builtin, prompt_count)
+    if builtin:
+        fields.setdefault("cfg", DEFAULT_CFG)
     height, width = size or pipe.model.default_size
     return [GenerationRequest(prompt, seed=seed, steps=steps, width=width, height=height, **fields)
             for prompt in prompts for seed in range(seeds)]
 
 
 def compare_pipelines(reference: "Pipeline", candidate: "Pipeline", requests: Sequence["GenerationRequest"],
-                      progress: Callable[[int, int], None] | None = None) -> QualitySummary:
+                      progress: Callable[[int, int], None] | None = None,
+                      on_pair: Callable[[int, "GenerationRequest", np.ndarray, np.ndarray], None] | None = None,
+                      ) -> QualitySummary:
     """Generate every request on both pipelines and compare image by image. Adherence is judged when every
-    prompt is a caption of the built-in model's world (the judge can read nothing else)."""
+    prompt is a caption of the built-in model's world (the judge can read nothing else). `on_pair(index,
+    request, exact, candidate)` sees each pair of images as it is made (`sdrt quality --save`)."""
+    if not requests:
+        raise ValueError("no requests to compare: give at least one")
     pairs: list[tuple[np.ndarray, np.ndarray, str]] = []
     for n, request in enumerate(requests):
         request = replace(request, batch=1)
         exact = reference.generate(request).images[0]
         cheap = candidate.generate(request).images[0]
         pairs.append((exact, cheap, request.prompt))
+        if on_pair is not None:
+            on_pair(n, request, exact, cheap)
         if progress is not None:
             progress(n + 1, len(requests))
-    comparisons = [compare_images(exact, cheap) for exact, cheap, _ in pairs]
-    targets = [caption_target(prompt) for _, _, prompt in pairs]
-    if all(t is not None for t in targets):
-        exact_score = adherence([e for e, _, _ in pairs], targets).all
-        cheap_score = adherence([c for _, c, _ in pairs], targets).all
+    comparisons = [_with_adherence(compare_images(exact, cheap), exact, cheap, prompt)
+                   for exact, cheap, prompt in pairs]
+    if all(c.adheres_exact is not None for c in comparisons):
+        exact_score = sum(bool(c.adheres_exact) for c in comparisons) / len(comparisons)
+        cheap_score = sum(bool(c.adheres_candidate) for c in comparisons) / len(comparisons)
         return summarise(comparisons, exact_score, cheap_score)
     return summarise(comparisons)
+
+
+def _with_adherence(comparison: ImageComparison, exact: np.ndarray, cheap: np.ndarray,
+                    prompt: str) -> ImageComparison:
+    """The judge's "all three match" on both images (sdrt.tinymodel.adherence's `all`), where it can read the
+    prompt; the summary's adherence is the fraction of these."""
+    exact_score, cheap_score = score(exact, prompt), score(cheap, prompt)
+    if exact_score is None or cheap_score is None:
+        return comparison
+    return replace(comparison, adheres_exact=bool(exact_score["all"]), adheres_candidate=bool(cheap_score["all"]))
