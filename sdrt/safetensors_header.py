@@ -10,6 +10,7 @@ does not match the shape). Everything after reads trusted numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .json_limits import JsonTooDeep, loads_bounded
+from .manifest_schema import show_value
 from .pickle_files import refuse_pickle
 from .user_files import require_regular_file
 
@@ -108,5 +110,5 @@ def _ints(value: object) -> bool:
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """As written in the file (null, not None); long values cut short."""
+    return (json.dumps(value) if isinstance(value, str) else show_value(value))[:60]
