@@ -465,3 +465,56 @@ def test_nan_from_a_lora_names_the_lora(tiny_bundle, tmp_path: Path) -> None:
     assert str(info.value).startswith("the sampled latents contain NaN or Inf values, so there is no image: ")
     assert str(info.value).endswith("lower the LoRA scale or leave the LoRA out (hot.safetensors:1; the adapter may "
                                     "be damaged)"), str(info.value)
+
+
+# ---- item 20 over HTTP: hostile files in --lora-dir, also when swapped in on disk while serving ------------
+def test_hostile_lora_files_over_http_are_422(pipelines, tmp_path: Path) -> None:
+    import httpx
+
+    from serving_adapter import running_server
+    from sdrt.serving.settings import ServeSettings
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save(folder / "alpha.safetensors", {**CONV_IN, "lora_unet_conv_in.alpha": np.ones((0,), np.float32)})
+    raw_safetensors(folder / "deep.safetensors", deep_header())
+    save(folder / "meta.safetensors", PEFT_CONV_IN, {"lora_adapter_metadata": '{"unet.lora_alpha": "abc"}'})
+    cases = {
+        "alpha": "LoRA alpha.safetensors: lora_unet_conv_in.alpha has shape [0], not one number; the file is damaged",
+        "deep": "LoRA deep.safetensors is not a readable .safetensors file (its header is JSON nested 100001 levels "
+                "deep (at most 64)): copy it again",
+        "meta": "LoRA meta.safetensors has unusable lora_adapter_metadata (unet.lora_alpha is 'abc', not a number): "
+                "re-save it with diffusers' save_lora_weights",
+        "swapped": "LoRA swapped.safetensors is not a readable .safetensors file (its __metadata__ is not a map of "
+                   "strings): copy it again",
+    }
+    with running_server(pipelines("sd1"), ServeSettings(lora_dir=str(folder))) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as client:
+        raw_safetensors(folder / "swapped.safetensors", '{"__metadata__": "x"}')  # replaced while serving
+        for name, expected in cases.items():
+            reply = client.post("/sdapi/v1/txt2img", json={"prompt": f"a cat <lora:{name}:1>", "steps": 1})
+            assert reply.status_code == 422, reply.text
+            assert reply.json()["error"]["message"] == expected
+        assert client.get("/healthz").status_code == 200
+
+
+def test_generate_refuses_swapped_matrices_of_a_real_weight(tiny_bundle, tmp_path: Path, capsys) -> None:
+    """Item 12 end to end: a LoRA whose up and down matrices are swapped for a non-square weight of the tiny
+    UNet (same element count) is refused by `generate --lora`, nothing written."""
+    from sdrt.lora.placement import BundleWeights
+
+    bundle = tiny_bundle("sd1")
+    shapes = BundleWeights(bundle, Manifest.load(bundle), "fp32").param_shapes()["unet"]
+    name, (out, inputs) = next((n, s) for n, s in sorted(shapes.items()) if len(s) == 2 and s[0] != s[1])
+    key = name[:-len(".weight")]
+    lora = save(tmp_path / "swap.safetensors", {f"lora_unet_{key.replace('.', '_')}.lora_down.weight":
+                                                np.ones((2, out), np.float32),
+                                                f"lora_unet_{key.replace('.', '_')}.lora_up.weight":
+                                                np.ones((inputs, 2), np.float32)})
+    code, _, err = cli_helpers.run_cli("generate", [str(bundle), "a cat", "--steps", "1", "--lora", str(lora),
+                                                    "-o", str(tmp_path / "x.png")], capsys)
+    assert cli_error(code, err) == (
+        f"LoRA swap.safetensors does not fit this model: 0 of its 1 modules match, 1 unet modules (e.g. "
+        f"{key.replace('.', '_')}) do not; {key.replace('.', '_')} has matrices up [{inputs}, 2] and down [2, {out}] "
+        f"for a weight of shape [{out}, {inputs}]; pass an adapter trained for this model's architecture")
+    assert not (tmp_path / "x.png").exists()
