@@ -19,7 +19,6 @@ from PIL import Image, PngImagePlugin
 
 import cli_helpers
 from sdrt.errors import UserError
-from sdrt.json_limits import JsonTooDeep, json_depth, loads_bounded
 from sdrt.lora.adapter import read_adapter
 from sdrt.lora.deltas import adapter_deltas
 from sdrt.manifest import BundleError, Manifest
@@ -70,6 +69,8 @@ def cli_error(code: int, err: str) -> str:
 
 # ---- the JSON depth guard -------------------------------------------------------------------------------
 def test_json_depth_counts_brackets_outside_strings() -> None:
+    from sdrt.json_limits import JsonTooDeep, json_depth, loads_bounded
+
     assert json_depth(b'{"a": [1, {"b": "[[[{{{"}], "c": "\\"]]]"}') == 3
     assert json_depth(b"[]") == 1 and json_depth(b"3") == 0
     assert loads_bounded("[" * 64 + "]" * 64) == eval("[" * 64 + "]" * 64)
@@ -93,7 +94,7 @@ UNUSABLE = "LoRA p.safetensors has unusable lora_adapter_metadata ({}): re-save 
     (one_tensor('["a"]'), "tensor a has dtype \"F32\", shape [\"a\"], offsets [0, 4]"),
     (one_tensor("[null]"), "tensor a has dtype \"F32\", shape [null], offsets [0, 4]"),
     (one_tensor("[2]"), "tensor a of shape [2] does not fill its 4 bytes (damaged)"),
-])
+], ids=["deep", "metadata-list", "metadata-string", "shape-1e400", "shape-a", "shape-null", "short"])
 def test_lora_header_refusals(tmp_path: Path, header: str, expected: str) -> None:
     path = raw_safetensors(tmp_path / "bad.safetensors", header, b"\0" * 4)
     assert message(lambda: read_adapter(path)) == (
@@ -179,7 +180,7 @@ def test_lora_path_that_is_not_a_regular_file(tmp_path: Path) -> None:
     (one_tensor("[null]"), "tensor a has dtype \"F32\", shape [null], offsets [0, 4]"),
     (one_tensor("[1e400]"), "tensor a has dtype \"F32\", shape [Infinity], offsets [0, 4]"),
     (deep_header(), "its header is JSON nested 100001 levels deep (at most 64)"),
-])
+], ids=["shape-a", "shape-null", "shape-1e400", "deep"])
 def test_weight_file_headers(tmp_path: Path, what: str, header: str, expected: str) -> None:
     from sdrt.export.checkpoint_file import read_shapes
 
@@ -385,7 +386,8 @@ def test_output_folder_name_over_the_limit(tmp_path: Path) -> None:
 
 # ---- items 27, 29, 31: export --------------------------------------------------------------------------
 def test_export_max_size_is_bounded(tmp_path: Path, capsys) -> None:
-    code, _, err = cli_helpers.run_cli("export", [str(tmp_path), str(tmp_path / "out"), "--max-size",
+    (tmp_path / "model").mkdir()
+    code, _, err = cli_helpers.run_cli("export", [str(tmp_path / "model"), str(tmp_path / "out"), "--max-size",
                                                   "1099511627776"], capsys)
     assert cli_error(code, err) == ("--max-size 1099511627776 is larger than the 8192 pixels a side sdrt "
                                          "generates at most: pass --max-size 8192 or less")
