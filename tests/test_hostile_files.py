@@ -520,3 +520,45 @@ def test_generate_refuses_swapped_matrices_of_a_real_weight(tiny_bundle, tmp_pat
         f"{key.replace('.', '_')}) do not; {key.replace('.', '_')} has matrices up [{inputs}, 2] and down [2, {out}] "
         f"for a weight of shape [{out}, {inputs}]; pass an adapter trained for this model's architecture")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---- item 21, the other JSON files a run or an export reads: nested 100k deep, one line (or ignored) -------
+def test_export_overwrite_onto_a_deep_manifest_is_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("[" * DEEP + "]" * DEEP)
+    code, _, err = cli_helpers.run_cli("export", [str(tmp_path / "model"), str(out), "--overwrite"], capsys)
+    assert cli_error(code, err) == (f"OUT {out} exists and is not an sdrt bundle (no sdrt manifest.json): --overwrite "
+                                    "replaces only a bundle; choose a new folder")
+    assert (out / "manifest.json").stat().st_size == 2 * DEEP  # nothing of the user's touched
+
+
+def test_deep_keyframes_and_controlnet_config_are_one_line(tmp_path: Path) -> None:
+    from sdrt.export.controlnets import check_controlnet_folders
+    from sdrt.tools.interpolation import load_keyframes
+
+    keyframes = tmp_path / "keys.json"
+    keyframes.write_text("[" * DEEP + "]" * DEEP)
+    assert message(lambda: load_keyframes(keyframes)) == (
+        f"cannot read keyframes file {keyframes} (JSON nested 100000 levels deep (at most 64)): give a JSON list of "
+        '{"prompt": ..., "seed": ...}')
+    controlnet = tmp_path / "cn"
+    controlnet.mkdir()
+    (controlnet / "config.json").write_text('{"a": ' + "[" * DEEP + "]" * DEEP + "}")
+    assert message(lambda: check_controlnet_folders([controlnet])) == (
+        f"cannot read {controlnet / 'config.json'} (JSON nested 100001 levels deep (at most 64)): repair or re-save "
+        "the ControlNet")
+
+
+def test_deep_cache_records_are_ignored(tmp_path: Path) -> None:
+    """The engine store's metadata and the backend decision cache treat a deep file as unreadable: rebuilt."""
+    from sdrt.backends.decision_cache import read_record, record_path
+    from sdrt.engines.store import read_metadata
+
+    deep = "[" * DEEP + "]" * DEEP
+    (tmp_path / "meta.json").write_text(deep)
+    assert read_metadata(tmp_path / "meta.json") is None
+    key = {"model": "x"}
+    record_path(tmp_path, key).write_text(deep)
+    assert read_record(tmp_path, key) is None
