@@ -562,3 +562,26 @@ def test_deep_cache_records_are_ignored(tmp_path: Path) -> None:
     key = {"model": "x"}
     record_path(tmp_path, key).write_text(deep)
     assert read_record(tmp_path, key) is None
+
+
+@pytest.mark.parametrize("case", ["alpha", "folder", "dev-null", "metadata"])
+def test_generate_lora_refusals_are_one_line(tiny_bundle, tmp_path: Path, capsys, case: str) -> None:
+    """Items 20 and 31 through `sdrt generate --lora`: exit 2, one line, no image."""
+    path = {"alpha": tmp_path / "a.safetensors", "folder": tmp_path / "style", "dev-null": Path("/dev/null"),
+            "metadata": tmp_path / "p.safetensors"}[case]
+    if case == "alpha":
+        save(path, {**CONV_IN, "lora_unet_conv_in.alpha": np.ones((0,), np.float32)})
+    elif case == "folder":
+        path.mkdir()
+    elif case == "metadata":
+        save(path, PEFT_CONV_IN, {"lora_adapter_metadata": '{"unet.alpha_pattern": {"(": 1}}'})
+    code, _, err = cli_helpers.run_cli("generate", [str(tiny_bundle("sd1")), "a cat", "--steps", "1", "--lora",
+                                                    str(path), "-o", str(tmp_path / "x.png")], capsys)
+    assert cli_error(code, err) == {
+        "alpha": "LoRA a.safetensors: lora_unet_conv_in.alpha has shape [0], not one number; the file is damaged",
+        "folder": f"LoRA {path} is a folder, not a file: pass a .safetensors file",
+        "dev-null": "LoRA /dev/null is a device or socket, not a regular file: pass a .safetensors file",
+        "metadata": UNUSABLE.format("unet.alpha_pattern pattern '(' is not a regular expression: missing ), "
+                                    "unterminated subpattern at position 0"),
+    }[case]
+    assert not (tmp_path / "x.png").exists()
