@@ -107,7 +107,7 @@ def _peft(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) 
     for stem, (down, up) in _pairs(tensors, ".lora_A.weight", ".lora_B.weight", path).items():
         component, key = _component(stem, PEFT_PREFIXES)
         component = component or "unet"  # unprefixed diffusers files are UNet adapters
-        alpha = _peft_alpha(config, component, key, down.shape[0], path)
+        alpha = _peft_alpha(config, component, key, down.shape[0])
         modules.append(LoraModule(component, key, down, up, _finite_alpha(alpha, stem, path)))
     return modules
 
@@ -119,28 +119,30 @@ def _peft_config(metadata: dict[str, str], path: Path) -> dict:
     text = metadata.get("lora_adapter_metadata")
     if text is None:
         return {}
-    bad = f"LoRA {path.name} has unusable lora_adapter_metadata ({{}}): re-save it with diffusers' save_lora_weights"
+    def bad(reason: str) -> UserError:
+        return UserError(f"LoRA {path.name} has unusable lora_adapter_metadata ({reason}): re-save it with "
+                         "diffusers' save_lora_weights")
+
     try:
         config = loads_bounded(text)
     except ValueError:
-        config = {}  # unreadable text: diffusers falls back to alpha = rank, and so do we
+        config = {}  # text that is not JSON carries no alpha: alpha = rank, as sdrt has always read it
     if not isinstance(config, dict):
-        raise UserError(bad.format(f"a JSON {type(config).__name__}, not an object"))
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(config), "null")
+        raise bad(f"a JSON {kind}, not an object")
     for name, value in config.items():
         if name.endswith(".lora_alpha") and value is not None and not _number(value):
-            raise UserError(bad.format(f"{name[:60]} is {show_value(value)}, not a number"))
+            raise bad(f"{name[:60]} is {show_value(value)}, not a number")
         if name.endswith(".alpha_pattern") and value is not None:
             if not isinstance(value, dict):
-                raise UserError(bad.format(f"{name[:60]} is a {type(value).__name__}, not a map of patterns"))
+                raise bad(f"{name[:60]} is a {type(value).__name__}, not a map of patterns")
             for pattern, alpha in value.items():
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise UserError(bad.format(f"{name[:60]} pattern {pattern[:40]!r} is not a regular expression: "
-                                               f"{exc}")) from None
+                    raise bad(f"{name[:60]} pattern {pattern[:40]!r} is not a regular expression: {exc}") from None
                 if not _number(alpha):
-                    raise UserError(bad.format(f"{name[:60]} gives {pattern[:40]!r} {show_value(alpha)}, "
-                                               "not a number"))
+                    raise bad(f"{name[:60]} gives {pattern[:40]!r} {show_value(alpha)}, not a number")
     return config
 
 
@@ -160,7 +162,7 @@ def _finite_alpha(alpha: float, stem: str, path: Path) -> float:
     return alpha
 
 
-def _peft_alpha(config: dict, component: str, key: str, rank: int, path: Path) -> float:
+def _peft_alpha(config: dict, component: str, key: str, rank: int) -> float:
     """PEFT's rule: an alpha_pattern entry matching the module path's end, else lora_alpha, else the rank."""
     for pattern, alpha in (config.get(f"{component}.alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", key):
