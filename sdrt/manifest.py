@@ -13,14 +13,22 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from . import manifest_schema
+from .json_limits import loads_bounded
 from .manifest_schema import (  # noqa: F401 (public names)
     COMPONENTS, CONTROLNET_PREFIX, FAMILIES, PRECISIONS, SCHEMA_VERSION)
 
 MANIFEST_NAME = "manifest.json"
+# The largest image side a bundle may offer: 8192 x 8192 is 67 Mpx (a 3 GB float32 decode), still inside Pillow's
+# decompression-bomb limit; `sdrt export --max-size` is bounded by it, so no bundle promises a 4 TiB image.
+MAX_SIDE = 8192
+# Files beside a tokenizer.json that the runtime's tokenizer reads when they are there (sdrt.runtime.tokenizer):
+# they change the image, so they are bundle files like any other (listed, hashed, inside the bundle).
+EXPANSIONS_FILE = "prompt_expansions.json"
+TOKENIZER_SIDE_FILES = (EXPANSIONS_FILE, "special_tokens_map.json", "tokenizer_config.json")
 
 
 def clip_skip_output(clip_skip: int) -> str:
@@ -152,9 +160,9 @@ class Manifest:
         if not path.is_file():
             raise BundleError(f"{bundle} is not an sdrt bundle (no {MANIFEST_NAME}): create one with sdrt export")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"cannot read {path} ({exc}): re-export the model (sdrt export)") from None
+            data = loads_bounded(path.read_bytes())
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError and JsonTooDeep are ValueErrors
+            raise BundleError(f"cannot read {path} ({str(exc)[:200]}): re-export the model (sdrt export)") from None
         return Manifest.from_dict(data)
 
     # ---- writing -------------------------------------------------------------------------------------
@@ -178,10 +186,14 @@ class Manifest:
                 f"re-export with --precision {precision}"
             ) from None
 
-    def needed_files(self, precision: str) -> list[str]:
-        """Every bundle file a run at `precision` opens: its graphs and their weights, tokenizers, scheduler."""
+    def needed_files(self, precision: str, root: str | os.PathLike | None = None) -> list[str]:
+        """Every bundle file a run at `precision` opens: its graphs and their weights, tokenizers, scheduler, and
+        the tokenizer side files that are listed or (given the bundle's `root`) present, links included."""
         graphs = [rel for spec in self.components.get(precision, {}).values() for rel in spec.paths]
-        return list(dict.fromkeys(graphs + list(self.tokenizers.values()) + [self.scheduler]))
+        side = [str(PurePosixPath(rel).parent / name) for rel in self.tokenizers.values()
+                for name in TOKENIZER_SIDE_FILES]
+        side = [rel for rel in side if rel in self.files or (root is not None and os.path.lexists(Path(root) / rel))]
+        return list(dict.fromkeys(graphs + list(self.tokenizers.values()) + side + [self.scheduler]))
 
     def verify_files(self, bundle: str | os.PathLike, full: bool = False, needed: Iterable[str] = ()) -> None:
         """Check every listed file is inside the bundle and present; with full=True, its sha256 too.

@@ -247,8 +247,8 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
     ("missing", "error: model path {model} does not exist: pass a diffusers folder or a .safetensors file"),
     ("not_diffusers", "error: {model} is not a diffusers folder (no model_index.json): pass a folder saved with "
                       "save_pretrained, or a single-file .safetensors checkpoint"),
-    ("single_file", "error: checkpoint model.safetensors is not a .safetensors file (unreadable header): pass a "
-                    "Stable Diffusion .safetensors file"),
+    ("single_file", "error: checkpoint model.safetensors is not a readable .safetensors file (damaged or "
+                    "truncated): pass a Stable Diffusion .safetensors file"),
 ])
 def test_cli_bad_model_is_one_line_exit_2(tmp_path: Path, capsys, case: str, expected: str) -> None:
     model = tmp_path / "model"

@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..json_limits import loads_bounded
 from ..manifest import write_atomic
 
 SCHEMA = "sdrt-decision/1"
@@ -46,8 +47,8 @@ def read_record(folder: str | os.PathLike, key: Mapping[str, Any]) -> dict | Non
     """The stored record for exactly `key`, or None (missing, unreadable or another key)."""
     path = record_path(folder, key)
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = loads_bounded(path.read_bytes())
+    except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("key") != dict(key):
         return None

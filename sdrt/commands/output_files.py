@@ -41,6 +41,7 @@ def check_outputs(paths: Sequence[Path]) -> None:
     """Refuse, with one line, any path the final write would fail on."""
     probed: set[Path] = set()
     for path in paths:
+        _check_name_lengths(path)
         if path.is_dir():
             raise UserError(f"output {path} is an existing folder: name a .png file to write instead")
         start = _existing_ancestor(path)
@@ -56,6 +57,27 @@ def check_outputs(paths: Sequence[Path]) -> None:
             raise UserError(f"output {path} cannot be written: {start} does not accept new files "
                             f"({exc.strerror or exc}): choose another -o") from None
         probed.add(start)
+
+
+# The staged file is ".NAME.xxxxxxxx.part" and write_atomic's own temporary ".<that>.xxxxxxxx.tmp": 29 bytes more.
+TEMPORARY_NAME_EXTRA = 29
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Names the file system would refuse (ENAMETOOLONG) are refused now, not after the generation."""
+    try:
+        limit = os.pathconf(_existing_ancestor(path), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.parent.parts:
+        if len(os.fsencode(part)) > limit:
+            raise UserError(f"output folder name {part[:40]}... is {len(os.fsencode(part))} bytes long, more than "
+                            f"the {limit} bytes a file name may have here: choose a shorter -o")
+    size, most = len(os.fsencode(path.name)), limit - TEMPORARY_NAME_EXTRA
+    if size > most:
+        raise UserError(f"output name {path.name[:40]}... is {size} bytes long; names are limited to {limit} bytes "
+                        f"here and sdrt's temporary file beside it needs {TEMPORARY_NAME_EXTRA} more: choose an -o "
+                        f"name of at most {most} bytes")
 
 
 def _make_folders(folder: Path, created: list[Path]) -> None:

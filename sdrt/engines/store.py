@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
 from ..manifest import Manifest, sha256_file, write_atomic
 from .profiles import ShapeRange
 from .target import EngineKey, GpuTarget, key_differences, profiles_from_json, profiles_to_json
@@ -50,7 +51,7 @@ def timing_cache_path(root: str | os.PathLike, target: GpuTarget) -> Path:
 def read_metadata(path: Path) -> dict[str, Any] | None:
     """The metadata JSON, or None when it is missing or unreadable (the engine is then rebuilt)."""
     try:
-        data = json.loads(path.read_text())
+        data = loads_bounded(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("metadata_version") == METADATA_VERSION else None

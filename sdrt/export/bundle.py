@@ -8,6 +8,7 @@ absent (or the previous bundle, with --overwrite). What OUT may be is checked be
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..user_files import require_regular_file
 from ..manifest import (MANIFEST_NAME, ComponentSpec, ControlNetInfo, Manifest, ModelInfo, TensorSpec, sha256_file,
                         write_atomic)
 from .checkpoint_file import refuse_pickle
@@ -101,9 +103,25 @@ def export_bundle(model: str | os.PathLike, out: str | os.PathLike, options: Exp
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, Terminated):
                 say(f"stopped by SIGTERM: removed the unfinished {staging}")
+            if disk_full(exc):
+                raise UserError(f"the disk holding {out} is full (No space left on device): the unfinished "
+                                f"{staging.name} was removed; free space or choose an OUT folder on another disk "
+                                "(a bundle needs about twice the checkpoint's size per precision)") from None
             raise
     say(f"bundle written to {out}")
     return manifest
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the exception's chain: onnx and torch wrap the OSError of a failed write."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -122,8 +140,10 @@ def _check_options(options: ExportOptions) -> None:
 def _check_input_files(model: str | os.PathLike, options: ExportOptions) -> list:
     """Pickles refused, --vae, --embedding and --lora files readable and of the right kind, before the (slow)
     model load and before anything is written. Returns the adapters read."""
-    if Path(model).is_file():
-        refuse_pickle(Path(model), "checkpoint")
+    if not Path(model).is_dir():
+        refuse_pickle(Path(model), "checkpoint")  # by name, before anything opens it (a FIFO included)
+        if os.path.lexists(model):
+            require_regular_file(model, "model path", "pass a diffusers folder or a .safetensors file")
     if options.vae is not None:
         vae_layout(Path(options.vae))
     check_embedding_files(options.embeddings)

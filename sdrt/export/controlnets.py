@@ -12,13 +12,13 @@ docs/controlnet.md (plain-path cost measured by bench/controlnet_cost.py).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
 from ..manifest import CONTROLNET_PREFIX
 
 # Words in a ControlNet's folder name or _name_or_path that tell what it was trained on (lllyasviel's names).
@@ -68,10 +68,10 @@ def check_controlnet_folders(paths: list[Path]) -> list[ControlNetSource]:
             raise UserError(f"ControlNet {path} is not a folder: pass a diffusers ControlNetModel folder "
                             "(config.json and diffusion_pytorch_model.safetensors)")
         try:
-            config = json.loads(config_file.read_text())
+            config = loads_bounded(config_file.read_bytes())
         except FileNotFoundError:
             raise UserError(f"ControlNet {path} has no config.json: pass a diffusers ControlNetModel folder") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, JsonTooDeep
             raise UserError(f"cannot read {config_file} ({exc}): repair or re-save the ControlNet") from None
         if not isinstance(config, dict) or config.get("_class_name") != "ControlNetModel":
             found = config.get("_class_name") if isinstance(config, dict) else None

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..manifest import sha256_file
+from ..manifest import EXPANSIONS_FILE, sha256_file  # noqa: F401  (one name for writer and reader)
 from .checkpoint_file import load_tensors, read_shapes
 
-EXPANSIONS_FILE = "prompt_expansions.json"
 _PAIR = ("clip_l", "clip_g")  # SDXL: text_encoder, text_encoder_2
 
 

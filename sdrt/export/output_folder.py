@@ -8,11 +8,11 @@ model. Every rule compares resolved paths (symlinks followed), and all of them r
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
 from ..manifest import MANIFEST_NAME
 
 # keys every manifest `sdrt export` ever wrote has; a manifest.json without them is someone else's file
@@ -26,7 +26,7 @@ def is_sdrt_bundle(folder: Path) -> bool:
     if not folder.is_dir() or not manifest.is_file():
         return False
     try:
-        data = json.loads(manifest.read_bytes())
+        data = loads_bounded(manifest.read_bytes())  # a deep file is not a bundle
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and all(key in data for key in _MANIFEST_KEYS)

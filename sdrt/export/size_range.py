@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UserError
+from ..manifest import MAX_SIDE
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ def check_size_options(min_size: int | None, max_size: int | None) -> None:
     for flag, value in (("--min-size", min_size), ("--max-size", max_size)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} {value} must be a positive number of pixels, e.g. {flag} 256")
+        if value is not None and value > MAX_SIDE:
+            raise UserError(f"{flag} {value} is larger than the {MAX_SIDE} pixels a side sdrt generates at most: "
+                            f"pass {flag} {MAX_SIDE} or less")
     if min_size is not None and max_size is not None and min_size > max_size:
         raise UserError(f"--min-size {min_size} is larger than --max-size {max_size}: swap them")
 

@@ -9,7 +9,6 @@ otherwise alpha = rank (scale 1), as diffusers' get_peft_kwargs assumes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
+from ..manifest_schema import show_value
 from .safetensors_file import read_safetensors
 
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2",
@@ -91,23 +92,74 @@ def _kohya(tensors: dict[str, np.ndarray], path: Path) -> list[LoraModule]:
     modules = []
     for stem, (down, up) in _pairs(tensors, ".lora_down.weight", ".lora_up.weight", path).items():
         alpha = tensors.get(stem + ".alpha")
+        if alpha is not None and alpha.size != 1:
+            raise UserError(f"LoRA {path.name}: {stem}.alpha has shape {list(alpha.shape)}, not one number; the "
+                            "file is damaged")
         component, key = _component(stem, KOHYA_PREFIXES)
-        modules.append(LoraModule(component or "unknown", key, down, up,
-                                  float(alpha.reshape(-1)[0]) if alpha is not None else float(down.shape[0])))
+        value = float(alpha.reshape(-1)[0]) if alpha is not None else float(down.shape[0])
+        modules.append(LoraModule(component or "unknown", key, down, up, _finite_alpha(value, stem, path)))
     return modules
 
 
 def _peft(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> list[LoraModule]:
-    try:
-        config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    except json.JSONDecodeError:
-        config = {}
+    config = _peft_config(metadata, path)
     modules = []
     for stem, (down, up) in _pairs(tensors, ".lora_A.weight", ".lora_B.weight", path).items():
         component, key = _component(stem, PEFT_PREFIXES)
         component = component or "unet"  # unprefixed diffusers files are UNet adapters
-        modules.append(LoraModule(component, key, down, up, _peft_alpha(config, component, key, down.shape[0])))
+        alpha = _peft_alpha(config, component, key, down.shape[0])
+        modules.append(LoraModule(component, key, down, up, _finite_alpha(alpha, stem, path)))
     return modules
+
+
+def _peft_config(metadata: dict[str, str], path: Path) -> dict:
+    """diffusers' `lora_adapter_metadata`: a JSON object whose alpha entries are numbers and whose
+    alpha_pattern entries map regular expressions to numbers; anything else is refused in one line, since
+    guessing an alpha would change the adapter's strength silently."""
+    text = metadata.get("lora_adapter_metadata")
+    if text is None:
+        return {}
+    def bad(reason: str) -> UserError:
+        return UserError(f"LoRA {path.name} has unusable lora_adapter_metadata ({reason}): re-save it with "
+                         "diffusers' save_lora_weights")
+
+    try:
+        config = loads_bounded(text)
+    except ValueError:
+        config = {}  # text that is not JSON carries no alpha: alpha = rank, as sdrt has always read it
+    if not isinstance(config, dict):
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(config), "null")
+        raise bad(f"a JSON {kind}, not an object")
+    for name, value in config.items():
+        if name.endswith(".lora_alpha") and value is not None and not _number(value):
+            raise bad(f"{name[:60]} is {show_value(value)}, not a number")
+        if name.endswith(".alpha_pattern") and value is not None:
+            if not isinstance(value, dict):
+                raise bad(f"{name[:60]} is a {type(value).__name__}, not a map of patterns")
+            for pattern, alpha in value.items():
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise bad(f"{name[:60]} pattern {pattern[:40]!r} is not a regular expression: {exc}") from None
+                if not _number(alpha):
+                    raise bad(f"{name[:60]} gives {pattern[:40]!r} {show_value(alpha)}, not a number")
+    return config
+
+
+def _number(value: object) -> bool:
+    """A finite JSON number (an integer past float's range, 1e400 read as inf and NaN are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _finite_alpha(alpha: float, stem: str, path: Path) -> float:
+    if not math.isfinite(alpha):
+        raise UserError(f"LoRA {path.name}: {stem} has alpha {alpha}, not a finite number; the file is damaged")
+    return alpha
 
 
 def _peft_alpha(config: dict, component: str, key: str, rank: int) -> float:

@@ -26,11 +26,14 @@ def resolve(adapter: Adapter, params: ParamShapes) -> dict[str, dict[str, LoraMo
     flat = {c: _flat_names(names) for c, names in params.items()}
     found: dict[str, dict[str, LoraModule]] = {}
     missing: dict[str, list[str]] = {}
+    misshapen = ""
     for module in adapter.modules:
         param = _param_name(module, params, flat)
-        if param is None or int(np.prod(params[module.component][param])) != module.up.shape[0] * int(
-                np.prod(module.down.shape[1:])):
+        if param is None or not fits(module, params[module.component][param]):
             missing.setdefault(module.component, []).append(module.key)
+            if param is not None and not misshapen:
+                misshapen = (f"; {module.key} has matrices up {list(module.up.shape)} and down "
+                             f"{list(module.down.shape)} for a weight of shape {list(params[module.component][param])}")
             continue
         if param in found.setdefault(module.component, {}):
             raise UserError(f"LoRA {adapter.path.name} changes {module.component} {param} twice: the file mixes two "
@@ -41,8 +44,22 @@ def resolve(adapter: Adapter, params: ParamShapes) -> dict[str, dict[str, LoraMo
         matched = total - sum(len(v) for v in missing.values())
         what = ", ".join(f"{len(keys)} {c} modules (e.g. {keys[0]})" for c, keys in sorted(missing.items()))
         raise UserError(f"LoRA {adapter.path.name} does not fit this model: {matched} of its {total} modules match, "
-                        f"{what} do not; pass an adapter trained for this model's architecture")
+                        f"{what} do not{misshapen}; pass an adapter trained for this model's architecture")
     return found
+
+
+def fits(module: LoraModule, shape: tuple[int, ...]) -> bool:
+    """up [out, rank(, 1, 1)] and down [rank, in(, kh, kw)] against the weight [out, in(, kh, kw)], as PEFT's
+    load_state_dict requires: matching element counts are not enough (swapped matrices of a [256, 32] weight,
+    [32, 4] and [4, 256], have them). A 1x1 convolution also takes 2-D matrices (trailing 1s are dropped)."""
+    def tail(dims: tuple[int, ...]) -> tuple[int, ...]:
+        while dims and dims[-1] == 1:
+            dims = dims[:-1]
+        return dims
+
+    up, down = tuple(module.up.shape), tuple(module.down.shape)
+    return (len(shape) >= 2 and up[0] == shape[0] and all(d == 1 for d in up[2:])
+            and down[1] == shape[1] and tail(down[2:]) == tail(tuple(shape[2:])))
 
 
 def _flat_names(names: Iterable[str]) -> dict[str, str]:

@@ -4,7 +4,8 @@ switch needs the base value of each weight it changes (new = base + delta; resto
 An ONNX file is a protobuf ModelProto; only the path graph (field 7) -> initializer (field 5) -> TensorProto
 is walked, with the length prefixes used to skip everything else (nodes, raw bytes), so indexing a multi-GB
 graph reads its structure, not its weights. Values are read on demand, from the file (raw_data, float_data,
-int32_data for float16) or from the external data file a TensorProto names (location, offset, length).
+int32_data for float16) or from the external data file a TensorProto names (location, offset, length), which
+must lie inside the graph's folder (symlinks followed): a hostile location is refused before it is opened.
 The file is memory-mapped: nothing is copied until a value is asked for.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import BundleError
+from ..manifest import BundleError, bundle_file
 
 _DTYPES = {1: np.dtype("<f4"), 10: np.dtype("<f2"), 11: np.dtype("<f8"), 6: np.dtype("<i4"), 7: np.dtype("<i8")}
 
@@ -75,12 +76,17 @@ class OnnxInitializers:
                               "cannot adapt: re-export the model")
         count = int(np.prod(entry.dims)) if entry.dims else 1
         if entry.external is not None:
-            location = self.path.parent / entry.external["location"]
-            offset, length = int(entry.external.get("offset", 0)), int(entry.external.get("length", count * dtype.itemsize))
-            with open(location, "rb") as f:
-                f.seek(offset)
-                raw = f.read(length)
-            value = np.frombuffer(raw, dtype=dtype, count=count)
+            location = bundle_file(self.path.parent, entry.external["location"])  # as ONNX Runtime requires
+            try:
+                offset = int(entry.external.get("offset", 0))
+                length = int(entry.external.get("length", count * dtype.itemsize))
+                with open(location, "rb") as f:
+                    f.seek(offset)
+                    raw = f.read(length)
+                value = np.frombuffer(raw, dtype=dtype, count=count)
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"cannot read the external data of {name} in {self.path.name} ({str(exc)[:120]}): "
+                                  "re-export the model (sdrt export)") from None
         elif entry.raw is not None:
             value = np.frombuffer(self._map, dtype=dtype, count=count, offset=entry.raw[0])
         elif entry.packed is not None and entry.packed_field == 4:

@@ -9,13 +9,13 @@ leading outside the bundle (symlinks included).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
 from ..manifest import BundleError, Manifest, bundle_file
 from ..manifest_schema import show_value
 from ..schedulers.scheduler_config import SchedulerConfigError, check_scheduler_config
@@ -69,7 +69,7 @@ class Bundle:
                 "fp16" if "fp16" in available else available[0])
         for name in REQUIRED[family]:
             manifest.component(name, precision)  # raises the one-line BundleError naming the fix
-        manifest.verify_files(root, full=verify, needed=manifest.needed_files(precision))
+        manifest.verify_files(root, full=verify, needed=manifest.needed_files(precision, root))
         for rel in manifest.files:
             if (root / rel).stat().st_size == 0:
                 raise BundleError(f"bundle file {rel} is empty: re-export the model (sdrt export)")
@@ -119,8 +119,8 @@ class Bundle:
         """The diffusers scheduler config, refused unless sdrt's samplers follow every key in it that matters."""
         path = bundle_file(self.root, self.manifest.scheduler)
         try:
-            config = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            config = loads_bounded(path.read_bytes())
+        except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read the scheduler config {path} ({exc}): re-export the model") from None
         if not isinstance(config, dict):
             raise BundleError(f"bundle scheduler config {self.manifest.scheduler} must be a JSON object, got "

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import write_atomic
+from ..user_files import require_regular_file
 
 
 def open_image(path: str | os.PathLike, what: str = "image"):
@@ -34,6 +35,7 @@ def open_image(path: str | os.PathLike, what: str = "image"):
     """
     from PIL import Image, UnidentifiedImageError
 
+    require_regular_file(path, what, "give a PNG or JPEG file", missing_hint="check the path")  # a FIFO would block
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -43,9 +45,22 @@ def open_image(path: str | os.PathLike, what: str = "image"):
         raise UserError(f"{what} {path} does not exist: check the path") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(_too_large(what, path, str(exc), Image.MAX_IMAGE_PIXELS)) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read {what} {path} ({exc}): give a PNG or JPEG file") from None
-    return image
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # ValueError: a PNG text chunk past
+        # Pillow's 1 MB limit; SyntaxError: some malformed headers
+        raise UserError(f"cannot read {what} {path} ({str(exc)[:200]}): give a PNG or JPEG file") from None
+    return upright(image)
+
+
+def upright(image):
+    """The image turned as its EXIF orientation tag says, as diffusers' load_image and AUTOMATIC1111 do: a phone
+    photo stored sideways with "rotate 90" must be used standing up. An unreadable EXIF block leaves the image as
+    stored (A1111 ignores it too)."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+        return image
 
 
 def _too_large(what: str, path: str | os.PathLike, pillow_message: str, limit: int | None) -> str:

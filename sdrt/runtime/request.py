@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import UserError
 from ..lora.options import LoraOption, check_loras
-from ..manifest import ModelInfo
+from ..manifest import MAX_SIDE, ModelInfo
 from .control import ControlSpec, check_controls
 from .images import check_image_mode
 from .outpaint import check_request as check_outpaint
@@ -88,18 +89,28 @@ def _check_side(name: str, value: int, model: ModelInfo, step: int, from_image: 
                 image_size: tuple[int, int] | None) -> None:
     if value % step:
         lower, upper = value - value % step, value - value % step + step
-        raise UserError(f"{name} {value} is not a multiple of {step}: use {lower or upper} or {upper}"
-                        + (" (or resize the init image)" if image_size is not None else ""))
+        near = [v for v in dict.fromkeys((lower or upper, upper)) if model.min_size <= v <= model.max_size]
+        if near:  # only sizes the bundle takes are suggested
+            raise UserError(f"{name} {value} is not a multiple of {step}: use {' or '.join(map(str, near))}"
+                            + (" (or resize the init image)" if image_size is not None else ""))
     if model.min_size <= value <= model.max_size:
+        if value % step:
+            raise UserError(f"{name} {value} is not a multiple of {step}: choose a multiple of {step} in "
+                            f"{model.min_size}..{model.max_size}")
         return
+    if value > MAX_SIDE:
+        raise UserError(f"{name} {value} is outside this bundle's range {model.min_size}..{model.max_size} (and "
+                        f"past the {MAX_SIDE} pixels sdrt generates at most): choose a multiple of {step} in "
+                        f"{model.min_size}..{model.max_size}")
+    above = value > model.max_size
+    bound = "--max-size" if above else "--min-size"
+    export = value - value % step if above else value + (-value) % step  # a multiple of the step, as export needs
     if from_image:
-        bound = "--max-size" if value > model.max_size else "--min-size"
         raise UserError(f"{name} {value} (the init image's, {image_size[0]}x{image_size[1]}) is outside this "
                         f"bundle's range {model.min_size}..{model.max_size}: pass --width and --height to resize "
-                        f"the image, or re-export with `sdrt export {bound} {value}`")
-    bound = "--max-size" if value > model.max_size else "--min-size"
+                        f"the image, or re-export with `sdrt export {bound} {export}`")
     raise UserError(f"{name} {value} is outside this bundle's range {model.min_size}..{model.max_size}: "
-                    f"choose a size in that range, or re-export with `sdrt export {bound} {value}`")
+                    f"choose a size in that range, or re-export with `sdrt export {bound} {export}`")
 
 
 def _is_whole(value: object) -> bool:
@@ -189,6 +200,9 @@ def nonfinite_error(what: str, request: GenerationRequest, precision: str) -> Us
         causes.append(f"use a --temperature nearer 1 ({request.temperature:g} is extreme)")
     if precision == "fp16":
         causes.append("try --precision fp32 (fp16 overflows more easily)")
+    if request.loras:  # an adapter with extreme weights, or at an extreme scale, overflows the UNet
+        names = ", ".join(f"{Path(o.path).name}:{o.scale:g}" for o in check_loras(request.loras))
+        causes.append(f"lower the LoRA scale or leave the LoRA out ({names}; the adapter may be damaged)")
     if not causes:
         causes.append("try another --sampler or fewer extreme --sampler-option values, and check the bundle "
                       "with --verify")

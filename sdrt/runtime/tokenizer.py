@@ -12,17 +12,16 @@ lists them, and prompts are expanded as diffusers' `maybe_convert_prompt` does b
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from ..manifest import BundleError
+from ..json_limits import loads_bounded
+from ..manifest import EXPANSIONS_FILE, BundleError
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-EXPANSIONS_FILE = "prompt_expansions.json"
 
 
 class ClipTokenizer:
@@ -98,8 +97,8 @@ def _expansions(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = loads_bounded(path.read_bytes())
+    except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path} ({str(exc)[:120]}): re-export the model (sdrt export)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise BundleError(f"{path} must map embedding names to their token lists: re-export the model (sdrt export)")
@@ -118,9 +117,10 @@ def _pad_id(tok, folder: Path, default: int) -> int:
         if not config.is_file():
             continue
         try:
-            pad = json.loads(config.read_text()).get("pad_token")
-        except (OSError, json.JSONDecodeError):
+            data = loads_bounded(config.read_bytes())
+        except (OSError, ValueError):
             continue
+        pad = data.get("pad_token") if isinstance(data, dict) else None
         if isinstance(pad, dict):
             pad = pad.get("content")
         if isinstance(pad, str) and tok.token_to_id(pad) is not None:

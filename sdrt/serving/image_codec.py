@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from ..runtime.images import png_bytes
+from ..runtime.images import png_bytes, upright
 from .api_errors import invalid
 from .limits import check_input_pixels
 from .settings import Limits
@@ -44,7 +44,7 @@ def decode_image(text: str, field: str, limits: Limits):
         raise invalid(f"{field} is not an image sdrt can read: send a base64-encoded PNG or JPEG", field) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise invalid(f"{field} is a damaged image ({exc}): send the whole PNG or JPEG file", field) from None
-    return image
+    return upright(image)  # EXIF orientation applied, as for files on the command line
 
 
 def png_base64(pixels: np.ndarray, parameters: str) -> str:

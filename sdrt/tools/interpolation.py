@@ -15,7 +15,6 @@ bit-identical to `sdrt generate` with that keyframe's prompt and seed.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..json_limits import loads_bounded
 from ..runtime.noise import SeededNoise
 from ..runtime.text import Conditioning
 
@@ -127,10 +127,10 @@ def parse_keyframe(text: str, negative: str | None = None) -> Keyframe:
 def load_keyframes(path: Path, negative: str | None = None) -> list[Keyframe]:
     """A JSON list of {"prompt": ..., "seed": ..., "negative": ... (optional)}."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = loads_bounded(Path(path).read_bytes())
     except FileNotFoundError:
         raise UserError(f"keyframes file {path} does not exist: check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, JsonTooDeep
         raise UserError(f"cannot read keyframes file {path} ({exc}): give a JSON list of "
                         '{"prompt": ..., "seed": ...}') from None
     if not isinstance(data, list):
