@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from .control_options import control_options, control_specs
-from .options import engine_options, resolve_seed
+from ..runtime.seeds import resolve_seed
+from .options import engine_options
 
 SCHEDULES = ("normal", "karras", "exponential", "ays")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .generate import generate
-from .options import resolve_seed
+from ..runtime.seeds import resolve_seed
 
 # generate's options that do not apply to a grid (a cell holds one image; outputs are the grid's own)
 NOT_SHARED = {"output", "batch", "quiet"}

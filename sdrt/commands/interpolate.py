@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .generate import generate
-from .options import resolve_seed
+from ..runtime.seeds import resolve_seed
 
 # generate's options that an animation sets itself or does not take
 NOT_SHARED = {"output", "batch", "quiet", "seed", "init_image", "mask", "strength", "outpaint", "outpaint_fill"}

@@ -25,9 +25,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .. import __version__
-from ..commands.options import MAX_SEED, resolve_seed
+from ..errors import UserError
+from ..runtime.images import inverted_mask
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
+from ..runtime.seeds import MAX_SEED, check_seed_count, resolve_seed
 from ..schedulers import REGISTRY
 from .api_errors import ApiError, error_responses, invalid
 from .controlnet_api import AlwaysOnScripts, control_specs
@@ -154,6 +156,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     limits, model = state.settings.limits, state.model
     check_steps(limits, "steps", body.steps)
     check_images(limits, "batch_size" if body.n_iter == 1 else "n_iter", body.batch_size * body.n_iter)
+    check_iterations(state, body.n_iter)
     prompt, loras = from_prompt(body.prompt, state.settings.lora_dir)  # <lora:name:scale> tags taken out
     check_tokens(limits, model.count_tokens, "prompt", prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
@@ -171,9 +174,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
         if body.mask is not None and body.mask != "":
             mask = decode_image(body.mask, "mask", limits)
             if body.inpainting_mask_invert:
-                from PIL import ImageOps
-
-                mask = ImageOps.invert(mask.convert("L"))
+                mask = inverted_mask(mask)
         strength = body.denoising_strength
     default_h, default_w = model.default_size
     width = body.width or (init_image.size[0] if init_image is not None else default_w)
@@ -182,6 +183,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     clip_skip, source = clip_skip_of(body)
     check_clip_skip(model, source, clip_skip)
     seed = resolve_seed(body.seed)
+    check_seeds(seed, body.batch_size * body.n_iter, "seed")
     controls = control_specs(body.alwayson_scripts, limits)
     requests = [GenerationRequest(
         prompt=prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
@@ -190,6 +192,25 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
         clip_skip=clip_skip, controls=controls, loras=loras)
         for k in range(body.n_iter)]
     return requests, sampler, schedule
+
+
+def check_iterations(state: ServerState, n_iter: int) -> None:
+    """Each iteration is one queued job, so n_iter past the engine's queue could never be admitted: a 422
+    naming the limit, not a 429 whose retry can never succeed."""
+    max_queue = getattr(state.engine, "max_queue", None)
+    if max_queue is not None and n_iter > max_queue:
+        raise invalid(f"n_iter {n_iter} is more iterations than this server's queue holds (--max-queue "
+                      f"{max_queue}): send at most {max_queue}, or more images per iteration with batch_size",
+                      "n_iter")
+
+
+def check_seeds(seed: int, images: int, field: str) -> None:
+    """A 422 when the last image's seed (seed + images - 1) would pass the largest seed: every seed reported in
+    `all_seeds` or an image's `seed` must be one this server accepts back (sdrt.runtime.seeds)."""
+    try:
+        check_seed_count(seed, images, field)
+    except UserError as exc:
+        raise invalid(str(exc), field) from None
 
 
 def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str, schedule: str,

@@ -215,7 +215,7 @@ class BatchingEngine:
         try:
             self.pipeline.engine("unet")
             if self.warmup:
-                self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
+                self.pipeline.generate(warm_up_request(self.pipeline.model))
             self.ready = True
         except Exception:  # noqa: BLE001 - requests report their own errors; /readyz stays false
             log.exception("warm-up failed: the engine serves, but is not reported ready")
@@ -447,3 +447,15 @@ def _kind(error: BaseException) -> str:
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), max(size, 1))]
+
+
+def warm_up_request(model) -> GenerationRequest:
+    """A 1-step request the bundle can run: txt2img, or for an inpainting UNet (which refuses txt2img) an
+    inpaint of a grey image with an all-white mask at the bundle's default size."""
+    if model.unet_in_channels == model.latent_channels:
+        return GenerationRequest("warm-up", steps=1, sampler="euler")
+    from PIL import Image
+
+    height, width = model.default_size
+    return GenerationRequest("warm-up", steps=1, sampler="euler", init_image=Image.new("RGB", (width, height),
+                             (128, 128, 128)), mask=Image.new("L", (width, height), 255))
