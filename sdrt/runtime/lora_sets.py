@@ -28,6 +28,8 @@ from ..lora.options import LoraOption, check_loras
 from ..lora.placement import BundleWeights, by_component
 
 DEFAULT_CAPACITY = 4  # adapter sets kept prepared per component (each an ORT session: the weights' size)
+MAX_CONCURRENT_BUILDS = 1  # adapter sets built at once: each holds a copy of the adapted weights while it builds,
+# so requests naming many new sets at once (e.g. a new scale each) wait in turn instead of multiplying memory
 
 
 def file_key(path: Path) -> tuple:
@@ -52,6 +54,9 @@ class LoraSets:
         self.engines: LruCache[Engine] = LruCache(capacity)  # (component, key) -> adapted engine
         self._views: LruCache[Any] = LruCache(capacity)  # set key -> AdaptedPipeline
         self._building: dict[tuple, threading.Lock] = {}  # set key -> held while that set is built
+        self._builds = threading.BoundedSemaphore(MAX_CONCURRENT_BUILDS)
+        self.peak_builds = 0  # most sets ever built at once (a test reads it)
+        self._active_builds = 0
 
     @property
     def weights(self) -> BundleWeights:
@@ -89,12 +94,23 @@ class LoraSets:
             with self._lock:
                 view = self._views.get(set_key)
             if view is None:
-                view = self.pipeline.adapted(self._engines_for(adapters, keys), tuple(options))
+                view = self._build(adapters, keys, tuple(options))
                 with self._lock:
                     self._views.put(set_key, view)
         with self._lock:
             self._building.pop(set_key, None)
         return view
+
+    def _build(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple], options: tuple) -> Any:
+        with self._builds:
+            with self._lock:
+                self._active_builds += 1
+                self.peak_builds = max(self.peak_builds, self._active_builds)
+            try:
+                return self.pipeline.adapted(self._engines_for(adapters, keys), options)
+            finally:
+                with self._lock:
+                    self._active_builds -= 1
 
     def _engines_for(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple]) -> dict[str, Engine]:
         wanted = {c: k for c, k in keys.items() if k}

@@ -36,7 +36,7 @@ from .controlnet_api import AlwaysOnScripts, control_specs
 from .controlnet_api import ignored as ignored_scripts
 from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
-from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .limits import check_images, check_pixels, check_steps, check_tokens, check_windows, shown_in_schema
 from .loras import from_prompt
 from .model_info import ServedModel, json_number
 from .runner import ServerState, Submission
@@ -49,6 +49,7 @@ HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")  
 A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to its maximum
 
 
+SCRIPTS = "sd-webui-controlnet's ControlNet units (docs/controlnet.md); other scripts are ignored."
 INIT_IMAGES = "Base64 images (a data-URL prefix is accepted); sdrt uses one."
 CLIP_STOP = "CLIP_stop_at_last_layers"
 CLIP_SKIP_EXTRA = f"sdrt extra: override_settings.{CLIP_STOP} as a field; 1 when neither is sent. "
@@ -91,8 +92,7 @@ class Txt2ImgRequest(BaseModel):
     send_images: bool = True
     clip_skip: int | None = Field(None, ge=1, description=CLIP_SKIP_EXTRA)
     override_settings: OverrideSettings | None = Field(None, description=OVERRIDES)
-    alwayson_scripts: AlwaysOnScripts | None = Field(None, description="sd-webui-controlnet's ControlNet units "
-                                                     "(docs/controlnet.md); other scripts are ignored.")
+    alwayson_scripts: AlwaysOnScripts | None = Field(None, description=SCRIPTS)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -160,6 +160,8 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     prompt, loras = from_prompt(body.prompt, state.settings.lora_dir)  # <lora:name:scale> tags taken out
     check_tokens(limits, model.count_tokens, "prompt", prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    for field, text in (("prompt", prompt), ("negative_prompt", body.negative_prompt)):
+        check_windows(limits, lambda t: model.count_windows(t, True), field, text)
     sampler, schedule = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler,
                                              "sampler_name" if body.sampler_name else "sampler_index", "scheduler")
     options = {k: getattr(body, k) for k in SAMPLER_OPTIONS
@@ -184,7 +186,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     check_clip_skip(model, source, clip_skip)
     seed = resolve_seed(body.seed)
     check_seeds(seed, body.batch_size * body.n_iter, "seed")
-    controls = control_specs(body.alwayson_scripts, limits)
+    controls = control_specs(body.alwayson_scripts, limits, (width, height))
     requests = [GenerationRequest(
         prompt=prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
@@ -256,6 +258,8 @@ def limited_fields(limits: Limits, model: ServedModel) -> dict[str, Any]:
     return {
         "clip_skip": (int | None, clip_skip_field(model, None, CLIP_SKIP_EXTRA)),
         "override_settings": (overrides | None, Field(None, description=OVERRIDES)),
+        "alwayson_scripts": (AlwaysOnScripts | None, Field(None, description=SCRIPTS[:-1] + f"; at most "
+                             f"{limits.max_controls} enabled ControlNet units per request on this server.")),
         "prompt": (str, Field("", description=tokens)),
         "negative_prompt": (str, Field("", description=tokens)),
         "steps": (int, Field(min(A1111_STEPS, limits.max_steps), ge=1, description=steps,

@@ -27,7 +27,7 @@ from .api_errors import ApiError, invalid
 from .features import CLIP_SKIP_HELP, OUTPAINT_REFUSALS, check_clip_skip, check_outpaint, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
-from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .limits import check_images, check_pixels, check_steps, check_tokens, check_windows, shown_in_schema
 from .loras import LoraRef, resolve as resolve_loras
 from .model_info import ServedModel, sampler_descriptions, schedules
 from .runner import ServerState, Submission
@@ -113,6 +113,7 @@ class LimitsInfo(BaseModel):
     max_pixels: int
     max_prompt_tokens: int
     max_input_pixels: int
+    max_controls: int
     request_timeout: float
 
 
@@ -172,6 +173,8 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
     check_images(limits, "n", body.n)
     check_tokens(limits, model.count_tokens, "prompt", body.prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    for field, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
+        check_windows(limits, lambda t: model.count_windows(t, body.prompt_weighting), field, text)
     width, height = parse_size(body.size)
     # "" is refused as an empty image (as A1111's init_images), never read as "no image": that would silently
     # turn an img2img request into txt2img, or an inpaint into img2img
