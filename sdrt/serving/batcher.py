@@ -29,6 +29,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..manifest import ModelInfo
 from ..runtime.generation import Generation, UNetBatch
 from ..runtime.guidance import uses_cfg
 from ..runtime.pipeline import GenerationResult, Pipeline
@@ -449,7 +450,7 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), max(size, 1))]
 
 
-def warm_up_request(model) -> GenerationRequest:
+def warm_up_request(model: ModelInfo) -> GenerationRequest:
     """A 1-step request the bundle can run: txt2img, or for an inpainting UNet (which refuses txt2img) an
     inpaint of a grey image with an all-white mask at the bundle's default size."""
     if model.unet_in_channels == model.latent_channels:

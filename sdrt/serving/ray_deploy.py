@@ -119,8 +119,7 @@ class SdrtReplica:
 
         from ..runtime import Pipeline
         from ..runtime.cpu_policy import spin_for_this_machine
-        from ..runtime.request import GenerationRequest
-        from .batcher import BatchingEngine
+        from .batcher import BatchingEngine, warm_up_request
         from .metrics import ServeMetrics
 
         self.config = config
@@ -130,7 +129,7 @@ class SdrtReplica:
                                       threads=config.threads, engines_dir=config.engines_dir, spin=spin.spin)
         # Warm up here rather than in the engine's thread: Ray routes requests to a replica only once its
         # constructor returns, and a bundle that cannot run fails the deployment with its own message.
-        self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
+        self.pipeline.generate(warm_up_request(self.pipeline.model))  # an inpainting bundle takes no txt2img
         self.metrics = ServeMetrics()
         self.engine = BatchingEngine(self.pipeline, max_batch=config.max_batch, max_queue=config.max_queue,
                                      observer=self.metrics, warmup=False).start()
