@@ -243,12 +243,14 @@ def test_library_and_cli_refuse_seeds_past_the_range(pipe, tiny_bundle, tmp_path
 
 
 # ---- item 16: the CLI checks sizes before allocating ------------------------------------------------------------
-def test_generate_batch_is_bounded_before_anything_is_allocated(tiny_bundle, tmp_path: Path, capsys) -> None:
-    for batch in ("100000000", "65", "0"):
-        code, _, err = run_cli("generate", [str(tiny_bundle("sd1")), "a", "--batch", batch, "--width", "7",
-                                            "-o", str(tmp_path / "x.png")], capsys)
-        assert one_error_line(code, err) == (f"--batch {batch} is out of range: make 1..64 images per run (for more, "
-                                             "run again with --seed set past the last image's seed)")
+@pytest.mark.parametrize("batch", ["100000000", "65", "0"])
+def test_generate_batch_is_bounded_before_anything_is_allocated(tiny_bundle, tmp_path: Path, capsys,
+                                                                batch: str) -> None:
+    """--width 7 is refused too, later: the batch comes first (the old code made 10**8 output names first)."""
+    code, _, err = run_cli("generate", [str(tiny_bundle("sd1")), "a", "--batch", batch, "--width", "7",
+                                        "-o", str(tmp_path / "x.png")], capsys)
+    assert one_error_line(code, err) == (f"--batch {batch} is out of range: make 1..64 images per run (for more, "
+                                         "run again with --seed set past the last image's seed)")
 
 
 @pytest.mark.parametrize("axes, message", [
@@ -271,6 +273,22 @@ def test_grid_cells_are_counted_before_they_are_made(tiny_bundle, tmp_path: Path
     code, _, err = run_cli("grid", [str(tiny_bundle("sd1")), "a", *axes, "-o", str(tmp_path / "g.png")], capsys)
     assert one_error_line(code, err) == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_grid_axis_values_and_cells_are_bounded() -> None:
+    from sdrt.tools.grid_axes import parse_axis
+    from sdrt.tools.grid_plan import GridAxes
+
+    base = GenerationRequest("a", steps=2)
+    assert len(parse_axis("cfg=1-2 [1000]", base)) == 1000
+    with pytest.raises(UserError, match=r"^the cfg axis has 1001 values, more than a grid axis takes \(1000\)"):
+        parse_axis("cfg=1-2 [1001]", base)
+    with pytest.raises(UserError, match=r"^the steps axis has 1001 values, more than a grid axis takes \(1000\)"):
+        parse_axis("steps=" + ",".join(str(i) for i in range(1, 1002)), base)
+    axes = GridAxes(parse_axis("steps=1,2", base), parse_axis("seed=1-25", base), parse_axis("cfg=1-20", base))
+    axes.check()  # 1000 cells
+    with pytest.raises(UserError, match=r"^this grid has 1050 cells \(2 x 25 x 21\), more than one grid run makes"):
+        GridAxes(axes.x, axes.y, parse_axis("cfg=1-21", base)).check()
 
 
 # ---- item 24: interpolate keyframe seeds ----------------------------------------------------------------------
