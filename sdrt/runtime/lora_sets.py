@@ -55,8 +55,6 @@ class LoraSets:
         self._views: LruCache[Any] = LruCache(capacity)  # set key -> AdaptedPipeline
         self._building: dict[tuple, threading.Lock] = {}  # set key -> held while that set is built
         self._builds = threading.BoundedSemaphore(MAX_CONCURRENT_BUILDS)
-        self.peak_builds = 0  # most sets ever built at once (a test reads it)
-        self._active_builds = 0
 
     @property
     def weights(self) -> BundleWeights:
@@ -103,14 +101,7 @@ class LoraSets:
 
     def _build(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple], options: tuple) -> Any:
         with self._builds:
-            with self._lock:
-                self._active_builds += 1
-                self.peak_builds = max(self.peak_builds, self._active_builds)
-            try:
-                return self.pipeline.adapted(self._engines_for(adapters, keys), options)
-            finally:
-                with self._lock:
-                    self._active_builds -= 1
+            return self.pipeline.adapted(self._engines_for(adapters, keys), options)
 
     def _engines_for(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple]) -> dict[str, Engine]:
         wanted = {c: k for c, k in keys.items() if k}
