@@ -57,6 +57,14 @@ def partials(folder: Path, name: str = "out") -> list[Path]:
     return sorted(folder.glob(f".{name}.partial-*"))
 
 
+@pytest.fixture(autouse=True)
+def _sd1_model_before_capture(tiny_model) -> None:
+    """Build the tiny SD1 model (once per session) before a test's capsys starts: the first build imports
+    transformers, whose one-time warnings (e.g. torchvision missing) would otherwise land in the captured stderr
+    of whichever test happens to build it first, so `-k overwrite` alone failed while the whole file passed."""
+    tiny_model("sd1")
+
+
 @pytest.fixture()
 def model_copy(tiny_model, tmp_path: Path) -> Path:
     """A tiny checkpoint the test may lose (the session's one is shared), plus a user note inside it."""
@@ -162,7 +170,10 @@ def test_root_folder_is_refused(tiny_model, capsys) -> None:
     assert sorted(os.listdir("/")) == before
 
 
-@pytest.mark.parametrize("manifest", [None, b'{"name": "my app", "version": 2}', b"not json"])
+@pytest.mark.parametrize("manifest", [None, b'{"name": "my app", "version": 2}', b"not json",
+                                      # foreign JSON with some of the sdrt manifest keys (not all): catches any()
+                                      b'{"schema_version": 1, "model": "mine", "files": ["a.txt"]}',
+                                      b'{"components": {}, "files": {}}'])
 def test_overwrite_refuses_a_folder_that_is_not_a_bundle(tiny_model, project: Path, capsys,
                                                          manifest: bytes | None) -> None:
     if manifest is not None:

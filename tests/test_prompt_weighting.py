@@ -249,4 +249,4 @@ def test_cli_and_api_weighted_prompts(pipelines, tiny_bundle, tmp_path: Path, ca
 def test_request_flag_is_checked(pipelines) -> None:
     with pytest.raises(UserError) as error:
         pipelines("sd1").generate(GenerationRequest("a cat", prompt_weighting="no"))
-    assert str(error.value) == "prompt weighting must be true or false, got 'no'"
+    assert str(error.value) == "GenerationRequest prompt_weighting must be True or False, got str 'no'"

@@ -155,7 +155,7 @@ def test_models_describe_the_bundle(client) -> None:
     assert ddim["options"]["eta"]["default"] == 0.0 and ddim["options"]["eta"]["max"] == 1.0
     assert card["schedules"] == ["normal", "karras", "exponential", "ays"]
     assert card["limits"] == {"max_steps": 150, "max_images": 8, "max_pixels": 1048576, "max_prompt_tokens": 225,
-                              "max_input_pixels": 16777216, "request_timeout": 300.0}
+                              "max_input_pixels": 16777216, "max_controls": 3, "request_timeout": 300.0}
     assert (card["precision"], card["backend"]) == ("fp32", "ort-cpu")  # bf16: tests/test_bf16_default.py
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .options import engine_options, resolve_seed
+from ..runtime.seeds import resolve_seed
+from .options import engine_options
 
 _SIZE = re.compile(r"^(\d+)[xX](\d+)$")
 QUALITY_PROMPTS = 4  # bench --quality: enough for a median and a worst image, a fraction of `sdrt quality`'s 8

@@ -13,9 +13,11 @@ from pathlib import Path
 import click
 
 from .control_options import control_options, control_specs
-from .options import engine_options, resolve_seed
+from ..runtime.seeds import resolve_seed
+from .options import engine_options
 
 SCHEDULES = ("normal", "karras", "exponential", "ays")
+MAX_BATCH = 64  # images per `sdrt generate` run (the server caps a request with --max-images, default 8)
 
 
 @click.command()
@@ -42,7 +44,8 @@ SCHEDULES = ("normal", "karras", "exponential", "ays")
               help="Take the prompts literally: no (word:1.2) / [word] / BREAK syntax (brackets are text).")
 @click.option("--seed", default=None, type=int,
               help="Seed of the first image, 0..2**64-1 (image i uses seed + i); random if omitted or -1.")
-@click.option("--batch", default=1, show_default=True, type=int, help="Images per run.")
+@click.option("--batch", default=1, show_default=True, type=int,
+              help=f"Images per run, 1..{MAX_BATCH} (more: run again with another --seed).")
 @click.option("--width", default=None, type=int, help="Width in pixels (default: init image or bundle default).")
 @click.option("--height", default=None, type=int, help="Height in pixels (default: init image or bundle default).")
 @click.option("--init-image", default=None, type=click.Path(path_type=Path), help="Image for img2img / inpainting.")
@@ -89,7 +92,8 @@ def generate(bundle: Path, prompt: str, negative: str | None, steps: int, sample
         raise UserError(f"output {output} must end in .png: sdrt writes PNG files with their settings inside")
     spin_choice = spin_for_this_machine(spin, threads)
     seed = resolve_seed(seed)
-    paths = output_paths(output, seed, max(batch, 1))
+    check_batch(batch)
+    paths = output_paths(output, seed, batch)
     check_outputs(paths)
     request = GenerationRequest(
         prompt=prompt, negative=negative, steps=steps, sampler=sampler, schedule=schedule, spacing=spacing,
@@ -168,3 +172,13 @@ def run_with_progress(pipe, request, show: bool):
             done_before, last_draw = done, now
 
         return pipe.generate(request, progress=progress)
+
+
+def check_batch(batch: int) -> None:
+    """Before anything is allocated (the output names, the noise, the UNet buffers): a batch of 10**8 would
+    take gigabytes before the bundle is even opened."""
+    from ..errors import UserError
+
+    if not 1 <= batch <= MAX_BATCH:
+        raise UserError(f"--batch {batch} is out of range: make 1..{MAX_BATCH} images per run (for more, run again "
+                        f"with --seed set past the last image's seed)")

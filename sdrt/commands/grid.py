@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from .generate import generate
-from .options import resolve_seed
+from ..runtime.seeds import resolve_seed
 
 # generate's options that do not apply to a grid (a cell holds one image; outputs are the grid's own)
 NOT_SHARED = {"output", "batch", "quiet"}
@@ -56,6 +56,7 @@ def grid(bundle: Path, prompt: str, x_axis: str | None, y_axis: str | None, z_ax
         raise UserError("a grid needs at least one axis: add e.g. --x steps=10,20,30")
     base = base_request(prompt, options)
     axes = GridAxes(*(parse_axis(a, base) if a else GridAxes().x for a in (x_axis, y_axis, z_axis)))
+    axes.check()  # the cell count, before any output path or cell is made
     pictures = len(axes.z)
     paths = [output] if pictures == 1 else [output.with_name(f"{output.stem}-{i + 1}{output.suffix}")
                                             for i in range(pictures)]

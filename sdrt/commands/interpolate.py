@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .generate import generate
-from .options import resolve_seed
+from ..runtime.seeds import resolve_seed
 
 # generate's options that an animation sets itself or does not take
 NOT_SHARED = {"output", "batch", "quiet", "seed", "init_image", "mask", "strength", "outpaint", "outpaint_fill"}
@@ -35,8 +35,9 @@ NOT_SHARED = {"output", "batch", "quiet", "seed", "init_image", "mask", "strengt
               help="Pace between keyframes: even, or slow at each keyframe.")
 @click.option("--duration", default=100, show_default=True, type=click.IntRange(1, 60_000),
               help="Milliseconds per frame.")
-@click.option("--quality", default=90, show_default=True, type=click.IntRange(0, 100),
-              help="WebP quality (100: lossless).")
+@click.option("--quality", default=None, type=click.IntRange(0, 100),
+              help="WebP quality, 100: lossless. Default: lossless for frames up to 256 px a side (lossy WebP "
+                   "halves the colour resolution, which shows on small frames), else 90.")
 @click.option("-o", "--output", default=Path("sdrt-interpolation.webp"), show_default=True,
               type=click.Path(path_type=Path), help="Animation: .webp, .gif, or .mp4 (needs imageio-ffmpeg).")
 @click.option("--frames-dir", default=None, type=click.Path(path_type=Path),
@@ -46,7 +47,7 @@ NOT_SHARED = {"output", "batch", "quiet", "seed", "init_image", "mask", "strengt
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def interpolate(bundle: Path, prompt_from: str | None, prompt_to: str | None, seed_from: int | None,
                 seed_to: int | None, negative_to: str | None, keyframes: tuple[str, ...], keyframes_file: Path | None,
-                frames: int, ease: str, duration: int, quality: int, output: Path, frames_dir: Path | None,
+                frames: int, ease: str, duration: int, quality: int | None, output: Path, frames_dir: Path | None,
                 max_batch: int, quiet: bool, **options) -> None:
     """Animate from one prompt and seed to another (or through keyframes) by interpolating noise and text."""
     from ..runtime.images import png_bytes

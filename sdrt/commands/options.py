@@ -1,16 +1,12 @@
-"""Click options shared by the commands that open a bundle for inference (generate, bench), and the checks
-of the values they share (seed, threads, spinning)."""
+"""Click options shared by the commands that open a bundle for inference (generate, bench). The seed rules
+they share with the HTTP server live in sdrt.runtime.seeds."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Callable
 
 import click
-
-MAX_SEED = 2**64 - 1  # 64-bit seeds, as AUTOMATIC1111 and torch take them, so a PNG's seed re-makes it there too
-RANDOM_SEED = -1  # what AUTOMATIC1111 users type for "random"
 
 ENGINE_OPTIONS = (
     click.option("--backend", default="auto", show_default=True,
@@ -40,14 +36,3 @@ def engine_options(command: Callable) -> Callable:
     for option in reversed(ENGINE_OPTIONS):
         command = option(command)
     return command
-
-
-def resolve_seed(seed: int | None) -> int:
-    """None or -1: a random seed (printed, and recorded in the PNGs like any other); else 0..2**64-1."""
-    from ..errors import UserError
-
-    if seed is None or seed == RANDOM_SEED:
-        return secrets.randbelow(2**32)
-    if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed {seed} is out of range: use 0..{MAX_SEED}, or -1 for a random seed")
-    return seed

@@ -40,6 +40,8 @@ DEFAULT_LIMITS = Limits()
               help="Most pixels (width * height) per image.")
 @click.option("--max-prompt-tokens", default=DEFAULT_LIMITS.max_prompt_tokens, show_default=True,
               type=click.IntRange(min=1), help="Most CLIP tokens in a prompt or negative prompt.")
+@click.option("--max-controls", default=DEFAULT_LIMITS.max_controls, show_default=True, type=click.IntRange(min=0),
+              help="Most ControlNet units per request (A1111 alwayson_scripts.controlnet.args).")
 @click.option("--lora-dir", default=None, type=click.Path(path_type=Path),
               help="Folder of LoRA .safetensors files that requests may name (docs/lora.md); none by default.")
 @click.option("--log-level", default="info", show_default=True,
@@ -62,7 +64,7 @@ DEFAULT_LIMITS = Limits()
 def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
           threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
           request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,
-          lora_dir: Path | None, log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
+          max_controls: int, lora_dir: Path | None, log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
           cpus_per_replica: float | None, gpus_per_replica: float | None, ray_address: str | None) -> None:
     """Serve BUNDLE over HTTP: A1111's /sdapi/v1/txt2img and img2img, OpenAI's /v1/images/generations (with
     Server-Sent-Events progress), /v1/models, /healthz, /readyz and /metrics.
@@ -80,7 +82,7 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     keys = read_api_keys(api_key_file) if api_key_file is not None else ()
     settings = ServeSettings(
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels,
-                      max_prompt_tokens=max_prompt_tokens),
+                      max_prompt_tokens=max_prompt_tokens, max_controls=max_controls),
         request_timeout=request_timeout, api_keys=keys, lora_dir=_lora_dir(lora_dir))
     if use_ray:
         scale = ray_scale(replicas, autoscale, cpus_per_replica, gpus_per_replica, backend)

@@ -19,6 +19,7 @@ from ..errors import UserError
 from .checkpoint_file import load_tensors, read_shapes
 from .ldm_family import (CONFIG_FOLDERS, STANDARD_NAMES, V_PRED_MARKER, V_TEST_KEY, V_TEST_STD, LdmLayout,
                          check_standard, detect_layout)
+from .source_model import SourceModel, config_family
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "configs"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -31,8 +32,6 @@ def config_folder(layout: LdmLayout, config: Path | None, shapes: dict[str, tupl
     if config is None:
         check_standard(layout, shapes, name)
         return SHIPPED_CONFIGS / CONFIG_FOLDERS[layout.family]
-    from .loading import config_family
-
     family = config_family(config)
     if family != layout.family:
         raise UserError(f"{name} is an {layout.family} checkpoint but the --config folder {config} is {family}: "
@@ -58,10 +57,8 @@ def choose_prediction_type(layout: LdmLayout, checkpoint: dict[str, Any], schedu
 
 
 def load_single_file(path: Path, config: Path | None, prediction_type: str | None, vae_given: bool,
-                     say: Callable[[str], None]) -> Any:
+                     say: Callable[[str], None]) -> SourceModel:
     """A SourceModel from an LDM-layout .safetensors checkpoint."""
-    from .loading import SourceModel
-
     name = path.name
     shapes = read_shapes(path, "checkpoint")
     layout = detect_layout(shapes, name)

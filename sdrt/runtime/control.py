@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,6 +45,7 @@ class ControlSpec:
     preprocess: str = "none"  # none | canny
     low_threshold: int = CANNY_DEFAULTS[0]
     high_threshold: int = CANNY_DEFAULTS[1]
+    source_size: tuple[int, int] | None = None  # (width, height) as given, when `image` is resized already (at_size)
 
 
 def _number(value: object) -> bool:
@@ -109,11 +110,28 @@ def control_pixels(spec: ControlSpec, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
 
 
+def at_size(spec: ControlSpec, width: int, height: int) -> ControlSpec:
+    """The spec with its image converted and resized to the output size now, as control_pixels would (8-bit
+    images as RGB with Lanczos; 16-bit and float maps as float levels), so that the server keeps one small
+    image per control however large the upload and however many jobs share it; control_pixels then only
+    reads it (the same values). The size given is kept for the aspect-ratio note."""
+    from PIL import Image
+
+    levels = deep_gray_levels(spec.image, "control image")
+    if levels is not None:
+        image = Image.fromarray(resized_levels(levels, width, height), mode="F")
+    else:
+        image = converted(spec.image, "RGB", "control image")
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=Image.LANCZOS)
+    return replace(spec, image=image, source_size=spec.source_size or tuple(spec.image.size))
+
+
 def aspect_notes(controls: Sequence[ControlSpec], width: int, height: int) -> list[str]:
     """One note per control image whose aspect ratio is not the output's (it gets stretched)."""
     notes = []
     for i, spec in enumerate(controls, 1):
-        w, h = spec.image.size
+        w, h = spec.source_size or spec.image.size
         if abs((w / h) / (width / height) - 1.0) > ASPECT_TOLERANCE:
             what = f"control image {i}" if len(controls) > 1 else "the control image"
             notes.append(f"{what} is {w}x{h} but the output is {width}x{height}: it is stretched to fit; crop it "

@@ -157,6 +157,18 @@ def mask_to_array(mask, width: int, height: int) -> np.ndarray:
     return (values >= 0.5).astype(np.float32)[None, None]
 
 
+def inverted_mask(mask):
+    """The mask with black and white swapped (A1111's inpainting_mask_invert), in the levels mask_to_array
+    reads: 16-bit and float masks are inverted as 0..1 levels (a float image), not after Pillow's clipping or
+    truncating conversion to 8 bits; other modes as 8-bit grey."""
+    from PIL import Image, ImageOps
+
+    levels = deep_gray_levels(mask, "mask")
+    if levels is not None:
+        return Image.fromarray(np.float32(1.0) - levels, mode="F")
+    return ImageOps.invert(converted(mask, "L", "mask"))
+
+
 def latent_mask(mask: np.ndarray, scale_factor: int) -> np.ndarray:
     """[B, 1, H, W] pixel mask -> [B, 1, H/f, W/f] by nearest neighbour (index f*i, as torch's interpolate)."""
     return np.ascontiguousarray(mask[:, :, ::scale_factor, ::scale_factor])

@@ -26,10 +26,10 @@ from ..errors import UserError
 from ..lora.adapter import Adapter, read_adapter
 from ..lora.options import LoraOption, check_loras
 from ..lora.placement import BundleWeights, by_component
-from .pipeline import Pipeline
-from .text import PromptEncoder
 
 DEFAULT_CAPACITY = 4  # adapter sets kept prepared per component (each an ORT session: the weights' size)
+MAX_CONCURRENT_BUILDS = 1  # adapter sets built at once: each holds a copy of the adapted weights while it builds,
+# so requests naming many new sets at once (e.g. a new scale each) wait in turn instead of multiplying memory
 
 
 def file_key(path: Path) -> tuple:
@@ -43,9 +43,10 @@ def file_key(path: Path) -> tuple:
 
 
 class LoraSets:
-    """The prepared adapter sets of one pipeline (thread-safe)."""
+    """The prepared adapter sets of one pipeline (thread-safe). `pipeline` is a sdrt.runtime.pipeline.Pipeline,
+    not imported here: the Pipeline imports this module, and makes each view (`Pipeline.adapted`)."""
 
-    def __init__(self, pipeline: Pipeline, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, pipeline: Any, capacity: int = DEFAULT_CAPACITY) -> None:
         self.pipeline = pipeline
         self._lock = threading.RLock()
         self._weights: BundleWeights | None = None
@@ -53,6 +54,7 @@ class LoraSets:
         self.engines: LruCache[Engine] = LruCache(capacity)  # (component, key) -> adapted engine
         self._views: LruCache[Any] = LruCache(capacity)  # set key -> AdaptedPipeline
         self._building: dict[tuple, threading.Lock] = {}  # set key -> held while that set is built
+        self._builds = threading.BoundedSemaphore(MAX_CONCURRENT_BUILDS)
 
     @property
     def weights(self) -> BundleWeights:
@@ -70,7 +72,7 @@ class LoraSets:
             self._adapters.put(key, adapter)
         return adapter
 
-    def view(self, loras: Sequence[LoraOption]) -> Pipeline:
+    def view(self, loras: Sequence[LoraOption]) -> Any:
         """The pipeline with these adapters (the base pipeline itself for none).
 
         A new set is built under its own lock, not the cache's: while one request's set builds (seconds for a
@@ -90,12 +92,16 @@ class LoraSets:
             with self._lock:
                 view = self._views.get(set_key)
             if view is None:
-                view = AdaptedPipeline(self.pipeline, self._engines_for(adapters, keys), tuple(options))
+                view = self._build(adapters, keys, tuple(options))
                 with self._lock:
                     self._views.put(set_key, view)
         with self._lock:
             self._building.pop(set_key, None)
         return view
+
+    def _build(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple], options: tuple) -> Any:
+        with self._builds:
+            return self.pipeline.adapted(self._engines_for(adapters, keys), options)
 
     def _engines_for(self, adapters: list[tuple[Adapter, float]], keys: dict[str, tuple]) -> dict[str, Engine]:
         wanted = {c: k for c, k in keys.items() if k}
@@ -132,34 +138,3 @@ def adapt_engine(base: Engine, values: dict, key: tuple, weights: BundleWeights,
         return RefitView(base, switch_for(base, lambda names: weights.base(component, names)), key, values)
     raise UserError(f"the {component} engine of this backend cannot take LoRA adapters: use --backend ort-cpu, "
                     "ort-cuda, ort-trt, trt or openvino")
-
-
-class AdaptedPipeline(Pipeline):
-    """A Pipeline whose `engine(name)` is the adapted engine where the adapters change `name`, the base
-    pipeline's otherwise; its prompt encoder is the base one unless a text encoder changed."""
-
-    def __init__(self, base: Pipeline, engines: dict[str, Engine], loras: tuple[LoraOption, ...]) -> None:
-        super().__init__(base.bundle)
-        self._base, self.loras = base, loras
-        self._engines.update(engines)
-        self.backend_choice = base.backend_choice
-
-    def engine(self, name: str) -> Engine:
-        with self._create_lock:
-            return self._engines[name] if name in self._engines else self._base.engine(name)
-
-    @property
-    def on_gpu(self) -> bool:
-        return self._base.on_gpu
-
-    @property
-    def prompt_encoder(self) -> PromptEncoder:
-        if not any(n.startswith("text_encoder") for n in self._engines):
-            return self._base.prompt_encoder
-        return super().prompt_encoder
-
-    def with_loras(self, loras: Sequence[LoraOption]) -> Pipeline:
-        return self._base.with_loras(loras)
-
-    def close(self) -> None:
-        """Device resources are the base pipeline's: closing a view releases nothing."""

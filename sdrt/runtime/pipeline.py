@@ -29,6 +29,7 @@ from .denoise import LatentBlend, Progress
 from .control import ActiveControl, Controls, aspect_notes, control_pixels, is_residual
 from .generation import Generation, Timings, UNetBatch
 from .guidance import uses_cfg
+from .lora_sets import LoraSets
 from .images import array_to_uint8, image_to_array, latent_mask, mask_to_array
 from . import outpaint
 from .noise import SeededNoise, batch_seeds
@@ -197,8 +198,6 @@ class Pipeline:
             return self
         with self._create_lock:
             if self._lora_sets is None:
-                from .lora_sets import LoraSets  # noqa: PLC0415  (it subclasses Pipeline)
-
                 self._lora_sets = LoraSets(self)
         return self._lora_sets.view(loras)
 
@@ -212,6 +211,10 @@ class Pipeline:
         engine's inputs: TensorRT names dynamic dims `dim{i}`, losing the `height_divF` the shapes need)."""
         spec = self.bundle.manifest.component("unet", self.bundle.precision)
         return {t.name: list(t.shape) for t in spec.inputs if is_residual(t.name)}
+
+    def adapted(self, engines: dict[str, Engine], loras: tuple) -> "Pipeline":
+        """A view of this pipeline running `engines` (adapted by sdrt.runtime.lora_sets) for their components."""
+        return AdaptedPipeline(self, engines, loras)
 
     # ---- generation: prepare -> step (UNetBatch) -> finish ---------------------------------------------
     def generate(self, request: GenerationRequest, noise: NoiseSource | None = None,
@@ -477,3 +480,34 @@ class Pipeline:
         if self.precision not in ("fp32", "fp16"):  # a cheaper-than-graph mode (bf16, int8) is always stated
             settings["Precision"] = self.precision
         return format_parameters(request.prompt, request.negative, settings)
+
+
+class AdaptedPipeline(Pipeline):
+    """A Pipeline whose `engine(name)` is the adapted engine where the adapters change `name`, the base
+    pipeline's otherwise; its prompt encoder is the base one unless a text encoder changed."""
+
+    def __init__(self, base: Pipeline, engines: dict[str, Engine], loras: tuple) -> None:
+        super().__init__(base.bundle)
+        self._base, self.loras = base, loras
+        self._engines.update(engines)
+        self.backend_choice = base.backend_choice
+
+    def engine(self, name: str) -> Engine:
+        with self._create_lock:
+            return self._engines[name] if name in self._engines else self._base.engine(name)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._base.on_gpu
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        if not any(n.startswith("text_encoder") for n in self._engines):
+            return self._base.prompt_encoder
+        return super().prompt_encoder
+
+    def with_loras(self, loras: Sequence) -> Pipeline:
+        return self._base.with_loras(loras)
+
+    def close(self) -> None:
+        """Device resources are the base pipeline's: closing a view releases nothing."""

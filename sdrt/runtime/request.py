@@ -20,11 +20,15 @@ from ..manifest import MAX_SIDE, ModelInfo
 from .control import ControlSpec, check_controls
 from .images import check_image_mode
 from .outpaint import check_request as check_outpaint
+from .request_types import normalise
+from .seeds import check_seed_count
 
 
 @dataclass
 class GenerationRequest:
-    """One call of `Pipeline.generate`. Images are PIL images; sizes in pixels."""
+    """One call of `Pipeline.generate`. Images are PIL images; sizes in pixels. Each field's type is checked
+    when the request is made (one UserError line; numpy numbers accepted): sdrt.runtime.request_types lists
+    the accepted types."""
 
     prompt: str
     negative: str | None = None  # None: "" (SD1/2) or zeros (SDXL with force_zeros_for_empty_prompt)
@@ -51,6 +55,9 @@ class GenerationRequest:
     clip_skip: int = 1  # A1111 numbering: 1 = the text encoder's last layer, 2 = the penultimate, ...
     controls: list[ControlSpec] = field(default_factory=list)  # ControlNets to apply (sdrt.runtime.control)
     loras: Sequence[LoraOption] = ()  # LoRA adapters applied at run time (sdrt.runtime.lora_sets)
+
+    def __post_init__(self) -> None:
+        normalise(self)
 
     @property
     def task(self) -> str:
@@ -144,6 +151,7 @@ def validate(request: GenerationRequest) -> None:
         check_text("negative prompt", request.negative)
     if not _is_whole(request.batch) or request.batch < 1:
         raise UserError(f"batch must be a whole number >= 1, got {request.batch!r}")
+    check_seed_count(request.seed, request.batch)
     if not _is_whole(request.clip_skip) or request.clip_skip < 1:
         raise UserError(f"clip skip must be a whole number >= 1 (1 = the last layer, 2 = the penultimate), "
                         f"got {request.clip_skip!r}")

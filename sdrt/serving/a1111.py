@@ -25,16 +25,18 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .. import __version__
-from ..commands.options import MAX_SEED, resolve_seed
+from ..errors import UserError
+from ..runtime.images import inverted_mask
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
+from ..runtime.seeds import MAX_SEED, check_seed_count, resolve_seed
 from ..schedulers import REGISTRY
 from .api_errors import ApiError, error_responses, invalid
 from .controlnet_api import AlwaysOnScripts, control_specs
 from .controlnet_api import ignored as ignored_scripts
 from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
-from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .limits import check_images, check_pixels, check_steps, check_tokens, check_windows, shown_in_schema
 from .loras import from_prompt
 from .model_info import ServedModel, json_number
 from .runner import ServerState, Submission
@@ -47,6 +49,7 @@ HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")  
 A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to its maximum
 
 
+SCRIPTS = "sd-webui-controlnet's ControlNet units (docs/controlnet.md); other scripts are ignored."
 INIT_IMAGES = "Base64 images (a data-URL prefix is accepted); sdrt uses one."
 CLIP_STOP = "CLIP_stop_at_last_layers"
 CLIP_SKIP_EXTRA = f"sdrt extra: override_settings.{CLIP_STOP} as a field; 1 when neither is sent. "
@@ -89,8 +92,7 @@ class Txt2ImgRequest(BaseModel):
     send_images: bool = True
     clip_skip: int | None = Field(None, ge=1, description=CLIP_SKIP_EXTRA)
     override_settings: OverrideSettings | None = Field(None, description=OVERRIDES)
-    alwayson_scripts: AlwaysOnScripts | None = Field(None, description="sd-webui-controlnet's ControlNet units "
-                                                     "(docs/controlnet.md); other scripts are ignored.")
+    alwayson_scripts: AlwaysOnScripts | None = Field(None, description=SCRIPTS)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -154,9 +156,12 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     limits, model = state.settings.limits, state.model
     check_steps(limits, "steps", body.steps)
     check_images(limits, "batch_size" if body.n_iter == 1 else "n_iter", body.batch_size * body.n_iter)
+    check_iterations(state, body.n_iter)
     prompt, loras = from_prompt(body.prompt, state.settings.lora_dir)  # <lora:name:scale> tags taken out
     check_tokens(limits, model.count_tokens, "prompt", prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    for field, text in (("prompt", prompt), ("negative_prompt", body.negative_prompt)):
+        check_windows(limits, lambda t: model.count_windows(t, True), field, text)
     sampler, schedule = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler,
                                              "sampler_name" if body.sampler_name else "sampler_index", "scheduler")
     options = {k: getattr(body, k) for k in SAMPLER_OPTIONS
@@ -171,9 +176,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
         if body.mask is not None and body.mask != "":
             mask = decode_image(body.mask, "mask", limits)
             if body.inpainting_mask_invert:
-                from PIL import ImageOps
-
-                mask = ImageOps.invert(mask.convert("L"))
+                mask = inverted_mask(mask)
         strength = body.denoising_strength
     default_h, default_w = model.default_size
     width = body.width or (init_image.size[0] if init_image is not None else default_w)
@@ -182,7 +185,8 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     clip_skip, source = clip_skip_of(body)
     check_clip_skip(model, source, clip_skip)
     seed = resolve_seed(body.seed)
-    controls = control_specs(body.alwayson_scripts, limits)
+    check_seeds(seed, body.batch_size * body.n_iter, "seed")
+    controls = control_specs(body.alwayson_scripts, limits, (width, height))
     requests = [GenerationRequest(
         prompt=prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         cfg=body.cfg_scale, seed=seed + k * body.batch_size, batch=body.batch_size, width=body.width,
@@ -190,6 +194,25 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
         clip_skip=clip_skip, controls=controls, loras=loras)
         for k in range(body.n_iter)]
     return requests, sampler, schedule
+
+
+def check_iterations(state: ServerState, n_iter: int) -> None:
+    """Each iteration is one queued job, so n_iter past the engine's queue could never be admitted: a 422
+    naming the limit, not a 429 whose retry can never succeed."""
+    max_queue = getattr(state.engine, "max_queue", None)
+    if max_queue is not None and n_iter > max_queue:
+        raise invalid(f"n_iter {n_iter} is more iterations than this server's queue holds (--max-queue "
+                      f"{max_queue}): send at most {max_queue}, or more images per iteration with batch_size",
+                      "n_iter")
+
+
+def check_seeds(seed: int, images: int, field: str) -> None:
+    """A 422 when the last image's seed (seed + images - 1) would pass the largest seed: every seed reported in
+    `all_seeds` or an image's `seed` must be one this server accepts back (sdrt.runtime.seeds)."""
+    try:
+        check_seed_count(seed, images, field)
+    except UserError as exc:
+        raise invalid(str(exc), field) from None
 
 
 def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str, schedule: str,
@@ -235,6 +258,8 @@ def limited_fields(limits: Limits, model: ServedModel) -> dict[str, Any]:
     return {
         "clip_skip": (int | None, clip_skip_field(model, None, CLIP_SKIP_EXTRA)),
         "override_settings": (overrides | None, Field(None, description=OVERRIDES)),
+        "alwayson_scripts": (AlwaysOnScripts | None, Field(None, description=SCRIPTS[:-1] + f"; at most "
+                             f"{limits.max_controls} enabled ControlNet units per request on this server.")),
         "prompt": (str, Field("", description=tokens)),
         "negative_prompt": (str, Field("", description=tokens)),
         "steps": (int, Field(min(A1111_STEPS, limits.max_steps), ge=1, description=steps,

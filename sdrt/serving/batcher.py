@@ -33,6 +33,7 @@ import numpy as np
 
 from ..backends.device_lost import sticky_cuda_error
 from ..errors import UserError
+from ..manifest import ModelInfo
 from ..runtime.generation import Generation, UNetBatch
 from ..runtime.guidance import uses_cfg
 from ..runtime.pipeline import GenerationResult, Pipeline
@@ -226,7 +227,7 @@ class BatchingEngine:
         try:
             self.pipeline.engine("unet")
             if self.warmup:
-                self.pipeline.generate(GenerationRequest("warm-up", steps=1, sampler="euler"))
+                self.pipeline.generate(warm_up_request(self.pipeline.model))
             self.ready = True
         except Exception as exc:  # noqa: BLE001 - requests report their own errors; /readyz stays false
             self.warmup_error = exc
@@ -495,3 +496,15 @@ def _kind(error: BaseException) -> str:
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), max(size, 1))]
+
+
+def warm_up_request(model: ModelInfo) -> GenerationRequest:
+    """A 1-step request the bundle can run: txt2img, or for an inpainting UNet (which refuses txt2img) an
+    inpaint of a grey image with an all-white mask at the bundle's default size."""
+    if model.unet_in_channels == model.latent_channels:
+        return GenerationRequest("warm-up", steps=1, sampler="euler")
+    from PIL import Image
+
+    height, width = model.default_size
+    return GenerationRequest("warm-up", steps=1, sampler="euler", init_image=Image.new("RGB", (width, height),
+                             (128, 128, 128)), mask=Image.new("L", (width, height), 255))

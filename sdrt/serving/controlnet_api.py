@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime.control import CANNY_DEFAULTS, ControlSpec
+from ..errors import UserError
+from ..runtime.control import CANNY_DEFAULTS, ControlSpec, at_size
 from .api_errors import invalid
 from .image_codec import decode_image
+from .limits import check_controls
 from .settings import Limits
 
 MODULES = {"none": "none", "None": "none", "canny": "canny"}
@@ -70,10 +72,13 @@ def _threshold(value: float, default: int) -> float:
     return default if value < 0 else value
 
 
-def control_specs(scripts: AlwaysOnScripts | None, limits: Limits) -> list[ControlSpec]:
-    """The request's controls: one per enabled unit, its image decoded (one 422 line per problem)."""
+def control_specs(scripts: AlwaysOnScripts | None, limits: Limits, size: tuple[int, int]) -> list[ControlSpec]:
+    """The request's controls: one per enabled unit (at most --max-controls, counted before any image is
+    decoded), its image decoded once and kept at the generation `size` (width, height), not at the upload's:
+    every iteration's job shares it. One 422 line per problem."""
     if scripts is None or scripts.controlnet is None:
         return []
+    check_controls(limits, ARGS, sum(unit.enabled for unit in scripts.controlnet.args))
     specs = []
     for i, unit in enumerate(scripts.controlnet.args):
         if not unit.enabled:
@@ -86,10 +91,14 @@ def control_specs(scripts: AlwaysOnScripts | None, limits: Limits) -> list[Contr
             raise invalid(f"{field}.module {unit.module!r} is not one sdrt runs: send the map you computed with "
                           "module \"none\", or use \"canny\"", f"{field}.module")
         model = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", unit.model or "").strip()
-        specs.append(ControlSpec(
+        spec = ControlSpec(
             image=decode_image(text, f"{field}.image", limits), scale=unit.weight, start=unit.guidance_start,
             end=unit.guidance_end, controlnet=None if model in ("", "None") else model,
             preprocess=MODULES[unit.module], low_threshold=_threshold(unit.threshold_a, CANNY_DEFAULTS[0]),
-            high_threshold=_threshold(unit.threshold_b, CANNY_DEFAULTS[1])))
+            high_threshold=_threshold(unit.threshold_b, CANNY_DEFAULTS[1]))
+        try:
+            specs.append(at_size(spec, *size))
+        except UserError as exc:  # an image mode or levels the runtime cannot read
+            raise invalid(str(exc), f"{field}.image") from None
     return specs
 

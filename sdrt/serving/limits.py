@@ -6,12 +6,14 @@ what one request may cost the server, whatever the bundle could do.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from .api_errors import ApiError
 from .settings import Limits
 
 SchemaHook = Callable[[dict[str, Any]], None]
+WINDOW_TOKENS = 75  # CLIP tokens per window (77 with BOS and EOS)
 
 
 def _refuse(field: str, message: str, low: int, high: int) -> ApiError:
@@ -43,6 +45,25 @@ def check_tokens(limits: Limits, count_tokens: Callable[[str], int], field: str,
     if tokens > limits.max_prompt_tokens:
         raise _refuse(field, f"{field} is {tokens} CLIP tokens, more than this server's "
                              f"{limits.max_prompt_tokens}: shorten it", 0, limits.max_prompt_tokens)
+
+
+def check_windows(limits: Limits, count_windows: Callable[[str], int], field: str, text: str | None) -> None:
+    """BREAK starts a new 75-token window without adding a token, so `"BREAK " * 225` is 225 tokens but 226
+    windows, each a text-encoder row and 77 more positions in every cross-attention: the windows are bounded too,
+    to the windows the token limit fills (three for 225 tokens)."""
+    if not text:
+        return
+    allowed = max(1, math.ceil(limits.max_prompt_tokens / WINDOW_TOKENS))
+    windows = count_windows(text)
+    if windows > allowed:
+        raise _refuse(field, f"{field} makes {windows} 75-token windows (BREAK starts a new one), more than this "
+                             f"server's {allowed}: use fewer BREAKs", 1, allowed)
+
+
+def check_controls(limits: Limits, field: str, units: int) -> None:
+    if units > limits.max_controls:
+        raise _refuse(field, f"{field} has {units} enabled ControlNet units, more than this server's "
+                             f"{limits.max_controls} per request: send fewer units", 0, limits.max_controls)
 
 
 def check_input_pixels(limits: Limits, field: str, width: int, height: int) -> None:

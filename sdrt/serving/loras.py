@@ -20,6 +20,8 @@ from ..lora.options import LoraOption, check_distinct
 from .api_errors import invalid
 
 TAG = re.compile(r"<lora:([^>]*)>", re.IGNORECASE)
+SCALE_DECIMALS = 2  # scales are rounded to 0.01: each distinct set of scales builds adapted engines (seconds, and
+# the weights' memory), so 0.5 and 0.5000001 must not be two sets; the rounded scale is the one applied and recorded
 
 
 class LoraRef(BaseModel):
@@ -50,7 +52,7 @@ def resolve(refs: Iterable[tuple[str, float]], lora_dir: str | None, field: str)
                           field)
         if not math.isfinite(scale):
             raise invalid(f"LoRA scale {scale} for {name} is not finite: pass a number such as 0.8", field)
-        options.append(LoraOption(offered[name], float(scale)))
+        options.append(LoraOption(offered[name], round(float(scale), SCALE_DECIMALS)))
     try:
         return check_distinct(options)
     except UserError as exc:

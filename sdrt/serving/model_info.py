@@ -19,6 +19,8 @@ class ServedModel:
     default_size: tuple[int, int]  # (height, width)
     count_tokens: Callable[[str], int]  # CLIP tokens of a prompt, BOS/EOS excluded
     max_clip_skip: int = 1  # the deepest clip skip (A1111 numbering) the bundle's text encoders have outputs for
+    count_windows: Callable[[str, bool], int] = lambda text, weighting: 1  # 75-token windows of a prompt
+    # (text, read A1111's syntax?): BREAK starts one without a token
     compute: Callable[[], dict[str, str]] = lambda: {"precision": "fp32", "backend": "ort-cpu"}  # read per call:
     # `auto` settles both at the engine's warm-up
 
@@ -27,6 +29,7 @@ class ServedModel:
         """Read from a loaded sdrt.runtime.Pipeline; the tokenizer is the bundle's own (the first one on SDXL,
         whose two tokenizers split text alike). Loads the text encoders, which the engine's warm-up does
         anyway, to learn the deepest clip skip: the request schema shows it."""
+        from ..runtime.prompt_syntax import literal, parse_prompt_attention, token_windows
         from ..runtime.tokenizer import ClipTokenizer
 
         model = pipeline.model
@@ -35,6 +38,9 @@ class ServedModel:
                    max_size=model.max_size, size_multiple=max(model.size_multiple, model.vae_scale_factor),
                    default_size=(model.default_size[0], model.default_size[1]),
                    count_tokens=lambda text: len(tokenizer.token_ids(text)),
+                   count_windows=lambda text, weighting: len(token_windows(
+                       parse_prompt_attention(text) if weighting else literal(text), tokenizer.token_ids,
+                       tokenizer.chunk_size)),
                    max_clip_skip=pipeline.prompt_encoder.max_clip_skip(),
                    compute=lambda: {"precision": pipeline.precision, "backend": pipeline.bundle.settings.backend})
 

@@ -18,16 +18,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..commands.options import MAX_SEED, resolve_seed
 from ..runtime.outpaint import FILLS
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
-from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, ignored_header, submit
+from ..runtime.seeds import MAX_SEED, resolve_seed
+from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, check_seeds, ignored_header, submit
 from .api_errors import ApiError, invalid
 from .features import CLIP_SKIP_HELP, OUTPAINT_REFUSALS, check_clip_skip, check_outpaint, clip_skip_field
 from .image_codec import decode_image, png_base64
 from .jobs import DoneEvent
-from .limits import check_images, check_pixels, check_steps, check_tokens, shown_in_schema
+from .limits import check_images, check_pixels, check_steps, check_tokens, check_windows, shown_in_schema
 from .loras import LoraRef, resolve as resolve_loras
 from .model_info import ServedModel, sampler_descriptions, schedules
 from .runner import ServerState, Submission
@@ -113,6 +113,7 @@ class LimitsInfo(BaseModel):
     max_pixels: int
     max_prompt_tokens: int
     max_input_pixels: int
+    max_controls: int
     request_timeout: float
 
 
@@ -175,22 +176,28 @@ def to_request(body: ImageGenerationRequest, state: ServerState) -> GenerationRe
     check_images(limits, "n", body.n)
     check_tokens(limits, model.count_tokens, "prompt", body.prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
+    for field, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
+        check_windows(limits, lambda t: model.count_windows(t, body.prompt_weighting), field, text)
     width, height = parse_size(body.size)
-    init_image = decode_image(body.init_image, "init_image", limits) if body.init_image else None
-    mask = decode_image(body.mask, "mask", limits) if body.mask else None
+    # "" is refused as an empty image (as A1111's init_images), never read as "no image": that would silently
+    # turn an img2img request into txt2img, or an inpaint into img2img
+    init_image = decode_image(body.init_image, "init_image", limits) if body.init_image is not None else None
+    mask = decode_image(body.mask, "mask", limits) if body.mask is not None else None
     default_w, default_h = init_image.size if init_image is not None else model.default_size[::-1]
     check_pixels(limits, "size", width or default_w, height or default_h)
     if body.outpaint is not None:
         check_outpaint(limits, model, body.outpaint, init_image, mask is not None,
                        "size" if width is not None else None)
     check_clip_skip(model, "clip_skip", body.clip_skip)
+    seed = resolve_seed(body.seed)
+    check_seeds(seed, body.n, "seed")
     sampler, from_suffix = resolve_sampler(body.sampler, "sampler")
     schedule = from_suffix or resolve_schedule(body.schedule, "schedule")
     return GenerationRequest(
         prompt=body.prompt, negative=body.negative_prompt, steps=body.steps, sampler=sampler, schedule=schedule,
         sampler_options=dict(body.sampler_options), cfg=body.cfg, guidance_rescale=body.guidance_rescale,
         temperature=body.temperature, temperature_method=body.temperature_method,
-        seed=resolve_seed(body.seed), batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
+        seed=seed, batch=body.n, width=width, height=height, init_image=init_image, mask=mask,
         strength=body.strength, clip_skip=body.clip_skip, prompt_weighting=body.prompt_weighting,
         outpaint=tuple(body.outpaint) if body.outpaint is not None else None, outpaint_fill=body.outpaint_fill,
         loras=resolve_loras(((r.name, r.scale) for r in body.loras), state.settings.lora_dir, "loras"))

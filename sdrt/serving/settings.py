@@ -18,6 +18,7 @@ class Limits:
     max_pixels: int = 1024 * 1024  # width * height of one image
     max_prompt_tokens: int = 225  # CLIP tokens of the prompt, and of the negative prompt (three 75-token windows)
     max_input_pixels: int = 4096 * 4096  # pixels of an uploaded init image or mask, before any resizing
+    max_controls: int = 3  # enabled ControlNet units per request (each a control image and a ControlNet run per step)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ TITLES = {"steps": "Steps", "sampler": "Sampler", "schedule": "Schedule type", "
           "size": "Size", "width": "Width", "height": "Height", "prompt_sr": "Prompt S/R",
           "negative": "Negative prompt", "clip_skip": "Clip skip"}
 NOT_AXES = {"batch": "a grid cell holds one image", "prompt": "use prompt_sr=OLD,NEW,... to vary it"}
+MAX_AXIS_VALUES = 1000  # values per axis: checked before a range is expanded (each value is a cell, i.e. an image)
 _NUMBER = r"-?\d+(?:\.\d*)?"
 _RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*(?:\(\s*([+-]?\s*\d+(?:\.\d*)?)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
@@ -80,6 +81,7 @@ def parse_axis(text: str, request: GenerationRequest) -> Axis:
     kind = _kind(key, request)
     if kind in (int, float) and len(items) == 1 and _RANGE.match(items[0]):
         items = _expand_range(items[0], kind, key)
+    _check_count(key, len(items))
     values = tuple(_convert(key, kind, item) for item in items)
     if key == "prompt_sr":
         _check_search(values[0], request)
@@ -129,6 +131,7 @@ def _expand_range(item: str, kind: type, key: str) -> list[str]:
         count = int(count_text)
         if count < 1:
             raise UserError(f"{key} range {item!r} asks for {count} values: give a count of at least 1")
+        _check_count(key, count)
         points = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
         values = [round(p) if kind is int else p for p in points]
     else:
@@ -136,12 +139,19 @@ def _expand_range(item: str, kind: type, key: str) -> list[str]:
         if step == 0 or (end - start) * step < 0:
             raise UserError(f"{key} range {item!r} never reaches its end: use a step towards it, e.g. "
                             f"{start_text}-{end_text} (+{abs(step) or 1:g})")
+        _check_count(key, int((end - start) / step + 1e-9) + 1)
         values, n = [], 0
-        while n <= 10_000 and (start + n * step - end) * (1 if step > 0 else -1) <= 1e-9:
+        while (start + n * step - end) * (1 if step > 0 else -1) <= 1e-9:
             values.append(start + n * step)
             n += 1
         values = [kind(round(v, 9)) if kind is float else int(round(v)) for v in values]
     return [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+
+
+def _check_count(key: str, count: int) -> None:
+    if count > MAX_AXIS_VALUES:
+        raise UserError(f"the {key} axis has {count} values, more than a grid axis takes ({MAX_AXIS_VALUES}): "
+                        "use fewer values or a larger step")
 
 
 def _convert(key: str, kind: Any, item: str) -> Any:

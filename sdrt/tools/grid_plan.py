@@ -10,6 +10,7 @@ from ..runtime.request import GenerationRequest
 from .grid_axes import NO_AXIS, Axis
 
 AXIS_NAMES = ("x", "y", "z")
+MAX_CELLS = 1000  # images in one grid run (all its pictures), checked before any cell or output is made
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class GridAxes:
                 raise UserError(f"{key} is on two axes: give each setting one axis")
         if "size" in keys and ({"width", "height"} & set(keys)):
             raise UserError("size sets width and height: use either size or width/height as axes")
+        cells = len(self.x) * len(self.y) * len(self.z)
+        if cells > MAX_CELLS:
+            shape = " x ".join(str(len(a)) for a in self if a.key)
+            raise UserError(f"this grid has {cells} cells ({shape}), more than one grid run makes ({MAX_CELLS}): "
+                            "use fewer values per axis, or split it into several grids")
 
 
 def plan_cells(base: GenerationRequest, axes: GridAxes) -> list[Cell]:

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import UserError
 from ..json_limits import loads_bounded
 from ..runtime.noise import SeededNoise
+from ..runtime.seeds import resolve_seed
 from ..runtime.text import Conditioning
 
 EASES = ("linear", "cosine")
@@ -119,9 +120,10 @@ def parse_keyframe(text: str, negative: str | None = None) -> Keyframe:
     try:
         if not sep or not prompt.strip():
             raise ValueError
-        return Keyframe(prompt.strip(), int(seed), negative)
+        number = int(seed)
     except ValueError:
         raise UserError(f"keyframe {text!r} is not PROMPT|SEED: write e.g. --keyframe \"a red circle|1\"") from None
+    return Keyframe(prompt.strip(), resolve_seed(number, f"keyframe {text!r}: seed"), negative)
 
 
 def load_keyframes(path: Path, negative: str | None = None) -> list[Keyframe]:
@@ -142,7 +144,8 @@ def load_keyframes(path: Path, negative: str | None = None) -> list[Keyframe]:
         if not ok:
             raise UserError(f"keyframe {n} of {path} is not {{\"prompt\": TEXT, \"seed\": NUMBER}} (with an "
                             "optional \"negative\": TEXT): fix that entry")
-        frames.append(Keyframe(item["prompt"], item["seed"], item.get("negative", negative)))
+        seed = resolve_seed(item["seed"], f"keyframe {n} of {path}: seed")
+        frames.append(Keyframe(item["prompt"], seed, item.get("negative", negative)))
     return frames
 
 
