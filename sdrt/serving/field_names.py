@@ -46,6 +46,6 @@ def in_fields(error: ApiError, fields: Mapping[str, str]) -> ApiError:
         return f"the server's --{option}"
 
     error.message = OPTION.sub(name, error.message)
-    if error.field is None and first and " " not in first[0] and ".N." not in first[0]:
-        error.field = first[0]
+    if error.field is None and first and " " not in first[0]:
+        error.field = first[0].split(".N.")[0]  # a ControlNet unit's field: the units, which one is not known
     return error

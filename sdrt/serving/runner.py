@@ -88,7 +88,7 @@ class Submission:
         except QueueFull as exc:
             retry = max(1, int(getattr(exc, "retry_after", 0) or self.state.settings.retry_after))
             reason = RETRY_HINT.sub("", str(exc))  # the engine's own hint: said once, below
-            raise ApiError(429, "queue_full", f"the server's queue is full ({reason}): retry after {retry} s",
+            raise ApiError(429, "queue_full", f"the server's queue is full: {reason}; retry after {retry} s",
                            headers={"Retry-After": str(retry)}) from None
         except EngineStopping:
             raise draining_error() from None
