@@ -99,7 +99,7 @@ class _Guarded(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.cycle is None or self.cycle.response_complete:
+        if self.conn.their_state in (h11.IDLE, h11.DONE):  # a request begins (not the rest of an unread body)
             self._started_next = True
         super().data_received(data)
 
