@@ -28,7 +28,7 @@ from .internal_errors import InternalErrors
 from .metrics import RequestMetrics, ServeMetrics
 from .model_info import ServedModel
 from .runner import ServerState
-from .settings import ServeSettings, body_limit
+from .settings import ServeSettings
 
 log = logging.getLogger("sdrt.serve")
 STATIC = Path(__file__).with_name("static")  # the playground: plain HTML, CSS and JS, no build step
