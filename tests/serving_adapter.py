@@ -53,14 +53,17 @@ class Served:
 
 
 @contextlib.contextmanager
-def running_server(pipeline: Pipeline, settings: ServeSettings | None = None, max_queue: int = 64) -> Iterator[Served]:
-    """uvicorn serving create_app on 127.0.0.1 and a free port, in a thread, over a BatchingEngine."""
+def running_server(pipeline: Pipeline, settings: ServeSettings | None = None, max_queue: int = 64,
+                   model: ServedModel | None = None) -> Iterator[Served]:
+    """uvicorn serving create_app on 127.0.0.1 and a free port, in a thread, over a BatchingEngine; `model`
+    replaces the bundle's description (a test's tokenizer)."""
     metrics = ServeMetrics()
+    settings = settings or ServeSettings()
     engine = RecordingEngine(BatchingEngine(pipeline, max_queue=max_queue, observer=metrics).start())
-    app = create_app(engine, settings or ServeSettings(), ServedModel.from_pipeline(pipeline), metrics)
+    app = create_app(engine, settings, model or ServedModel.from_pipeline(pipeline), metrics)
     sock = bind("127.0.0.1", 0)
     server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=10, log_level="warning",
-                         access_log=False)
+                         access_log=False, settings=settings)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -108,8 +108,9 @@ def test_concurrent_jobs_with_different_controls_each_get_their_own_result(serve
      "alwayson_scripts.controlnet.args.0.image is missing: send the control image base64-encoded"),
     ({"image": "bm90IGFuIGltYWdl"}, "alwayson_scripts.controlnet.args.0.image",
      "alwayson_scripts.controlnet.args.0.image is not an image sdrt can read: send a base64-encoded PNG or JPEG"),
-    ({"guidance_start": 0.9, "guidance_end": 0.1}, None,
-     "control start 0.9 is after its end 0.1: give start <= end (e.g. --control-start 0.0 --control-end 1.0)"),
+    ({"guidance_start": 0.9, "guidance_end": 0.1}, "alwayson_scripts.controlnet.args",  # the runtime's line,
+     "control start 0.9 is after its end 0.1: give start <= end (e.g. "  # in the request's fields (issue 27)
+     "alwayson_scripts.controlnet.args.N.guidance_start 0.0 alwayson_scripts.controlnet.args.N.guidance_end 1.0)"),
 ])
 def test_bad_units_are_one_line_422(client, fields, field, message) -> None:
     body = {**BASE, "alwayson_scripts": {"controlnet": {"args": [{**unit(control_map()), **fields}]}}}

@@ -177,7 +177,8 @@ def test_full_queue_answers_429_with_retry_after(pipe) -> None:
         until(lambda: served.engine.queue_depth == 1, "the second job to queue")
         error = client.post("/v1/images/generations", json={"prompt": "q", **TINY_OPENAI})
         assert error.headers["Retry-After"] == "1"
-        assert error_of(error, 429)["code"] == "queue_full"
+        assert error_of(error, 429) == {"code": "queue_full", "field": None, "message": "the server's queue is "
+                                        "full: 1 requests are already waiting (max queue 1); retry after 1 s"}
         gate.open()
         first.join()
         second.join()

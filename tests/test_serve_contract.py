@@ -67,8 +67,8 @@ def test_the_document_is_valid_openapi_and_describes_every_route(document) -> No
     assert {(method, path) for path, item in document["paths"].items() for method in item} == ROUTES
     for path in GENERATION:
         responses = document["paths"][path]["post"]["responses"]
-        assert set(responses) == {"200", "422", "429", "500", "503", "504"}, path
-        for status in ("422", "429", "500", "503", "504"):
+        assert set(responses) == {"200", "413", "422", "429", "500", "503", "504"}, path
+        for status in ("413", "422", "429", "500", "503", "504"):
             assert responses[status]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorBody"}
         assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
@@ -84,7 +84,10 @@ def test_the_document_shows_this_servers_limits_and_the_bundles_sizes(document) 
     assert txt2img["batch_size"]["maximum"] == 2 and txt2img["n_iter"]["maximum"] == 2
     assert txt2img["width"]["anyOf"][0] == {"type": "integer", "minimum": 16, "maximum": 128, "multipleOf": 8}
     assert "at most 4096 pixels" in txt2img["height"]["description"]
-    assert "At most 20 CLIP tokens" in txt2img["prompt"]["description"]
+    assert "At most 20000 characters and 20 CLIP tokens" in txt2img["prompt"]["description"]
+    limits = schema_of(document, "LimitsInfo")  # the connection limits (issue 27), as GET /v1/models shows them
+    assert {"max_prompt_chars", "max_body_bytes", "header_timeout", "body_timeout", "max_connections"} <= \
+        set(limits["required"])
     assert schema_of(document, "Img2ImgRequest")["properties"]["steps"]["maximum"] == 2
     openai = schema_of(document, "ImageGenerationRequest")["properties"]
     assert (openai["n"]["maximum"], openai["steps"]["maximum"], openai["steps"]["default"]) == (2, 2, 2)

@@ -5,6 +5,7 @@ FastAPI, uvicorn and prometheus-client come with the `serve` extra and are impor
 
 from __future__ import annotations
 
+import math
 import socket  # noqa: F401  (a type hint)
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..serving.settings import Limits, ServeSettings
 from .options import engine_options
 
 DEFAULT_LIMITS = Limits()
+DEFAULT_SETTINGS = ServeSettings()
 
 
 @click.command()
@@ -30,7 +32,7 @@ DEFAULT_LIMITS = Limits()
               help="Most jobs waiting; past it requests get 429 with Retry-After.")
 @click.option("--api-key-file", default=None, type=click.Path(path_type=Path),
               help="File with one API key per line; every route but /healthz then needs 'Authorization: Bearer KEY'.")
-@click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--request-timeout", default=300.0, show_default=True, type=float,
               help="Seconds a request may take; then its job is cancelled and it gets 504.")
 @click.option("--max-steps", default=DEFAULT_LIMITS.max_steps, show_default=True, type=click.IntRange(min=1),
               help="Most sampling steps per request.")
@@ -42,6 +44,18 @@ DEFAULT_LIMITS = Limits()
               type=click.IntRange(min=1), help="Most CLIP tokens in a prompt or negative prompt.")
 @click.option("--max-controls", default=DEFAULT_LIMITS.max_controls, show_default=True, type=click.IntRange(min=0),
               help="Most ControlNet units per request (A1111 alwayson_scripts.controlnet.args).")
+@click.option("--max-prompt-chars", default=DEFAULT_LIMITS.max_prompt_chars, show_default=True,
+              type=click.IntRange(min=1), help="Most characters in a prompt or negative prompt (checked before "
+                                               "tokenising).")
+@click.option("--max-body-bytes", default=None, type=click.IntRange(min=1024),
+              help="Largest request body (413 past it). Default: room for 5 images at the bundle's largest size "
+                   "(29 MB for a 1024-pixel bundle).")
+@click.option("--header-timeout", default=DEFAULT_SETTINGS.header_timeout, show_default=True, type=float,
+              help="Seconds a client has to send a request's headers (and an idle connection stays open).")
+@click.option("--body-timeout", default=DEFAULT_SETTINGS.body_timeout, show_default=True, type=float,
+              help="Seconds a client has to send a request's body once its headers are in.")
+@click.option("--max-connections", default=DEFAULT_SETTINGS.max_connections, show_default=True,
+              type=click.IntRange(min=1), help="Open connections; past it a new one is answered 503 and closed.")
 @click.option("--lora-dir", default=None, type=click.Path(path_type=Path),
               help="Folder of LoRA .safetensors files that requests may name (docs/lora.md); none by default.")
 @click.option("--log-level", default="info", show_default=True,
@@ -64,7 +78,9 @@ DEFAULT_LIMITS = Limits()
 def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | None, precision: str | None,
           threads: int, spin: bool | None, max_batch: int, max_queue: int, api_key_file: Path | None,
           request_timeout: float, max_steps: int, max_images: int, max_pixels: int, max_prompt_tokens: int,
-          max_controls: int, lora_dir: Path | None, log_level: str, use_ray: bool, replicas: int | None, autoscale: str | None,
+          max_controls: int, max_prompt_chars: int, max_body_bytes: int | None, header_timeout: float,
+          body_timeout: float, max_connections: int, lora_dir: Path | None, log_level: str, use_ray: bool,
+          replicas: int | None, autoscale: str | None,
           cpus_per_replica: float | None, gpus_per_replica: float | None, ray_address: str | None) -> None:
     """Serve BUNDLE over HTTP: A1111's /sdapi/v1/txt2img and img2img, OpenAI's /v1/images/generations (with
     Server-Sent-Events progress), /v1/models, /healthz, /readyz and /metrics.
@@ -79,11 +95,16 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     if not use_ray and any(option is not None for option in ray_options):
         raise UserError("--replicas, --autoscale, --gpus-per-replica, --cpus-per-replica and --ray-address need "
                         "--ray: add --ray to serve on Ray Serve")
+    for name, value in (("--request-timeout", request_timeout), ("--header-timeout", header_timeout),
+                        ("--body-timeout", body_timeout)):
+        check_seconds(name, value)
     keys = read_api_keys(api_key_file) if api_key_file is not None else ()
     settings = ServeSettings(
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels,
-                      max_prompt_tokens=max_prompt_tokens, max_controls=max_controls),
-        request_timeout=request_timeout, api_keys=keys, lora_dir=_lora_dir(lora_dir))
+                      max_prompt_tokens=max_prompt_tokens, max_controls=max_controls,
+                      max_prompt_chars=max_prompt_chars),
+        request_timeout=request_timeout, api_keys=keys, lora_dir=_lora_dir(lora_dir), max_body_bytes=max_body_bytes,
+        header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
     if use_ray:
         scale = ray_scale(replicas, autoscale, cpus_per_replica, gpus_per_replica, backend)
         config = ReplicaConfig(bundle=str(bundle), settings=settings, backend=backend,
@@ -105,6 +126,18 @@ def serve(bundle: Path, host: str, port: int, backend: str, engines_dir: Path | 
     finally:
         sock.close()
     click.echo("sdrt serve: stopped", err=True)
+
+
+MAX_SECONDS = 7 * 24 * 3600  # a week: past it a timeout is a typo (and asyncio's timers overflow near 2**31)
+
+
+def check_seconds(name: str, value: float) -> None:
+    """A timeout option: a finite number of seconds above 0 (nan and inf pass click's float type)."""
+    from ..errors import UserError
+
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise UserError(f"{name} {value:g} is not a number of seconds above 0 and at most {MAX_SECONDS} (a week): "
+                        f"give e.g. {name} 300")
 
 
 def ray_scale(replicas: int | None, autoscale: str | None, cpus: float | None, gpus: float | None,
@@ -181,7 +214,7 @@ def run_server(sock: "socket.socket", bundle: Path, settings: ServeSettings, bac
     try:
         app = create_app(engine, settings, ServedModel.from_pipeline(pipe), metrics)
         server = make_server(app, app.state.sdrt.start_draining, graceful_timeout=settings.request_timeout + 5,
-                             log_level=log_level)
+                             log_level=log_level, settings=settings)
         stop_on_device_lost(engine, server)
         host, port = sock.getsockname()[:2]
         click.echo(f"sdrt serve: {bundle} on http://{host}:{port} ({pipe.backend_choice}; {spin_choice})"

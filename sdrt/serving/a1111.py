@@ -21,6 +21,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -31,12 +32,15 @@ from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..runtime.seeds import MAX_SEED, check_seed_count, resolve_seed
 from ..schedulers import REGISTRY
+from . import field_names
+from .a1111_echo import echoed
 from .api_errors import ApiError, error_responses, invalid
 from .controlnet_api import AlwaysOnScripts, control_specs
 from .controlnet_api import ignored as ignored_scripts
 from .features import check_clip_skip, clip_skip_field
 from .image_codec import decode_image, png_base64
-from .limits import check_images, check_pixels, check_steps, check_tokens, check_windows, shown_in_schema
+from .limits import (check_images, check_pixels, check_steps, check_text, check_tokens, check_windows,
+                     shown_in_schema)
 from .loras import from_prompt
 from .model_info import ServedModel, json_number
 from .runner import ServerState, Submission
@@ -47,6 +51,7 @@ IGNORED_HEADER = "X-Sdrt-Ignored-Fields"
 SAMPLER_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
 HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,")  # printable ASCII but % and ,
 A1111_STEPS = 50  # A1111's default steps; a server allowing fewer defaults to its maximum
+HEADER_NAMES_BYTES = 1024  # names in X-Sdrt-Ignored-Fields before the rest is summarised (info has them all)
 
 
 SCRIPTS = "sd-webui-controlnet's ControlNet units (docs/controlnet.md); other scripts are ignored."
@@ -147,8 +152,18 @@ def clip_skip_of(body: Txt2ImgRequest) -> tuple[int, str]:
 
 def ignored_header(names: list[str]) -> str:
     """The X-Sdrt-Ignored-Fields value. HTTP headers carry printable ASCII only, and a client may send any JSON
-    key, so other characters (and % and ,) are percent-encoded as UTF-8; `info` holds the names verbatim."""
-    return ", ".join(quote(name.encode("utf-8", "surrogatepass"), safe=HEADER_SAFE) for name in names)
+    key, so other characters (and % and ,) are percent-encoded as UTF-8; `info` holds the names verbatim.
+    Past HEADER_NAMES_BYTES the rest is counted, not listed ("... and 4990 more"; the spaces cannot be part of
+    an encoded name): 20,000 names made a header no client could read."""
+    shown: list[str] = []
+    size = 0
+    for name in names:
+        encoded = quote(name.encode("utf-8", "surrogatepass"), safe=HEADER_SAFE)
+        size += len(encoded) + 2
+        if size > HEADER_NAMES_BYTES:
+            return ", ".join([*shown, f"... and {len(names) - len(shown)} more"])
+        shown.append(encoded)
+    return ", ".join(shown)
 
 
 def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[GenerationRequest], str, str]:
@@ -157,6 +172,7 @@ def to_requests(body: Txt2ImgRequest, state: ServerState) -> tuple[list[Generati
     check_steps(limits, "steps", body.steps)
     check_images(limits, "batch_size" if body.n_iter == 1 else "n_iter", body.batch_size * body.n_iter)
     check_iterations(state, body.n_iter)
+    check_text(limits, "prompt", body.prompt)  # before its <lora:...> tags are read
     prompt, loras = from_prompt(body.prompt, state.settings.lora_dir)  # <lora:name:scale> tags taken out
     check_tokens(limits, model.count_tokens, "prompt", prompt)
     check_tokens(limits, model.count_tokens, "negative_prompt", body.negative_prompt)
@@ -233,7 +249,7 @@ def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str
         "version": f"sdrt {__version__}", "notes": sorted({n for r in results for n in r.notes}),
         "ignored_fields": ignored,
     }
-    parameters = body.model_dump()
+    parameters = echoed(body.model_dump(), type(body).model_fields)
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
         parameters["init_images"] = None
         parameters["mask"] = None
@@ -241,7 +257,7 @@ def response(body: Txt2ImgRequest, results: list[GenerationResult], sampler: str
     return {"images": encoded, "parameters": parameters, "info": json.dumps(info)}
 
 
-GENERATION_ERRORS = error_responses(422, 429, 500, 503, 504)
+GENERATION_ERRORS = error_responses(413, 422, 429, 500, 503, 504)
 OK_HEADERS = {IGNORED_HEADER: {"description": "Request fields sent that sdrt did not use, comma-separated; absent "
                                               "when none.", "schema": {"type": "string"}}}
 
@@ -251,7 +267,8 @@ def limited_fields(limits: Limits, model: ServedModel) -> dict[str, Any]:
     images = f"this server makes at most {limits.max_images} images per request (batch_size * n_iter)"
     size = {"minimum": model.min_size, "maximum": model.max_size, "multipleOf": model.size_multiple}
     pixels = f"width * height at most {limits.max_pixels} pixels"
-    tokens = f"At most {limits.max_prompt_tokens} CLIP tokens on this server."
+    tokens = (f"At most {limits.max_prompt_chars} characters and {limits.max_prompt_tokens} CLIP tokens on this "
+              "server.")
     steps = f"A1111's default {A1111_STEPS}, or this server's maximum {limits.max_steps} if lower."
     overrides = create_model("OverrideSettings", __base__=OverrideSettings, __module__=__name__,
                              CLIP_stop_at_last_layers=(int | None, clip_skip_field(model, None)))
@@ -293,17 +310,27 @@ def example_image(side: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def submit(submission: Submission, fields: dict[str, str]) -> None:
+async def submit(submission: Submission, fields: dict[str, str],
+                 options: dict[str, str] = field_names.A1111) -> None:
     """Submit, naming the request field of the runtime's refusals by their first words (`fields`: first words
     -> field): size refusals name the side first ("height 33 is not a multiple of 8: use 32 or 40"), and a
-    client (the playground) shows an error beside its field."""
+    client (the playground) shows an error beside its field. The CLI options they name become the route's
+    fields (`options`, see field_names)."""
     try:
         await submission.submit()
     except ApiError as error:
         if error.code == "invalid_request" and error.field is None:
             error.field = next((field for start, field in fields.items()
                                 if error.message.startswith(start + " ")), None)
-        raise
+        raise field_names.in_fields(error, options) from None
+
+
+def checked(build: Any, options: dict[str, str]) -> Any:
+    """`build()`, its runtime refusals (a GenerationRequest that refuses its fields) as one 422 line."""
+    try:
+        return build()
+    except UserError as exc:
+        raise field_names.in_fields(invalid(str(exc)), options) from None
 
 
 def router(state: ServerState) -> APIRouter:
@@ -311,13 +338,20 @@ def router(state: ServerState) -> APIRouter:
     txt2img_body, img2img_body = request_models(state.settings.limits, state.model)
 
     async def generate(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
-        requests, sampler, schedule = to_requests(body, state)
+        # Tokenising, decoding the images and encoding the PNGs take a thread: on the event loop they would
+        # stop every other request, /healthz included, while they run.
+        requests, sampler, schedule = await anyio.to_thread.run_sync(
+            checked, lambda: to_requests(body, state), field_names.A1111)
         ignored = ignored_fields(body, sampler)
         if ignored:
             out.headers[IGNORED_HEADER] = ignored_header(ignored)
         submission = Submission(state, requests)
         await submit(submission, {"width": "width", "height": "height"})
-        return response(body, await submission.results(http), sampler, schedule, ignored)
+        try:
+            results = await submission.results(http)
+        except ApiError as error:
+            raise field_names.in_fields(error, field_names.A1111) from None
+        return await anyio.to_thread.run_sync(response, body, results, sampler, schedule, ignored)
 
     async def txt2img(body: Txt2ImgRequest, http: Request, out: Response) -> dict[str, Any]:
         """Text to image, as AUTOMATIC1111's API."""

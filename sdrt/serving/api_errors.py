@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Machine-readable kind: invalid_request, limit_exceeded, queue_full, "
-                                  "unauthorized, not_found, method_not_allowed, draining, timeout, engine_error, "
-                                  "cancelled, internal_error.")
+                                  "unauthorized, not_found, method_not_allowed, too_large, draining, timeout, "
+                                  "engine_error, cancelled, internal_error; outside the app: bad_request (malformed "
+                                  "HTTP), overloaded (too many connections).")
     message: str = Field(description="One line naming the problem and the fix.")
     field: str | None = Field(default=None, description="The request field at fault, e.g. steps or "
                                                         "init_images.0; null when the error concerns no field.")
@@ -36,7 +37,7 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = one_line(message)
-        self.field = field
+        self.field = None if field is None else printable(field)
         self.allowed = allowed
         self.headers = headers or {}
 
@@ -50,6 +51,7 @@ class ApiError(Exception):
 
 WHEN = {
     401: "No or a wrong `Authorization: Bearer KEY` (only on a server started with --api-key-file).",
+    413: "The request body is larger than the server's --max-body-bytes (code too_large, with `allowed`).",
     422: "A field of the wrong type or range, a limit exceeded (code limit_exceeded, with `allowed`), an image "
          "that cannot be read, or a setting the bundle cannot run.",
     429: "The server's queue is full: retry after `Retry-After` seconds.",
@@ -72,8 +74,31 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def one_line(text: str) -> str:
     """Messages go to clients as one line, whatever an exception's text holds."""
-    return " ".join(str(text).split()) or "error"
+    return printable(" ".join(str(text).split())) or "error"
+
+
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (JSON allows "\\ud800", Python keeps it) written as the
+    escape \\ud800, so an error body naming a client's text can always be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def invalid(message: str, field: str | None = None) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
+
+
+async def send_error(send: Any, error: ApiError) -> None:
+    """Answer with the error body straight through ASGI's `send`: for middleware, which answers before (or
+    instead of) the app."""
+    import json
+
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def internal_error(exc: BaseException) -> ApiError:
+    return ApiError(500, "internal_error", f"the server failed on this request ({type(exc).__name__}: "
+                                           f"{one_line(str(exc))})")

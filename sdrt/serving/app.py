@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from . import a1111, openai_api
-from .api_errors import ApiError, error_responses, invalid, one_line
+from .api_errors import ApiError, error_responses, internal_error, invalid, printable
 from .auth import BearerAuth
+from .body_guard import BodyGuard
+from .internal_errors import InternalErrors
 from .metrics import RequestMetrics, ServeMetrics
 from .model_info import ServedModel
 from .runner import ServerState
@@ -64,8 +66,10 @@ def create_app(engine: Any, settings: ServeSettings, model: ServedModel,
     routers.append(_open_router())
     app.include_router(routers[-1])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(InternalErrors)  # innermost: a bug is an ordinary 500 that auth and metrics see
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
+    app.add_middleware(BodyGuard, limit=state.max_body_bytes)
     paths = {route.path for source in (app, *routers) for route in source.routes if hasattr(route, "path")}
     app.add_middleware(RequestMetrics, metrics=metrics, routes=paths)  # outermost: counts 401s too
     return app
@@ -124,10 +128,17 @@ def _validation_message(error: dict) -> tuple[str, str | None]:
         return f"the request body is not valid JSON ({error.get('ctx', {}).get('error', 'syntax error')})", None
     if kind == "missing":
         return (f"{field} is required" if field else "the request body is required (JSON)"), field
-    if kind == "model_attributes_type" or (field is None and kind.endswith("_type")):
-        return "the request body must be a JSON object, sent with Content-Type: application/json", field
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if kind == "string_unicode":  # a JSON key that is not Unicode text (a lone surrogate): an unknown field's name
+        name = printable(str(error.get("input")))
+        path = f"{field}.{name}" if field else name
+        return (f"the field name {path} is not valid Unicode text (it holds a lone surrogate): send field names "
+                "as UTF-8 text"), path
+    if field is None and (kind == "model_attributes_type" or kind.endswith("_type")):
+        return "the request body must be a JSON object, sent with Content-Type: application/json", field
+    if kind == "model_attributes_type":
+        return f"{field} must be a JSON object, got {shown}", field
     message = error.get("msg", "is invalid")
     return (f"{field}: {message[0].lower() + message[1:]}, got {shown}" if field else message), field
 
@@ -159,6 +170,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """The last resort, for a failure outside the routes (middleware); InternalErrors catches the rest."""
         log.exception("unexpected error on %s", request.url.path)
-        return _error_response(ApiError(500, "internal_error", f"the server failed on this request "
-                                                               f"({type(exc).__name__}: {one_line(str(exc))})"))
+        return _error_response(internal_error(exc))

@@ -21,7 +21,7 @@ OPEN_PREFIXES = ("/static/",)  # the playground's scripts and styles
 def read_api_keys(path: Path) -> tuple[str, ...]:
     """The keys of a key file: one per line, blank lines and lines starting with # skipped."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not the key's
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise UserError(f"cannot read --api-key-file {path} ({reason}): give a readable UTF-8 text file "
@@ -32,6 +32,11 @@ def read_api_keys(path: Path) -> tuple[str, ...]:
     for key in keys:
         if any(c.isspace() for c in key):
             raise UserError(f"--api-key-file {path} has a key with spaces inside: put one key per line")
+        if not (key.isascii() and key.isprintable()):
+            # An HTTP header carries bytes that servers read as latin-1, clients send UTF-8 or refuse: such a
+            # key could never match. Refused at start rather than never matching.
+            raise UserError(f"--api-key-file {path} has a key with a character outside printable ASCII, which "
+                            "an Authorization header cannot carry: use letters, digits and punctuation")
     return keys
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .api_errors import ApiError
+from ..errors import UserError
+from ..runtime.request import check_text as runtime_check_text
+from .api_errors import ApiError, invalid
 from .settings import Limits
 
 SchemaHook = Callable[[dict[str, Any]], None]
@@ -38,7 +40,24 @@ def check_pixels(limits: Limits, field: str, width: int, height: int) -> None:
                              f"{limits.max_pixels:,} per image: choose a smaller size", 1, limits.max_pixels)
 
 
+def check_text(limits: Limits, field: str, text: str | None) -> None:
+    """A prompt's length in characters and its Unicode, before anything reads it: tokenising costs time and
+    memory per character, and a lone surrogate (which JSON's \\ud800 escape can send) makes the tokenizer
+    fail."""
+    if not text:
+        return
+    if len(text) > limits.max_prompt_chars:
+        raise _refuse(field, f"{field} is {len(text):,} characters, more than this server's "
+                             f"{limits.max_prompt_chars:,}: shorten it", 0, limits.max_prompt_chars)
+    try:
+        runtime_check_text(field, text)
+    except UserError as exc:
+        raise invalid(str(exc), field) from None
+
+
 def check_tokens(limits: Limits, count_tokens: Callable[[str], int], field: str, text: str | None) -> None:
+    """The text's checks above, then its CLIP tokens."""
+    check_text(limits, field, text)
     if not text:
         return
     tokens = count_tokens(text)

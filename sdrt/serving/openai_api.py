@@ -14,6 +14,7 @@ import re
 import time
 from typing import Annotated, Any, AsyncIterator, Literal
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -22,7 +23,8 @@ from ..runtime.outpaint import FILLS
 from ..runtime.pipeline import GenerationResult
 from ..runtime.request import GenerationRequest
 from ..runtime.seeds import MAX_SEED, resolve_seed
-from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, check_seeds, ignored_header, submit
+from . import field_names
+from .a1111 import GENERATION_ERRORS, IGNORED_HEADER, OK_HEADERS, check_seeds, checked, ignored_header, submit
 from .api_errors import ApiError, invalid
 from .features import CLIP_SKIP_HELP, OUTPAINT_REFUSALS, check_clip_skip, check_outpaint, clip_skip_field
 from .image_codec import decode_image, png_base64
@@ -112,9 +114,14 @@ class LimitsInfo(BaseModel):
     max_images: int
     max_pixels: int
     max_prompt_tokens: int
+    max_prompt_chars: int
     max_input_pixels: int
     max_controls: int
     request_timeout: float
+    max_body_bytes: int = Field(description="Largest request body; past it 413.")
+    header_timeout: float = Field(description="Seconds a client has to send a request's headers; then 408.")
+    body_timeout: float = Field(description="Seconds a client has to send a request's body; then 408.")
+    max_connections: int = Field(description="Open connections; past it a new one gets 503.")
 
 
 class ModelCard(BaseModel):
@@ -142,7 +149,8 @@ class ModelList(BaseModel):
 
 def request_model(limits: Limits, model: ServedModel) -> type[ImageGenerationRequest]:
     """This server's request model: its limits and its bundle's sizes shown in /openapi.json."""
-    tokens = f"At most {limits.max_prompt_tokens} CLIP tokens on this server."
+    tokens = (f"At most {limits.max_prompt_chars} characters and {limits.max_prompt_tokens} CLIP tokens on this "
+              "server.")
     size = (f'"WIDTHxHEIGHT", e.g. "{model.default_size[1]}x{model.default_size[0]}"; null or "auto": the '
             f"bundle's default size. Each side {model.min_size}..{model.max_size}, a multiple of "
             f"{model.size_multiple}; width * height at most {limits.max_pixels} pixels on this server.")
@@ -217,11 +225,12 @@ async def stream_events(submission: Submission, http: Request) -> AsyncIterator[
     try:
         async for event in submission.events(http):
             if isinstance(event, DoneEvent):
-                yield sse("done", images_response(event.result))
+                yield sse("done", await anyio.to_thread.run_sync(images_response, event.result))
             else:
                 yield sse("progress", {"step": event.step, "total": event.total, "images": event.images})
     except ApiError as error:
         if error.status != 499:  # nobody is listening to a vanished client
+            field_names.in_fields(error, field_names.OPENAI)
             yield sse("error", {**error.body(), "status": error.status})
     finally:
         submission.cancel()
@@ -233,17 +242,21 @@ def router(state: ServerState) -> APIRouter:
 
     async def generations(body: ImageGenerationRequest, http: Request, out: Response) -> Any:
         """Generate images (OpenAI's Images API), optionally streaming progress as Server-Sent Events."""
-        request = to_request(body, state)
+        # Tokenising, decoding the images and encoding the PNGs take a thread (see a1111.router).
+        request = await anyio.to_thread.run_sync(checked, lambda: to_request(body, state), field_names.OPENAI)
         ignored = sorted(body.model_extra or ())
         headers = {IGNORED_HEADER: ignored_header(ignored)} if ignored else {}
         submission = Submission(state, [request])
-        await submit(submission, {"width": "size", "height": "size", **OUTPAINT_REFUSALS})
+        await submit(submission, {"width": "size", "height": "size", **OUTPAINT_REFUSALS}, field_names.OPENAI)
         if body.stream:
             return StreamingResponse(stream_events(submission, http), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         out.headers.update(headers)
-        results = await submission.results(http)
-        return images_response(results[0])
+        try:
+            results = await submission.results(http)
+        except ApiError as error:
+            raise field_names.in_fields(error, field_names.OPENAI) from None
+        return await anyio.to_thread.run_sync(images_response, results[0])
 
     generations.__annotations__["body"] = body_model  # this server's model (the annotation names the base class)
     api.post("/v1/images/generations", response_model=ImagesResponse, responses={
@@ -261,7 +274,10 @@ def router(state: ServerState) -> APIRouter:
             "min_size": model.min_size, "max_size": model.max_size, "size_multiple": model.size_multiple,
             "default_size": {"width": model.default_size[1], "height": model.default_size[0]},
             "samplers": sampler_descriptions(), "schedules": schedules(),
-            "limits": {**limits.__dict__, "request_timeout": state.settings.request_timeout},
+            "limits": {**limits.__dict__, "request_timeout": state.settings.request_timeout,
+                       "max_body_bytes": state.max_body_bytes, "header_timeout": state.settings.header_timeout,
+                       "body_timeout": state.settings.body_timeout,
+                       "max_connections": state.settings.max_connections},
             **model.compute(),
         }
         return {"object": "list", "data": [card]}

@@ -9,6 +9,7 @@ between calls the handler checks the client and the deadline.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
@@ -25,9 +26,10 @@ from .api_errors import ApiError, one_line
 from .jobs import DoneEvent, EngineStopping, FailedEvent, Job, QueueFull, StepEvent
 from .metrics import ServeMetrics
 from .model_info import ServedModel
-from .settings import ServeSettings
+from .settings import ServeSettings, body_limit
 
-POLL_SECONDS = 0.1  # how often a waiting handler looks at its client and its deadline
+POLL_SECONDS = 0.1  # how often a waiting handler looks at its client and its deadline (and after every event)
+RETRY_HINT = re.compile(r":?\s*retry after \d+ s$")
 log = logging.getLogger("sdrt.serve")
 
 
@@ -49,6 +51,11 @@ class ServerState:
     @property
     def ready(self) -> bool:
         return bool(self.engine.ready) and not self.draining
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The request body limit: --max-body-bytes, or sized from the bundle's largest images."""
+        return body_limit(self.settings, self.model.max_size)
 
 
 def draining_error() -> ApiError:
@@ -81,7 +88,8 @@ class Submission:
             return self.state.engine.submit(request, timeout=self.state.settings.request_timeout)
         except QueueFull as exc:
             retry = max(1, int(getattr(exc, "retry_after", 0) or self.state.settings.retry_after))
-            raise ApiError(429, "queue_full", f"the server's queue is full ({exc}): retry after {retry} s",
+            reason = RETRY_HINT.sub("", str(exc))  # the engine's own hint: said once, below
+            raise ApiError(429, "queue_full", f"the server's queue is full: {reason}; retry after {retry} s",
                            headers={"Retry-After": str(retry)}) from None
         except EngineStopping:
             raise draining_error() from None
@@ -100,8 +108,11 @@ class Submission:
             for job in self.jobs:
                 while True:
                     event = await anyio.to_thread.run_sync(job.next_event, POLL_SECONDS)
-                    if event is None:
+                    if event is None or isinstance(event, StepEvent):
+                        # After every step too: a job whose steps come faster than the poll would otherwise
+                        # run to its end for a client that has gone.
                         await self._check_client_and_clock(http)
+                    if event is None:
                         continue
                     if isinstance(event, FailedEvent):
                         raise failure(event, self.state.settings.request_timeout)
