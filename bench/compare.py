@@ -165,9 +165,10 @@ def int8_problem(bundle: Path, quantize: bool) -> str | None:
 
 
 def transformers4_copy(model: Path) -> Path:
-    """The same model laid out for optimum's venv (transformers 4.57) and optimum-intel's (transformers 5.5; the
-    text encoder part holds there too, measured), which read the newer transformers' files wrongly: it needs the text encoder's weight names with their `text_model.` prefix (else it silently
-    initialises random weights) and `CLIPTokenizer`'s vocab.json + merges.txt (transformers 5 writes only
+    """The same model laid out for optimum's venv (transformers 4.57) and optimum-intel's (transformers 5.5: the
+    text encoder part holds there too, seen as random MISSING weights), which read the newer transformers' files
+    wrongly: they need the text encoder's weight names with their `text_model.` prefix (else they silently
+    initialise random weights) and `CLIPTokenizer`'s vocab.json + merges.txt (transformers 5 writes only
     tokenizer.json). Same weights, same BPE vocabulary and merges; the rest is linked, not copied."""
     out = model.with_name(model.name + "-transformers4")
     if (out / "model_index.json").is_file():
@@ -202,18 +203,27 @@ def unet_params(model: Path) -> int:
 
 
 class Worker:
-    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None) -> None:
+    """One framework's process. Its stderr goes to a log file (LOGS/FRAMEWORK.log), not a pipe: exporters and NNCF
+    write enough progress to fill a pipe's 64 KiB, which would block the worker while the driver waits on stdout."""
+
+    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None,
+                 logs: Path | None = None) -> None:
         self.framework = framework
-        self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+        logs = logs or Path(tempfile.mkdtemp(prefix="sdrt-compare-logs-"))
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / f"{framework}.log"
+        with open(self.log, "w") as stderr:
+            self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                         env={**os.environ, **(env or {})})
         self.info = self._read()
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read().strip().splitlines()
-            raise RuntimeError(f"{self.framework} worker died: {' | '.join(err[-5:])}")
+            self.proc.wait(timeout=60)
+            err = [e for e in self.log.read_text(errors="replace").strip().splitlines() if e.strip()]
+            raise RuntimeError(f"{self.framework} worker died (log {self.log}): {' | '.join(err[-5:])}")
         return json.loads(line)
 
     def ask(self, command: dict) -> dict:
@@ -240,6 +250,7 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
     passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
     # bf16 gate records (and OpenVINO's blobs with SDRT_OPENVINO_CACHE=on) go to the workdir, not the user's cache
     workers, failures = [], {}
+    logs = workdir / "logs" / f"{name}-{threads}t"
     int8_why = int8_problem(bundle, args.quantize) if set(INT8_FRAMEWORKS) & args.frameworks else None
     for framework in SDRT_FRAMEWORKS:
         if framework in args.frameworks:
@@ -248,18 +259,18 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
                 continue
             try:
                 workers.append(Worker(framework, sys.executable, [*common, "--bundle", str(bundle)],
-                                      {"SDRT_CACHE_DIR": str(workdir / "sdrt-cache")}))
+                                      {"SDRT_CACHE_DIR": str(workdir / "sdrt-cache")}, logs))
             except RuntimeError as exc:  # e.g. OpenVINO not installed, or bf16 refused by its gate
                 if framework == "sdrt":
                     raise
                 failures[framework] = str(exc)
     if "diffusers" in args.frameworks:
-        workers.append(Worker("diffusers", sys.executable, common, passive))
+        workers.append(Worker("diffusers", sys.executable, common, passive, logs))
     if "optimum" in args.frameworks and not args.no_optimum:
         try:
             legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
             workers.append(Worker("optimum", str(args.optimum_python),
-                                  [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-optimum")], passive))
+                                  [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-optimum")], passive, logs))
         except (RuntimeError, OSError) as exc:
             failures["optimum"] = str(exc)
     for framework in OPTIMUM_INTEL:
@@ -267,7 +278,8 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
             try:  # its venv's transformers (5.5) wants the text encoder's `text_model.` prefix too
                 legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
                 workers.append(Worker(framework, str(args.optimum_intel_python),
-                                      [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-{framework}")]))
+                                      [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-{framework}")],
+                                      logs=logs))
             except (RuntimeError, OSError) as exc:
                 failures[framework] = str(exc)
     noise = np.random.default_rng(0).standard_normal((1, 4, height // 8, width // 8)).astype(np.float32)
@@ -393,7 +405,7 @@ def table(result: dict) -> str:
                          f"{r['unet_weight_types']}")
     lines.append(f"images: exact frameworks within 1/255 of sdrt: "
                  f"{'yes' if result['exact_images_within_1_255'] else 'NO'}"
-                 + "".join(f"; {fw}: {d}/255 (not exact, reported, not judged)"
+                 + "".join(f"; {fw}: {d}/255 (not exact: its yardstick and gate above)"
                            for fw, d in result["inexact_max_abs_diff"].items()))
     lines.append(f"sdrt host overhead per step (step clock): "
                  f"{result['sdrt_host_overhead_per_step_median_s'] * 1e6:.0f} us median")

@@ -308,22 +308,30 @@ def main() -> None:
     parser.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), required=True)
     args = parser.parse_args()
 
+    # The protocol gets its own copy of stdout; fd 1 then points at stderr, so whatever a framework prints (NNCF's
+    # progress during optimum-intel's int8 export did, breaking the driver's JSON) cannot interleave with replies.
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply_with(message: dict) -> None:
+        protocol.write(json.dumps(message) + "\n")
+        protocol.flush()
+
     start = time.perf_counter()
     runner = {**dict.fromkeys(SDRT_VARIANTS, sdrt_runner), "diffusers": diffusers_runner,
               "optimum": optimum_runner, **dict.fromkeys(OPTIMUM_INTEL_BITS, optimum_intel_runner)}[args.framework]
     run, run_split, info = runner(args)
-    reply = {"ready": True, "load_s": time.perf_counter() - start, **info}
-    print(json.dumps(reply), flush=True)
+    reply_with({"ready": True, "load_s": time.perf_counter() - start, **info})
     for line in sys.stdin:
         command = json.loads(line)
         noise = np.load(command["noise"])
         if command.get("split"):
-            print(json.dumps({"steps": run_split(noise) if run_split else None}), flush=True)
+            reply_with({"steps": run_split(noise) if run_split else None})
             continue
         seconds, unet, calls, image = run(noise)
         np.save(command["image"], image)
-        print(json.dumps({"seconds": seconds, "unet_s": unet, "unet_calls": calls,
-                          "peak_rss_bytes": peak_rss_bytes()}), flush=True)
+        reply_with({"seconds": seconds, "unet_s": unet, "unet_calls": calls, "peak_rss_bytes": peak_rss_bytes()})
 
 
 if __name__ == "__main__":
