@@ -410,7 +410,7 @@ def table(result: dict) -> str:
     lines.append(f"sdrt host overhead per step (step clock): "
                  f"{result['sdrt_host_overhead_per_step_median_s'] * 1e6:.0f} us median")
     for framework, why in result["failures"].items():
-        lines.append(f"{framework}: FAILED: {why}")
+        lines.append(f"{framework}: {why}" if why.startswith("skipped:") else f"{framework}: FAILED: {why}")
     return "\n".join(lines)
 
 

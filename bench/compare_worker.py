@@ -121,7 +121,7 @@ def sdrt_runner(args):
     # check settles auto's race (at this size and batch) before the first timed run
     pipe.check(GenerationRequest(PROMPT, steps=args.steps, sampler="euler", cfg=CFG, width=width, height=height))
     spin = "off" if args.no_spin else "on"
-    info = {"backend_choice": pipe.backend_choice, "precision": pipe.precision,
+    info = {"backend_choice": pipe.backend_choice, "precision": getattr(pipe, "precision", pipe.bundle.precision),
             "backend": pipe.bundle.settings.backend}
     if pipe.bundle.settings.backend == "openvino":
         import openvino

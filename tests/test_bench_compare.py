@@ -53,7 +53,8 @@ def test_table_has_the_yardstick_and_ratio_columns() -> None:
                   "optimum-intel": {**row, "median_s": 3.0, "precision": "bf16",
                                     "quality_vs_sdrt_exact": compare.yardstick(image, image + np.uint8(20))}}
     result = {"model": "tiny", "unet_params_m": 1.0, "size": "16x16", "steps": 2, "threads": 1, "runs": 1,
-              "load_average_per_round": [[0.5], [0.6]], "frameworks": frameworks, "failures": {},
+              "load_average_per_round": [[0.5], [0.6]], "frameworks": frameworks,
+              "failures": {"sdrt-int8": "skipped: no int8 UNet", "sdrt-bf16": "sdrt-bf16 worker died"},
               "exact_images_within_1_255": True, "inexact_max_abs_diff": {"optimum-intel": 20},
               "sdrt_host_overhead_per_step_median_s": 1e-4,
               **compare.ratios({fw: r["median_s"] for fw, r in frameworks.items()})}
@@ -66,6 +67,7 @@ def test_table_has_the_yardstick_and_ratio_columns() -> None:
     intel_row = lines[3].split()
     assert intel_row[0] == "optimum-intel" and "22.1" in intel_row and "FAIL" in intel_row
     assert intel_row[-1] == "bf16" and "3.00x" in intel_row  # sdrt's speedup over it
+    assert lines[-2:] == ["sdrt-int8: skipped: no int8 UNet", "sdrt-bf16: FAILED: sdrt-bf16 worker died"]
 
 
 def _bundle(tmp_path: Path, components: dict) -> Path:
