@@ -1,8 +1,10 @@
-"""sdrt (ONNX Runtime CPU, and OpenVINO f32 / bf16) vs diffusers' PyTorch pipeline vs optimum's
-ORTStableDiffusionPipeline on the same weights, settings and initial noise, run alternately in one session;
-prints latency ratios, image differences and each worker's peak RSS.
+"""sdrt (ONNX Runtime CPU, OpenVINO f32 / bf16, int8, auto) vs diffusers' PyTorch pipeline vs optimum's
+ORTStableDiffusionPipeline vs optimum-intel's OVStableDiffusionPipeline on the same weights, settings and initial
+noise, run alternately in one session; prints latency ratios, each image's yardstick figures against sdrt exact
+(sdrt.quality: PSNR, max / mean difference, SSIM, the gate's verdict) and each worker's peak RSS.
 
     python bench/compare.py --optimum-python VENV/bin/python | --no-optimum
+                            [--optimum-intel-python OVVENV/bin/python] [--quantize]
                             [--models tiny,mid,mid512] [--runs 5] [--warmup 1] [--threads 1,2] [--no-spin]
                             [--frameworks sdrt,sdrt-openvino,sdrt-openvino-bf16,diffusers,optimum]
                             [--steps N] [--workdir DIR] [--json bench/results/compare_DATE.json]
@@ -20,7 +22,16 @@ Settings: Euler (diffusers' EulerDiscreteScheduler from the model's scheduler co
 CFG 7.5, batch 1, the same prompt and the same initial noise for every framework; one comparison per
 --threads value. sdrt uses its bundle (`sdrt export`, fp32): "sdrt" runs it on ONNX Runtime,
 "sdrt-openvino" on OpenVINO f32 and "sdrt-openvino-bf16" on OpenVINO bf16 (not exact: its image difference
-is reported, not held to 1/255). optimum exports the diffusers folder itself with its own exporter
+is reported, not held to 1/255). The variants run the way the CLI would (Pipeline.load): "sdrt-exact" is
+`--exact` under the default auto backend, "sdrt-bf16" `--backend openvino --precision bf16` (behind its quality
+gate), "sdrt-int8" / "sdrt-int8-openvino" `--precision int8` on ort-cpu / openvino (the bundle's int8 UNet from
+`sdrt quantize BUNDLE --int8`, which --quantize runs when the bundle has none; without one the variant is
+skipped with the reason), "sdrt-auto" the CLI's default (`--backend auto`: bf16 where the CPU has it natively
+and the gate passes); each records what ran (backend_choice, precision). optimum-intel exports the diffusers
+folder with its own exporter (`export=True`, its defaults; optimum-intel-int8 with 8-bit weights, i.e.
+`optimum-cli export openvino --weight-format int8`) once into the workdir, in its own venv
+(--optimum-intel-python), and runs at OpenVINO's default inference precision (bf16 on a CPU with native
+bf16: recorded from its compiled models). optimum exports the diffusers folder itself with its own exporter
 (optimum-onnx) on first use, in its own venv (--optimum-python). Every framework runs in its own worker
 process (bench/compare_worker.py); the order rotates each round, with a pause of SETTLE_S before each call so
 the previous worker's idle threads have gone to sleep (ONNX Runtime's spin ~30 ms after a run by default,
@@ -53,9 +64,14 @@ SIZES = {"tiny": (256, 256), "mid": (128, 128), "mid512": (512, 512)}
 STEPS = {"tiny": 20, "mid": 20, "mid512": 4}  # default --steps per model: 512x512 on the mid model costs ~10 s a step
 SETTLE_S = 0.3  # seconds between two workers' calls (see the module docstring)
 SOURCE = {"tiny": "tiny", "mid": "mid", "mid512": "mid"}  # the diffusers model each case runs
-SDRT_FRAMEWORKS = ("sdrt", "sdrt-openvino", "sdrt-openvino-bf16")  # sdrt is ONNX Runtime; see compare_worker
-FRAMEWORKS = (*SDRT_FRAMEWORKS, "diffusers", "optimum")
-INEXACT = {"sdrt-openvino-bf16"}  # its image difference is reported, not held to 1/255
+SDRT_FRAMEWORKS = ("sdrt", "sdrt-openvino", "sdrt-openvino-bf16", "sdrt-exact", "sdrt-bf16", "sdrt-int8",
+                   "sdrt-int8-openvino", "sdrt-auto")  # sdrt is ONNX Runtime fp32; see compare_worker.SDRT_VARIANTS
+INT8_FRAMEWORKS = ("sdrt-int8", "sdrt-int8-openvino")  # need the bundle's int8 UNet (sdrt quantize --int8)
+OPTIMUM_INTEL = ("optimum-intel", "optimum-intel-int8")
+FRAMEWORKS = (*SDRT_FRAMEWORKS, "diffusers", "optimum", *OPTIMUM_INTEL)
+DEFAULT_FRAMEWORKS = ("sdrt", "sdrt-openvino", "sdrt-openvino-bf16", "diffusers", "optimum")
+EXACT = {"sdrt", "sdrt-openvino", "sdrt-exact", "diffusers", "optimum"}  # held to 1/255 of sdrt; the others are
+# reported with their yardstick figures and the gate's verdict (sdrt-auto counts as exact when it ran fp32)
 MAX_SIZE = {"mid512": 512}  # export size range widened to cover the case (the mid model's own range ends at 256)
 
 
@@ -125,10 +141,34 @@ def prepare(name: str, workdir: Path) -> tuple[Path, Path, dict]:
     return model, bundle, facts
 
 
+def int8_problem(bundle: Path, quantize: bool) -> str | None:
+    """Why the int8 variants cannot run on this bundle (None: they can), running `sdrt quantize BUNDLE --int8`
+    first when asked to (--quantize) and this checkout has it."""
+    import importlib.util
+
+    def has_int8() -> bool:
+        components = json.loads((bundle / "manifest.json").read_text()).get("components", {})
+        return "unet" in components.get("int8", {})
+
+    if has_int8():
+        return None
+    if importlib.util.find_spec("sdrt.commands.quantize") is None:
+        return "skipped: this sdrt has no `sdrt quantize` (int8 UNets), and the bundle has no int8 UNet"
+    if not quantize:
+        return f"skipped: bundle {bundle} has no int8 UNet: pass --quantize, or run sdrt quantize {bundle} --int8"
+    print(f"  sdrt quantize {bundle} --int8 ...", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, "-m", "sdrt.cli", "quantize", str(bundle), "--int8"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    if done.returncode != 0 or not has_int8():
+        return f"sdrt quantize {bundle} --int8 failed: {(done.stderr.strip().splitlines() or ['(no message)'])[-1]}"
+    return None
+
+
 def transformers4_copy(model: Path) -> Path:
-    """The same model laid out for optimum's venv (transformers 4.57), which reads transformers 5's files
-    wrongly: it needs the text encoder's weight names with their `text_model.` prefix (else it silently
-    initialises random weights) and `CLIPTokenizer`'s vocab.json + merges.txt (transformers 5 writes only
+    """The same model laid out for optimum's venv (transformers 4.57) and optimum-intel's (transformers 5.5: the
+    text encoder part holds there too, seen as random MISSING weights), which read the newer transformers' files
+    wrongly: they need the text encoder's weight names with their `text_model.` prefix (else they silently
+    initialise random weights) and `CLIPTokenizer`'s vocab.json + merges.txt (transformers 5 writes only
     tokenizer.json). Same weights, same BPE vocabulary and merges; the rest is linked, not copied."""
     out = model.with_name(model.name + "-transformers4")
     if (out / "model_index.json").is_file():
@@ -163,18 +203,27 @@ def unet_params(model: Path) -> int:
 
 
 class Worker:
-    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None) -> None:
+    """One framework's process. Its stderr goes to a log file (LOGS/FRAMEWORK.log), not a pipe: exporters and NNCF
+    write enough progress to fill a pipe's 64 KiB, which would block the worker while the driver waits on stdout."""
+
+    def __init__(self, framework: str, python: str, args: list[str], env: dict | None = None,
+                 logs: Path | None = None) -> None:
         self.framework = framework
-        self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+        logs = logs or Path(tempfile.mkdtemp(prefix="sdrt-compare-logs-"))
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / f"{framework}.log"
+        with open(self.log, "w") as stderr:
+            self.proc = subprocess.Popen([python, str(WORKER), framework, *args], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                         env={**os.environ, **(env or {})})
         self.info = self._read()
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read().strip().splitlines()
-            raise RuntimeError(f"{self.framework} worker died: {' | '.join(err[-5:])}")
+            self.proc.wait(timeout=60)
+            err = [e for e in self.log.read_text(errors="replace").strip().splitlines() if e.strip()]
+            raise RuntimeError(f"{self.framework} worker died (log {self.log}): {' | '.join(err[-5:])}")
         return json.loads(line)
 
     def ask(self, command: dict) -> dict:
@@ -201,24 +250,38 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
     passive = {"OMP_WAIT_POLICY": "PASSIVE"} if args.no_spin else {}
     # bf16 gate records (and OpenVINO's compiled blobs) go to the workdir, not the user's cache
     workers, failures = [], {}
+    logs = workdir / "logs" / f"{name}-{threads}t"
+    int8_why = int8_problem(bundle, args.quantize) if set(INT8_FRAMEWORKS) & args.frameworks else None
     for framework in SDRT_FRAMEWORKS:
         if framework in args.frameworks:
+            if framework in INT8_FRAMEWORKS and int8_why:
+                failures[framework] = int8_why
+                continue
             try:
                 workers.append(Worker(framework, sys.executable, [*common, "--bundle", str(bundle)],
-                                      {"SDRT_CACHE_DIR": str(workdir / "sdrt-cache")}))
+                                      {"SDRT_CACHE_DIR": str(workdir / "sdrt-cache")}, logs))
             except RuntimeError as exc:  # e.g. OpenVINO not installed, or bf16 refused by its gate
                 if framework == "sdrt":
                     raise
                 failures[framework] = str(exc)
     if "diffusers" in args.frameworks:
-        workers.append(Worker("diffusers", sys.executable, common, passive))
+        workers.append(Worker("diffusers", sys.executable, common, passive, logs))
     if "optimum" in args.frameworks and not args.no_optimum:
         try:
             legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
             workers.append(Worker("optimum", str(args.optimum_python),
-                                  [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-optimum")], passive))
+                                  [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-optimum")], passive, logs))
         except (RuntimeError, OSError) as exc:
             failures["optimum"] = str(exc)
+    for framework in OPTIMUM_INTEL:
+        if framework in args.frameworks:
+            try:  # its venv's transformers (5.5) wants the text encoder's `text_model.` prefix too
+                legacy = ["--model", str(transformers4_copy(model)), *common[2:]]
+                workers.append(Worker(framework, str(args.optimum_intel_python),
+                                      [*legacy, "--optimum-dir", str(workdir / f"{SOURCE[name]}-{framework}")],
+                                      logs=logs))
+            except (RuntimeError, OSError) as exc:
+                failures[framework] = str(exc)
     noise = np.random.default_rng(0).standard_normal((1, 4, height // 8, width // 8)).astype(np.float32)
     noise_path = workdir / f"{name}-noise.npy"
     np.save(noise_path, noise)
@@ -260,23 +323,57 @@ def compare_model(name: str, workdir: Path, args, threads: int) -> dict:
             "unet_median_s": median_unet, "unet_calls": calls[framework],
             "outside_unet_s": median_total - median_unet,
             "max_abs_diff_vs_sdrt": int(np.abs(images[framework].astype(int) - images["sdrt"].astype(int)).max()),
+            "quality_vs_sdrt_exact": yardstick(images["sdrt"], images[framework]),
             "peak_rss_bytes": rss[framework],
             **infos[framework],
         }
-    sdrt_median = result["frameworks"]["sdrt"]["median_s"]
-    result["speedup_vs"] = {fw: r["median_s"] / sdrt_median for fw, r in result["frameworks"].items() if fw != "sdrt"}
-    if "optimum" in result["frameworks"]:
-        optimum = result["frameworks"]["optimum"]["median_s"]
-        result["optimum_over"] = {fw: optimum / r["median_s"] for fw, r in result["frameworks"].items()
-                                  if fw.startswith("sdrt")}
-    exact = {fw: r["max_abs_diff_vs_sdrt"] for fw, r in result["frameworks"].items() if fw not in INEXACT}
+    result.update(ratios({fw: r["median_s"] for fw, r in result["frameworks"].items()}))
+    exact = {fw: r["max_abs_diff_vs_sdrt"] for fw, r in result["frameworks"].items() if is_exact(fw, r)}
     result["exact_images_within_1_255"] = all(d <= 1 for d in exact.values())
     result["inexact_max_abs_diff"] = {fw: r["max_abs_diff_vs_sdrt"] for fw, r in result["frameworks"].items()
-                                      if fw in INEXACT}
+                                      if not is_exact(fw, r)}
     host = sorted(h for _, h in split)
     result["sdrt_host_overhead_per_step_median_s"] = statistics.median(host)
     result["sdrt_step_split"] = split
     return result
+
+
+def is_exact(framework: str, record: dict) -> bool:
+    return framework in EXACT or (framework == "sdrt-auto" and record.get("precision") == "fp32")
+
+
+def yardstick(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """sdrt.quality's figures for one image against sdrt exact's (the same latents) and the gate's verdict
+    (one request: its PSNR is both the median and the worst the gate reads)."""
+    from sdrt.quality.gate import summarise, verdict
+    from sdrt.quality.metrics import compare_images
+
+    comparison = compare_images(reference, candidate)
+    judged = verdict(summarise([comparison]))
+    return {**comparison.as_dict(), "gate_passed": judged.passed, "gate_failures": judged.failures}
+
+
+def ratios(medians: dict[str, float]) -> dict:
+    """The ratio columns, from each framework's median seconds: speedup_vs (theirs / sdrt's: how much faster sdrt
+    ORT is), and per peer P present, P_over[fw] = P's median / fw's (above 1: fw is faster than P). The issue-23
+    targets read off these: optimum-intel_over["sdrt-auto"] >= 1.3 and optimum_over["sdrt-int8"] >= 2.5 at 512 px."""
+    out: dict = {"speedup_vs": {fw: m / medians["sdrt"] for fw, m in medians.items() if fw != "sdrt"}}
+    for peer, key in (("optimum", "optimum_over"), ("optimum-intel", "optimum_intel_over"),
+                      ("diffusers", "diffusers_over")):
+        if peer in medians:
+            out[key] = {fw: medians[peer] / m for fw, m in medians.items() if fw != peer}
+    return out
+
+
+def _ratio(result: dict, key: str, framework: str) -> str:
+    value = result.get(key, {}).get(framework)
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _quality_cells(q: dict) -> str:
+    psnr = "identical" if q["psnr_db"] is None else f"{q['psnr_db']:.1f}"
+    ssim = "-" if q["ssim"] is None else f"{q['ssim']:.4f}"
+    return f"{psnr:>10}{q['max_diff']:>6.0f}{q['mean_diff']:>7.2f}{ssim:>8}{'pass' if q['gate_passed'] else 'FAIL':>6}"
 
 
 def table(result: dict) -> str:
@@ -285,25 +382,35 @@ def table(result: dict) -> str:
              f"{', no spin-waiting' if result.get('no_spin') else ''}, median of {result['runs']} "
              f"runs; load avg {result['load_average_per_round'][0][0]} -> {result['load_average_per_round'][-1][0]}",
              f"{'framework':<20}{'median':>10}{'min':>10}{'UNet':>10}{'UNet/call':>11}{'non-UNet':>10}"
-             f"{'sdrt speedup':>14}{'max|img diff|':>15}{'peak RSS':>12}"]
+             f"{'sdrt speedup':>14}{'vs optimum':>12}{'vs opt-intel':>14}{'vs diffusers':>14}"
+             f"{'PSNR dB':>10}{'max':>6}{'mean':>7}{'SSIM':>8}{'gate':>6}{'peak RSS':>12}  precision"]
     for framework, r in result["frameworks"].items():
         speedup = result["speedup_vs"].get(framework)
         per_call = r["unet_median_s"] / max(r["unet_calls"], 1)
         lines.append(f"{framework:<20}{r['median_s']:>9.3f}s{r['min_s']:>9.3f}s{r['unet_median_s']:>9.3f}s"
                      f"{per_call * 1e3:>8.1f} ms{r['outside_unet_s']:>9.3f}s"
                      f"{'' if speedup is None else f'{speedup:.2f}x':>14}"
-                     f"{r['max_abs_diff_vs_sdrt']:>15}{r['peak_rss_bytes'] / 2**20:>8.0f} MiB")
-    if "optimum_over" in result:
-        lines.append("vs optimum (optimum median / ours): " + ", ".join(
-            f"{fw} {ratio:.2f}x" for fw, ratio in result["optimum_over"].items()))
+                     f"{_ratio(result, 'optimum_over', framework):>12}"
+                     f"{_ratio(result, 'optimum_intel_over', framework):>14}"
+                     f"{_ratio(result, 'diffusers_over', framework):>14}"
+                     f"{_quality_cells(r['quality_vs_sdrt_exact'])}{r['peak_rss_bytes'] / 2**20:>8.0f} MiB"
+                     f"  {r.get('precision', 'fp32' if framework in EXACT else '?')}")
+    lines.append("ratios: vs P = P's median / the row's (above 1: the row is faster); yardstick against sdrt (ORT "
+                 "fp32) on the same latents, gate = sdrt.quality.gate (median >= 30 dB, worst >= 25 dB)")
+    for framework, r in result["frameworks"].items():
+        if "backend_choice" in r and framework != "sdrt":
+            lines.append(f"{framework}: {r['backend_choice']}")
+        if "inference_precision" in r:
+            lines.append(f"{framework}: OpenVINO inference precision {r['inference_precision']}, UNet weights "
+                         f"{r['unet_weight_types']}")
     lines.append(f"images: exact frameworks within 1/255 of sdrt: "
                  f"{'yes' if result['exact_images_within_1_255'] else 'NO'}"
-                 + "".join(f"; {fw}: {d}/255 (not exact, reported, not judged)"
+                 + "".join(f"; {fw}: {d}/255 (not exact: its yardstick and gate above)"
                            for fw, d in result["inexact_max_abs_diff"].items()))
     lines.append(f"sdrt host overhead per step (step clock): "
                  f"{result['sdrt_host_overhead_per_step_median_s'] * 1e6:.0f} us median")
     for framework, why in result["failures"].items():
-        lines.append(f"{framework}: FAILED: {why}")
+        lines.append(f"{framework}: {why}" if why.startswith("skipped:") else f"{framework}: FAILED: {why}")
     return "\n".join(lines)
 
 
@@ -320,6 +427,19 @@ def optimum_python_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def optimum_intel_python_problem(args: argparse.Namespace) -> str | None:
+    """One line naming what is wrong with --optimum-intel-python, or None (also when no optimum-intel is asked)."""
+    if not set(OPTIMUM_INTEL) & args.frameworks:
+        return None
+    if args.optimum_intel_python is None:
+        return ("optimum-intel runs in its own venv: pass --optimum-intel-python PATH/TO/venv/bin/python (a Python "
+                "with optimum-intel[openvino] installed), or leave optimum-intel out of --frameworks")
+    if not (args.optimum_intel_python.is_file() and os.access(args.optimum_intel_python, os.X_OK)):
+        return (f"--optimum-intel-python {args.optimum_intel_python} is not an executable file: pass the python of "
+                "a venv with optimum-intel[openvino] installed")
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,mid")
@@ -327,13 +447,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="default: 20 (tiny, mid), 4 (mid512)")
     parser.add_argument("--threads", default="1,2", help="comma list; one comparison per thread count")
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help=f"comma list of {', '.join(FRAMEWORKS)} (sdrt, the reference, always runs)")
+    parser.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS),
+                        help=f"comma list of {', '.join(FRAMEWORKS)} (sdrt, the reference, always runs; "
+                             f"default {','.join(DEFAULT_FRAMEWORKS)})")
     parser.add_argument("--no-optimum", action="store_true")
     parser.add_argument("--no-spin", action="store_true",
                         help="idle threads sleep in every framework (for a shared, busy CPU)")
     parser.add_argument("--optimum-python", type=Path, default=None, metavar="PYTHON",
                         help="interpreter of a venv with optimum-onnx installed (required unless --no-optimum)")
+    parser.add_argument("--optimum-intel-python", type=Path, default=None, metavar="PYTHON",
+                        help="interpreter of a venv with optimum-intel[openvino] (for optimum-intel, -int8)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="run `sdrt quantize BUNDLE --int8` first where sdrt-int8* is asked for and the bundle "
+                             "has no int8 UNet (it adds the int8 graph to the workdir's bundle)")
     parser.add_argument("--workdir", type=Path, default=None, help="keeps models, bundles and exports for reruns")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -344,7 +470,7 @@ def main() -> None:
         print(f"error: unknown --frameworks {sorted(unknown)} or --models: choose from {', '.join(FRAMEWORKS)} "
               f"and {', '.join(SIZES)}", file=sys.stderr)
         sys.exit(2)
-    problem = optimum_python_problem(args)
+    problem = optimum_python_problem(args) or optimum_intel_python_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
