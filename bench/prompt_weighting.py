@@ -47,7 +47,7 @@ def main() -> None:
     from sdrt.runtime import Pipeline
 
     if args.bundle is None:
-        from sdrt.tinymodel.demo import bundle_for_builtin
+        from sdrt.tools.demo import bundle_for_builtin
 
         args.bundle = bundle_for_builtin(say=lambda m: print(m, file=sys.stderr))
     pipe = Pipeline.load(str(args.bundle))

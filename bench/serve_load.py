@@ -258,7 +258,7 @@ def measured_run(server: Server, clients: int, requests: int, body: Callable[[in
 
 def model_bundle(name: str, workdir: Path) -> Path:
     if name == "tiny":
-        from sdrt.tinymodel.demo import bundle_for_builtin
+        from sdrt.tools.demo import bundle_for_builtin
 
         return bundle_for_builtin(say=lambda m: print(m, file=sys.stderr))
     if name == "mid":

@@ -15,7 +15,7 @@ import cli_helpers
 from sdrt.errors import UserError
 from sdrt.manifest import ModelInfo
 from sdrt.runtime import GenerationRequest, Pipeline
-from sdrt.tools import cell_score
+from sdrt.tinymodel import cell_score
 from sdrt.tools.grid import make_grid
 from sdrt.tools.grid_axes import parse_axis
 from sdrt.tools.grid_layout import MIN_FONT, layout

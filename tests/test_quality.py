@@ -185,7 +185,8 @@ def tiny_sd1(tiny_bundle):
 
 
 def test_default_requests_on_an_ordinary_model(pipelines):
-    from sdrt.quality.runner import GENERAL_PROMPTS, default_requests
+    from sdrt.quality.runner import GENERAL_PROMPTS
+    from sdrt.runtime.gate_requests import default_requests
 
     pipe = pipelines("sd1")
     requests = default_requests(pipe, seeds=2, steps=3, prompt_count=2)
@@ -196,7 +197,8 @@ def test_default_requests_on_an_ordinary_model(pipelines):
 
 
 def test_a_pipeline_against_itself_is_identical(pipelines):
-    from sdrt.quality.runner import compare_pipelines, default_requests
+    from sdrt.quality.runner import compare_pipelines
+    from sdrt.runtime.gate_requests import default_requests
 
     pipe = pipelines("sd1")
     seen = []
@@ -219,7 +221,8 @@ def test_openvino_f32_is_near_exact_and_bf16_measurably_less(pipelines, tiny_sd1
     """The yardstick ranks the modes as their arithmetic does: OpenVINO f32 within a level or so of ORT
     (measured: worst 84 dB), bf16 (8 mantissa bits) tens of dB further away (measured: median 45.5 dB)."""
     pytest.importorskip("openvino")
-    from sdrt.quality.runner import compare_pipelines, default_requests
+    from sdrt.quality.runner import compare_pipelines
+    from sdrt.runtime.gate_requests import default_requests
     from sdrt.runtime import Pipeline
 
     exact = pipelines("sd1")
@@ -353,7 +356,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_sd1, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def builtin_bundle(tmp_path_factory):
     pytest.importorskip("onnxslim", reason="the export extra is not installed")
-    from sdrt.tinymodel.demo import bundle_for_builtin
+    from sdrt.tools.demo import bundle_for_builtin
 
     return bundle_for_builtin(tmp_path_factory.mktemp("sdrt-cache"))
 
@@ -397,7 +400,7 @@ def _settings() -> dict:
 
 
 def test_report_without_scikit_image_or_adherence_says_so():
-    from sdrt.quality.report import summary_line, table
+    from sdrt.bench.quality_report import summary_line, table
     from sdrt.runtime import GenerationRequest
 
     requests = [GenerationRequest("a cat", seed=0), GenerationRequest("x" * 60, seed=0)]

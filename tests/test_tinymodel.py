@@ -281,7 +281,7 @@ def test_a_cached_bundle_from_an_older_sdrt_is_re_exported(demo_run, tmp_path):
     import json
     import shutil
 
-    from sdrt.tinymodel.demo import bundle_for_builtin
+    from sdrt.tools.demo import bundle_for_builtin
 
     _, cache = demo_run
     old_cache = tmp_path / "cache"

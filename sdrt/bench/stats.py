@@ -87,7 +87,7 @@ class Report:
     peak_rss_bytes: int | None
     peak_vram_bytes: int | None
     peak_vram_source: str  # how VRAM was measured, or why it was not ("n/a (CPU)")
-    quality: dict[str, Any] | None = None  # `--quality`: the yardstick against exact (sdrt.quality.report)
+    quality: dict[str, Any] | None = None  # `--quality`: the yardstick against exact (sdrt.bench.quality_report)
 
 
 def summarize(runs: list[RunRecord], settings: dict[str, Any], batch: int, peak_rss_bytes: int | None,

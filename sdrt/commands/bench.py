@@ -114,10 +114,10 @@ def measure_quality(pipe, bundle: str, request, size: tuple[int, int], threads: 
     """The yardstick of the benchmarked pipeline against exact fp32 on ort-cpu (sdrt.quality), after the timed
     runs so it never disturbs them. A failed gate is reported, not an error: the bench measures."""
     from ..quality.gate import verdict
-    from ..quality.report import mode_name, summary_line, yardstick_json
-    from ..quality.runner import compare_pipelines, default_requests
+    from ..bench.quality_report import REFERENCE_BACKEND, mode_name, summary_line, yardstick_json
+    from ..quality.runner import compare_pipelines
+    from ..runtime.gate_requests import default_requests
     from ..runtime import Pipeline
-    from .quality import REFERENCE_BACKEND
 
     reference = Pipeline.load(bundle, backend=REFERENCE_BACKEND, precision="fp32", threads=threads, spin=spin)
     requests = default_requests(reference, steps=request.steps, size=size,

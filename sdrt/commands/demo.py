@@ -22,7 +22,7 @@ def demo(out: Path, steps: int, sampler: str, images_per_prompt: int, seed: int,
     """Export the built-in tiny model (trained on coloured shapes) and draw a grid of prompts with it."""
     from ..errors import UserError
     from ..export.quiet import quiet_third_party
-    from ..tinymodel.demo import DEMO_PROMPTS, DemoSettings, run_demo
+    from ..tools.demo import DEMO_PROMPTS, DemoSettings, run_demo
 
     if images_per_prompt < 1:
         raise UserError(f"--images must be at least 1, got {images_per_prompt}")

@@ -17,7 +17,6 @@ import click
 from .options import engine_options
 
 EXIT_GATE_FAILED = 1
-REFERENCE_BACKEND = "ort-cpu"  # the exact mode every other mode is measured against
 DIFF_GAIN = 8  # --save's difference images: 32 levels of difference and more show white
 
 
@@ -50,8 +49,9 @@ def quality(bundle: Path, backend: str, engines_dir: Path | None, precision: str
     from ..errors import UserError
     from ..manifest import write_atomic
     from ..quality.gate import verdict
-    from ..quality.report import json_bytes, mode_name, table, to_json
-    from ..quality.runner import compare_pipelines, default_requests
+    from ..bench.quality_report import REFERENCE_BACKEND, json_bytes, mode_name, table, to_json
+    from ..quality.runner import compare_pipelines
+    from ..runtime.gate_requests import default_requests
     from ..runtime import Pipeline
     from ..runtime.cpu_policy import spin_for_this_machine
     from .bench import parse_size

@@ -2,24 +2,23 @@
 
 Both pipelines get identical requests (prompts, seeds, sizes, steps, sampler), so the initial latents and every
 noise draw are the same and only the arithmetic differs. This is the one place that does it: `sdrt quality`,
-the load-time gates (bf16 on OpenVINO) and `sdrt quantize` all call `compare_pipelines`.
+the load-time gates (bf16 on OpenVINO), `sdrt bench --quality` and `sdrt quantize` all call `compare_pipelines`.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..tools.cell_score import is_builtin, score
+from ..tinymodel.cell_score import score
 from .gate import QualitySummary, summarise
 from .metrics import ImageComparison, compare_images
 
-if TYPE_CHECKING:  # the runtime imports this module lazily; no cycle at run time
-    from ..runtime.pipeline import Pipeline
-    from ..runtime.request import GenerationRequest
-
+Pipeline = GenerationRequest = Any  # sdrt.runtime's classes: this package sits below the runtime, which uses it
+# (the bf16 gate), so it names them without importing them; the requests come from
+# sdrt.runtime.gate_requests.default_requests
 # Built-in model: captions of its world, so adherence can be judged; other models: ordinary prompts.
 BUILTIN_PROMPTS = (
     "a red circle on a blue background",
@@ -48,26 +47,9 @@ def default_prompts(builtin_model: bool, count: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def default_requests(pipe: "Pipeline", prompts: Sequence[str] | None = None, seeds: int = 1,
-                     size: tuple[int, int] | None = None, steps: int = 20, prompt_count: int = 4,
-                     **fields: object) -> list["GenerationRequest"]:
-    """One request per (prompt, seed): the bundle's default size, Euler, CFG on (the bundle's usual use; the
-    built-in model's own guidance scale on the built-in model). `size` is (height, width)."""
-    from ..runtime.request import GenerationRequest  # noqa: PLC0415
-    from ..tinymodel.builtin import DEFAULT_CFG  # noqa: PLC0415
-
-    builtin = is_builtin(pipe.model)
-    prompts = list(prompts) if prompts else default_prompts(builtin, prompt_count)
-    if builtin:
-        fields.setdefault("cfg", DEFAULT_CFG)
-    height, width = size or pipe.model.default_size
-    return [GenerationRequest(prompt, seed=seed, steps=steps, width=width, height=height, **fields)
-            for prompt in prompts for seed in range(seeds)]
-
-
-def compare_pipelines(reference: "Pipeline", candidate: "Pipeline", requests: Sequence["GenerationRequest"],
+def compare_pipelines(reference: Pipeline, candidate: Pipeline, requests: Sequence[GenerationRequest],
                       progress: Callable[[int, int], None] | None = None,
-                      on_pair: Callable[[int, "GenerationRequest", np.ndarray, np.ndarray], None] | None = None,
+                      on_pair: Callable[[int, GenerationRequest, np.ndarray, np.ndarray], None] | None = None,
                       ) -> QualitySummary:
     """Generate every request on both pipelines and compare image by image. Adherence is judged when every
     prompt is a caption of the built-in model's world (the judge can read nothing else). `on_pair(index,

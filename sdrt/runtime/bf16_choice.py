@@ -79,11 +79,13 @@ def _candidate(bundle: Bundle, components: tuple[str, ...] | None) -> Bundle:
                    compute_components=None if components is None else frozenset(components))
 
 
-def judge_bf16(bundle: Bundle, progress: Callable[[str], None] | None = None) -> Bf16Verdict:
-    """The stored verdict for this bundle and machine, or measure it now (a few images per candidate)."""
+def judge_bf16(bundle: Bundle, make_pipeline: Callable[[Bundle], Any],
+               progress: Callable[[str], None] | None = None) -> Bf16Verdict:
+    """The stored verdict for this bundle and machine, or measure it now (a few images per candidate, on
+    pipelines made by `make_pipeline`: sdrt.runtime.Pipeline, passed in since the pipeline calls this)."""
     from ..quality import verdict  # noqa: PLC0415
-    from ..quality.runner import compare_pipelines, default_requests  # noqa: PLC0415
-    from .pipeline import Pipeline  # noqa: PLC0415  (pipeline imports this module)
+    from ..quality.runner import compare_pipelines  # noqa: PLC0415
+    from .gate_requests import default_requests  # noqa: PLC0415
 
     key = gate_key(bundle)
     stored = read_record(gate_folder(), key)
@@ -93,15 +95,15 @@ def judge_bf16(bundle: Bundle, progress: Callable[[str], None] | None = None) ->
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     exact_bundle = replace(bundle, precision="fp32", settings=replace(bundle.settings, backend="ort-cpu"),
                            compute="f32", compute_components=None)
-    exact = Pipeline(exact_bundle)
-    requests = default_requests(exact, steps=GATE_STEPS, prompt_count=GATE_PROMPTS, cfg=7.5, sampler="euler")
+    exact = make_pipeline(exact_bundle)
+    requests = default_requests(exact, steps=GATE_STEPS, prompt_count=GATE_PROMPTS, sampler="euler")
     failures: list[str] = []
     started = time.perf_counter()
     for components in (None, UNET_ONLY):
         name = "every component" if components is None else "the UNet only"
         say(f"checking bf16 on {name} against exact fp32 once for this bundle and CPU "
             f"({len(requests)} images, {GATE_STEPS} steps each; the verdict is cached)")
-        summary = compare_pipelines(exact, Pipeline(_candidate(bundle, components)), requests)
+        summary = compare_pipelines(exact, make_pipeline(_candidate(bundle, components)), requests)
         result = verdict(summary)
         if result.passed:
             break

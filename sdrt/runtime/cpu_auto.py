@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from ..backends.cpu_choice import NAMES, CpuDecision, choose_cpu_backend
 from ..backends.cpu_features import native_bf16
@@ -57,8 +58,10 @@ def _unet_on(bundle: Bundle, backend: str):
     return bundle.engine("unet", backend, compute="f32")
 
 
-def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: str | None = None) -> Settled:
-    """Measure or read the decision for this bundle, shape and thread setting; logs the line."""
+def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: str | None,
+           make_pipeline: Callable[[Bundle], Any]) -> Settled:
+    """Measure or read the decision for this bundle, shape and thread setting; logs the line. `make_pipeline`
+    (sdrt.runtime.Pipeline) runs the bf16 gate's images."""
     spec = bundle.manifest.component("unet", bundle.precision)
     feeds = component_feeds("unet", spec, bundle.manifest.model, height, width, batch=unet_batch)
     unet_hash = component_model_hash(bundle.manifest, "unet", bundle.precision)
@@ -70,7 +73,7 @@ def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: 
     settled = replace(bundle, settings=replace(bundle.settings, backend=backend.removesuffix("-bf16")),
                       compute="f32", compute_components=None)
     if backend == "openvino-bf16":
-        verdict = judge_bf16(bundle)
+        verdict = judge_bf16(bundle, make_pipeline)
         if verdict.passed:
             settled = apply_verdict(settled, verdict)
             line += f"; {verdict.line()}; precision {settled.precision_label} (--exact for fp32)"

@@ -124,7 +124,7 @@ class Pipeline:
         """--precision bf16 asked for: the bundle in bf16 where the quality gate allows, or the one-line refusal."""
         from .bf16_choice import apply_verdict, judge_bf16  # noqa: PLC0415
 
-        verdict = judge_bf16(bundle)
+        verdict = judge_bf16(bundle, Pipeline)
         if not verdict.passed:
             raise UserError(f"--precision bf16 refused: {verdict.line()}: use --precision fp32")
         return apply_verdict(bundle, verdict), verdict.line()
@@ -154,7 +154,7 @@ class Pipeline:
         with self._create_lock:
             if self._cpu_auto_pending is None:
                 return
-            settled = cpu_auto.decide(self.bundle, height, width, unet_batch, self._requested_precision)
+            settled = cpu_auto.decide(self.bundle, height, width, unet_batch, self._requested_precision, Pipeline)
             self.bundle = settled.bundle
             self._engines.update({"unet": e for e in settled.decision.engines.values()})
             self.backend_choice = f"{settled.line}; no GPU: {self._cpu_auto_pending}"

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..runtime.parameters import quote
 from ..runtime.pipeline import Pipeline
 from ..runtime.request import GenerationRequest
-from . import cell_score
+from ..tinymodel import cell_score
 from .batch_run import run_together
 from .grid_layout import Layout, layout, render
 from .grid_plan import AXIS_NAMES, Cell, GridAxes, plan_cells

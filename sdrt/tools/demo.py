@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..manifest import MANIFEST_NAME
-from .builtin import DEFAULT_CFG, cache_root, materialize, weights_digest
+from ..tinymodel.builtin import DEFAULT_CFG, cache_root, materialize, weights_digest
 
 DEMO_PROMPTS = (
     "a red circle on a blue background",

@@ -16,8 +16,10 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..bench.output import machine_facts
-from .gate import GATE, Gate, QualitySummary, Verdict
+from ..quality.gate import GATE, Gate, QualitySummary, Verdict
+from .output import machine_facts
+
+REFERENCE_BACKEND = "ort-cpu"  # the exact mode every other mode is measured against (fp32 on ONNX Runtime)
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import Pipeline

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import ModelInfo
-from ..tinymodel.adherence import judge
-from ..tinymodel.shapes import CAPTION_TEMPLATES, COLOURS, SHAPES
+from .adherence import judge
+from .shapes import CAPTION_TEMPLATES, COLOURS, SHAPES
 
 _WORDS = {"colour": "|".join(COLOURS), "shape": "|".join(SHAPES), "background": "|".join(COLOURS)}
 _CAPTIONS = [re.compile("^" + re.escape(t).replace(r"\{colour\}", f"(?P<colour>{_WORDS['colour']})")
