@@ -40,7 +40,7 @@ def test_yardstick_of_a_uniform_difference() -> None:
     bad = compare.yardstick(reference, far)
     assert bad["psnr_db"] == pytest.approx(20 * math.log10(255 / 20)) and bad["max_diff"] == 20
     assert not bad["gate_passed"]
-    assert bad["gate_failures"] == ["median PSNR 22.1 dB < 30 dB", "worst PSNR 22.1 dB < 25 dB"]
+    assert bad["gate_failures"] == ["median PSNR 22.11 dB < 30 dB", "worst PSNR 22.11 dB < 25 dB"]
     same = compare.yardstick(reference, reference)
     assert same["psnr_db"] is None and same["max_diff"] == 0 and same["gate_passed"]
 

@@ -339,9 +339,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_sd1, tmp_path, capsys):
         f"error: --prompts {binary} is not UTF-8 text: save it as a UTF-8 text file, one prompt per line")
     assert quality("--size", "64") == "error: --size '64' is not WIDTHxHEIGHT: write it like 512x512"
     assert quality("--steps", "0") == "error: steps must be a whole number >= 1, got 0"
-    assert quality("--precision", "bf16") == (
+    assert quality("--backend", "ort-cpu", "--precision", "bf16") == (
         "error: --precision bf16 runs on --backend openvino only (OpenVINO computes the fp32 graphs in bf16): add "
-        "--backend openvino, or use --precision fp32")
+        "--backend openvino (or auto), or use --precision fp32")
     assert quality("--json", str(a_file / "q.json")) == (
         f"error: output {a_file / 'q.json'} cannot be written: {a_file} is a file, not a folder")
     assert quality("--save", str(a_file), "--steps", "1") == (

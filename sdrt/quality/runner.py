@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..tinymodel.cell_score import score
+from ..tinymodel.shapes import EXAMPLE_CAPTIONS
 from .gate import QualitySummary, summarise
 from .metrics import ImageComparison, compare_images
 
@@ -20,16 +21,7 @@ Pipeline = GenerationRequest = Any  # sdrt.runtime's classes: this package sits 
 # (the bf16 gate), so it names them without importing them; the requests come from
 # sdrt.runtime.gate_requests.default_requests
 # Built-in model: captions of its world, so adherence can be judged; other models: ordinary prompts.
-BUILTIN_PROMPTS = (
-    "a red circle on a blue background",
-    "a yellow triangle on a black background",
-    "a white square on a green background",
-    "a purple cross on a yellow background",
-    "a cyan circle on a purple background",
-    "a black triangle on a white background",
-    "a green square on a red background",
-    "a blue cross on a cyan background",
-)
+BUILTIN_PROMPTS = EXAMPLE_CAPTIONS
 GENERAL_PROMPTS = (
     "a lighthouse on a cliff at dusk, oil painting",
     "a red sports car on a wet street at night, photo",

@@ -55,6 +55,18 @@ class Scene:
         return CAPTION_TEMPLATES[template].format(colour=self.colour, shape=self.shape, background=self.background)
 
 
+EXAMPLE_CAPTIONS = (  # one of each shape and most colours: the demo's grid and the quality yardstick's prompts
+    "a red circle on a blue background",
+    "a yellow triangle on a black background",
+    "a white square on a green background",
+    "a purple cross on a yellow background",
+    "a cyan circle on a purple background",
+    "a black triangle on a white background",
+    "a green square on a red background",
+    "a blue cross on a cyan background",
+)
+
+
 def caption_for(shape: str, colour: str, background: str) -> str:
     """The canonical caption, e.g. 'a red circle on a blue background'."""
     return CAPTION_TEMPLATES[0].format(colour=colour, shape=shape, background=background)

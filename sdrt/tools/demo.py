@@ -14,15 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..manifest import MANIFEST_NAME
 from ..tinymodel.builtin import DEFAULT_CFG, cache_root, materialize, weights_digest
+from ..tinymodel.shapes import EXAMPLE_CAPTIONS
 
-DEMO_PROMPTS = (
-    "a red circle on a blue background",
-    "a yellow triangle on a black background",
-    "a white square on a green background",
-    "a purple cross on a yellow background",
-    "a cyan circle on a purple background",
-    "a black triangle on a white background",
-)
+DEMO_PROMPTS = EXAMPLE_CAPTIONS[:6]
 CELL = 128  # pixels per image in the grid (64x64 images shown at 2x, nearest neighbour)
 LABEL_HEIGHT = 18
 GAP = 4
