@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from . import manifest_schema
 from .manifest_schema import (  # noqa: F401 (public names)
-    COMPONENTS, CONTROLNET_PREFIX, FAMILIES, PRECISIONS, SCHEMA_VERSION)
+    COMPONENTS, CONTROLNET_PREFIX, FAMILIES, OVERLAY_BASE, PRECISIONS, SCHEMA_VERSION)
 
 MANIFEST_NAME = "manifest.json"
 
@@ -168,19 +168,27 @@ class Manifest:
         write_atomic(Path(bundle) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2).encode())
 
     # ---- queries -------------------------------------------------------------------------------------
+    def precision_components(self, precision: str) -> dict[str, ComponentSpec]:
+        """Every component a run at `precision` uses: the set itself, over its base set for an overlay
+        precision (int8: the quantized UNet, everything else fp32). {} when the bundle lacks the set."""
+        own = self.components.get(precision)
+        if own is None:
+            return {}
+        base = OVERLAY_BASE.get(precision)
+        return {**self.components.get(base, {}), **own} if base else dict(own)
+
     def component(self, name: str, precision: str) -> ComponentSpec:
         try:
-            return self.components[precision][name]
+            return self.precision_components(precision)[name]
         except KeyError:
             have = ", ".join(f"{n}@{p}" for p, comps in self.components.items() for n in comps)
-            raise BundleError(
-                f"bundle has no {name} at {precision} (it has: {have}): "
-                f"re-export with --precision {precision}"
-            ) from None
+            fix = (f"quantize it with sdrt quantize BUNDLE --{precision}" if precision in OVERLAY_BASE
+                   else f"re-export with --precision {precision}")
+            raise BundleError(f"bundle has no {name} at {precision} (it has: {have}): {fix}") from None
 
     def needed_files(self, precision: str) -> list[str]:
         """Every bundle file a run at `precision` opens: its graphs and their weights, tokenizers, scheduler."""
-        graphs = [rel for spec in self.components.get(precision, {}).values() for rel in spec.paths]
+        graphs = [rel for spec in self.precision_components(precision).values() for rel in spec.paths]
         return list(dict.fromkeys(graphs + list(self.tokenizers.values()) + [self.scheduler]))
 
     def verify_files(self, bundle: str | os.PathLike, full: bool = False, needed: Iterable[str] = ()) -> None:

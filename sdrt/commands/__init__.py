@@ -7,7 +7,8 @@ from .export import export, tiny_model
 from .generate import generate
 from .grid import grid
 from .interpolate import interpolate
+from .quantize import quantize
 from .samplers import samplers
 from .serve import serve
 
-COMMANDS = [samplers, build, export, tiny_model, generate, grid, interpolate, bench, demo, serve]
+COMMANDS = [samplers, build, export, tiny_model, generate, grid, interpolate, bench, demo, serve, quantize]

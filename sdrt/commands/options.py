@@ -19,9 +19,10 @@ ENGINE_OPTIONS = (
                       "ort-cuda or ort-trt."),
     click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
                  help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines)."),
-    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16"]),
+    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
                  help="Graph set to run (default: fp32 on CPU, fp16 on GPU); bf16: --backend openvino computes "
-                      "the fp32 graphs in bfloat16 (faster, not exact; refused if it strays past its gate)."),
+                      "the fp32 graphs in bfloat16 (faster, not exact; refused if it strays past its gate); "
+                      "int8: the UNet sdrt quantize added (ort-cpu, openvino; not exact, gated when made)."),
     click.option("--threads", default=0, show_default=True, type=int,
                  help="CPU threads per engine: 0 (ORT decides) or 1..4 per usable core."),
     click.option("--spin/--no-spin", default=None,
