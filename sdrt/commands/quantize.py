@@ -26,6 +26,11 @@ def quantize(bundle: Path, int8: bool, calibration_prompts: Path | None, calibra
     from ..quantize.calibration import read_prompts
     from ..quantize.run import QuantizeOptions, quantize_bundle
 
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"sdrt quantize needs onnx and onnxruntime ({exc}): pip install 'sdrt[quantize]'") from None
     if not int8:
         raise UserError("say what to quantize: sdrt quantize BUNDLE --int8")
     if not bundle.exists():
