@@ -1,7 +1,7 @@
 """What `sdrt quantize --int8` should keep in fp32, measured by the gate, and what int8 buys per UNet call.
 
     python bench/quantize_sweep.py BUNDLE [--variants default,none,...] [--steps 20] [--gate-steps 20]
-                                   [--calls 10] [--json OUT.json]
+                                   [--calls 10] [--time-size PX] [--json OUT.json]
 
 Records the calibration feeds once (sdrt.quantize.calibration, the same trajectories `sdrt quantize` uses),
 then per variant writes the QDQ graph (sdrt.quantize.qdq.write_qdq_unet), runs the gate on ORT CPU and
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--backends", default="ort-cpu,openvino")
+    parser.add_argument("--time-size", type=int, default=None,
+                        help="time UNet calls at this side in pixels (synthetic feeds), not a recorded call")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     backends = args.backends.split(",")
@@ -77,7 +79,12 @@ def main() -> None:
     spec = reference.bundle.manifest.component("unet", "fp32")
     fp32_graph = args.bundle / spec.file
     probe = feeds[len(feeds) // 2]
-    results: dict = {"bundle": str(args.bundle), "size": reference.model.default_size, "cpus": os.cpu_count(),
+    if args.time_size:
+        from sdrt.backends.probe_feeds import component_feeds
+
+        probe = component_feeds("unet", spec, reference.model, args.time_size, args.time_size, batch=2)
+    results: dict = {"bundle": str(args.bundle), "size": reference.model.default_size,
+                     "time_size": args.time_size, "cpus": os.cpu_count(),
                      "fp32": {}, "variants": {}}
     for backend in backends:
         results["fp32"][backend] = per_call(staged_engine(backend, fp32_graph, spec, args.threads, False), probe,

@@ -105,7 +105,8 @@ BAD_MANIFESTS = {
                          "bundle manifest field components.fp32.unet.inputs[0].shape[1]: must be a size (an integer "
                          ">= 0) or a dynamic dimension's name (text), got 4.5: " + FIX),
     "unknown-precision": (lambda d: {**d, "components": {**d["components"], "fp8": {}}},
-                          "bundle manifest field components: key must be one of 'fp32' or 'fp16', got 'fp8': " + FIX),
+                          "bundle manifest field components: key must be one of 'fp32', 'fp16' or 'int8', got "
+                          "'fp8': " + FIX),
 }
 
 

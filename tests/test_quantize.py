@@ -100,7 +100,8 @@ def test_the_int8_graph_is_qdq_with_per_channel_symmetric_weights_and_fp32_ends(
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {out: n for n in model.graph.node for out in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    quantized_convs = [n for n in convs if n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
+    quantized_convs = [n for n in convs
+                       if n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
     assert len(quantized_convs) == len(convs) - 2  # all but the first and the last
     kept = {n.name for n in convs} - {n.name for n in quantized_convs}
     assert kept == {"/unet/conv_in/Conv", "/unet/conv_out/Conv"}
@@ -245,6 +246,18 @@ def test_precision_int8_on_a_gpu_backend_is_refused(quantized):
         Bundle.open(quantized[0], precision="int8", backend="ort-cuda")
     assert str(exc.value) == ("--precision int8 runs on --backend ort-cpu or openvino, not ort-cuda: choose one of "
                               "those (TensorRT int8 engines: sdrt build --int8)")
+
+
+def test_lora_on_the_int8_unet_is_refused(quantized, tmp_path):
+    from sdrt.errors import UserError
+    from sdrt.lora.options import LoraOption
+    from sdrt.runtime import GenerationRequest, Pipeline
+
+    pipe = Pipeline.load(str(quantized[0]), precision="int8")
+    with pytest.raises(UserError) as exc:
+        pipe.generate(GenerationRequest(PROMPT, steps=2, loras=[LoraOption(tmp_path / "style.safetensors")]))
+    assert str(exc.value) == ("--lora does not apply to the int8 UNet (its weights are quantized): use --precision "
+                              "fp32, or fuse the LoRA at export (sdrt export --lora) and quantize again")
 
 
 def test_quantize_refuses_a_bundle_without_fp32_graphs(builtin_bundle, tmp_path, capsys):

@@ -176,6 +176,9 @@ class Pipeline:
         adapter set; the base engines are never changed (sdrt.runtime.lora_sets)."""
         if not loras:
             return self
+        if self.bundle.precision == "int8":  # run-time LoRA patches fp32 initializers; the int8 UNet has none
+            raise UserError("--lora does not apply to the int8 UNet (its weights are quantized): use --precision "
+                            "fp32, or fuse the LoRA at export (sdrt export --lora) and quantize again")
         with self._create_lock:
             if self._lora_sets is None:
                 from .lora_sets import LoraSets  # noqa: PLC0415  (it subclasses Pipeline)
