@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from sdrt.quantize.calibration import record_unet_feeds
-from sdrt.quantize.gate import gate_int8, staged_engine
+from sdrt.quantize.gate import ReferenceImages, gate_int8, staged_engine
 from sdrt.quantize.qdq import QdqOptions, write_qdq_unet
 from sdrt.quantize.run import MAX_CALIBRATION_FEEDS, spaced
 
@@ -90,6 +90,7 @@ def main() -> None:
         results["fp32"][backend] = per_call(staged_engine(backend, fp32_graph, spec, args.threads, False), probe,
                                             args.calls)
         print(f"fp32 {backend}: {results['fp32'][backend]}", flush=True)
+    exact = ReferenceImages(reference)  # the fp32 images, generated once for every variant and backend
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
             options = VARIANTS[name]
@@ -100,7 +101,7 @@ def main() -> None:
             row = {"options": options.as_dict(), "quantize_s": time.perf_counter() - t0,
                    "kept_nodes": {k: len(v) for k, v in result.kept_nodes.items()},
                    "quantized_nodes": result.quantized_nodes, "backends": {}}
-            figures = gate_int8(args.bundle, reference, graph, spec, backends, requests, args.threads, False)
+            figures = gate_int8(args.bundle, exact, graph, spec, backends, requests, args.threads, False)
             for f in figures:
                 timing = per_call(staged_engine(f.backend, graph, spec, args.threads, False), probe, args.calls)
                 row["backends"][f.backend] = {**f.as_dict(), **timing,

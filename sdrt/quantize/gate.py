@@ -36,8 +36,9 @@ class BackendFigures:
         return {**out, "passed": self.verdict.passed, "failures": self.verdict.failures}
 
 
-class _Memo:
-    """The exact pipeline's images are the same for every backend's comparison: generate them once."""
+class ReferenceImages:
+    """The exact pipeline's images are the same for every backend's (and every variant's) comparison:
+    generate each request once."""
 
     def __init__(self, pipe) -> None:
         self._pipe, self._done = pipe, {}
@@ -65,7 +66,7 @@ def gate_int8(bundle: Path, reference, graph: Path, spec: ComponentSpec, backend
     """Compare the staged graph on each backend with the exact images of `reference` (the fp32 pipeline)."""
     from ..runtime.pipeline import Pipeline
 
-    memo = _Memo(reference)
+    memo = reference if isinstance(reference, ReferenceImages) else ReferenceImages(reference)
     figures = []
     for backend in backends:
         candidate = Pipeline.load(str(bundle), backend=backend, precision="fp32", threads=threads, spin=spin)
