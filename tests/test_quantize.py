@@ -193,11 +193,16 @@ def _small_run(**fields):
     return QuantizeOptions(calibration_steps=4, gate_steps=12, gate_prompts=2, gate_backends=["ort-cpu"], **fields)
 
 
-@pytest.mark.parametrize("where", ["recording", "commit"])
+@pytest.mark.parametrize("where", ["recording", "sigterm", "commit"])
 def test_an_interrupted_quantize_leaves_the_bundle_exactly_as_it_was(builtin_bundle, tmp_path, monkeypatch, where):
-    """Ctrl-C while recording, and between moving the graph in and writing the manifest (the worst moment)."""
+    """Ctrl-C while recording, SIGTERM (`kill`) while recording, and Ctrl-C between moving the graph in and
+    writing the manifest (the worst moment)."""
+    import os
+    import signal
+
     import sdrt.quantize.commit as commit
     import sdrt.quantize.run as run
+    from sdrt.export.termination import Terminated
 
     bundle = fresh_copy(builtin_bundle, tmp_path)
     before, beside = tree(bundle), sorted(p.name for p in tmp_path.iterdir())
@@ -205,11 +210,14 @@ def test_an_interrupted_quantize_leaves_the_bundle_exactly_as_it_was(builtin_bun
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    if where == "recording":
-        monkeypatch.setattr(run, "record_unet_feeds", interrupt)
-    else:
+    def kill(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if where == "commit":
         monkeypatch.setattr(commit.Manifest, "save", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    else:
+        monkeypatch.setattr(run, "record_unet_feeds", interrupt if where == "recording" else kill)
+    with pytest.raises(Terminated if where == "sigterm" else KeyboardInterrupt):
         run.quantize_bundle(bundle, _small_run())
     assert tree(bundle) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == beside

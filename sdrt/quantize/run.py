@@ -77,11 +77,9 @@ def spaced(feeds: list, most: int) -> list:
 
 def quantize_bundle(bundle: Path, options: QuantizeOptions = QuantizeOptions(),
                     say: Callable[[str], None] = lambda m: None) -> QuantizeReport:
-    from ..export.staging import create_staging, remove_stale_partials
-    from ..quality.runner import default_requests
+    from ..export.staging import remove_stale_partials
+    from ..export.termination import sigterm_raises
     from ..runtime.pipeline import Pipeline
-    from ..tinymodel.builtin import DEFAULT_CFG
-    from ..tools.cell_score import is_builtin
 
     if options.method not in METHODS:
         raise UserError(f"unknown --method {options.method!r}: choose one of {', '.join(METHODS)}")
@@ -91,12 +89,21 @@ def quantize_bundle(bundle: Path, options: QuantizeOptions = QuantizeOptions(),
     remove_stale_partials(bundle, say)
     reference = Pipeline.load(str(bundle), backend="ort-cpu", precision="fp32", threads=options.threads,
                               spin=options.spin)
+    with sigterm_raises():  # SIGTERM unwinds like Ctrl-C, so the staging folder is removed either way
+        return _quantize_staged(bundle, manifest, spec, reference, options, started, say)
+
+
+def _quantize_staged(bundle: Path, manifest: Manifest, spec, reference, options: QuantizeOptions, started: float,
+                     say: Callable[[str], None]) -> QuantizeReport:
+    from ..export.staging import create_staging
+    from ..quality.runner import default_prompts, default_requests
+    from ..tinymodel.builtin import DEFAULT_CFG
+    from ..tools.cell_score import is_builtin
+
     builtin = is_builtin(reference.model)
     cfg = DEFAULT_CFG if builtin else 7.5
     staging = create_staging(bundle)
     try:
-        from ..quality.runner import default_prompts
-
         prompts = list(options.prompts or default_prompts(builtin, options.prompt_count))
         say(f"recording UNet inputs: {len(prompts)} prompts x {len(options.samplers)} samplers "
             f"({', '.join(options.samplers)}), {options.calibration_steps} steps, CFG {cfg:g}, "
