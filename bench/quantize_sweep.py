@@ -28,11 +28,12 @@ from sdrt.quantize.run import MAX_CALIBRATION_FEEDS, spaced
 
 VARIANTS = {
     "none": QdqOptions(keep=()),
-    "default": QdqOptions(),  # first_conv, last_conv
+    "default": QdqOptions(keep=("first_conv", "last_conv")),  # the default before the mid512 timing
     "time": QdqOptions(keep=("first_conv", "last_conv", "time_embedding")),
+    "attention": QdqOptions(keep=("first_conv", "last_conv", "attention")),
     "all": QdqOptions(keep=("first_conv", "last_conv", "time_embedding", "attention")),
-    "s8": QdqOptions(activation_type="int8", activation_symmetric=True),  # TensorRT's form
-    "percentile": QdqOptions(calibration="percentile"),
+    "s8": QdqOptions(keep=("first_conv", "last_conv"), activation_type="int8", activation_symmetric=True),
+    "percentile": QdqOptions(keep=("first_conv", "last_conv"), calibration="percentile"),
 }
 
 

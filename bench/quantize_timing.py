@@ -25,7 +25,7 @@ from sdrt.quantize.gate import staged_engine
 from sdrt.quantize.qdq import QdqOptions, write_qdq_unet
 
 VARIANTS = {
-    "default": QdqOptions(),
+    "default": QdqOptions(keep=("first_conv", "last_conv")),  # the default before this timing
     "attention": QdqOptions(keep=("first_conv", "last_conv", "attention")),
     "all": QdqOptions(keep=("first_conv", "last_conv", "time_embedding", "attention")),
     "none": QdqOptions(keep=()),

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 KEEP_CATEGORIES = ("attention", "time_embedding", "first_conv", "last_conv")
-DEFAULT_KEEP = ("first_conv", "last_conv")  # measured: docs/quantize.md, "What stays fp32"
+DEFAULT_KEEP = ("first_conv", "last_conv", "attention")  # measured: docs/quantize.md, "What stays fp32"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 WEIGHT_TYPES = ("int8",)  # trtq: fp8 graphs come from their own writer; the name is the manifest's format tag
 
