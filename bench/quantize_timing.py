@@ -26,7 +26,7 @@ from sdrt.quantize.qdq import QdqOptions, write_qdq_unet
 
 VARIANTS = {
     "default": QdqOptions(keep=("first_conv", "last_conv")),  # the default before this timing
-    "attention": QdqOptions(keep=("first_conv", "last_conv", "attention")),
+    "attention": QdqOptions(keep=("first_conv", "last_conv", "attention")),  # the default
     "all": QdqOptions(keep=("first_conv", "last_conv", "time_embedding", "attention")),
     "none": QdqOptions(keep=()),
 }
