@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from . import manifest_schema
 from .json_limits import loads_bounded
 from .manifest_schema import (  # noqa: F401 (public names)
-    COMPONENTS, CONTROLNET_PREFIX, FAMILIES, PRECISIONS, SCHEMA_VERSION)
+    COMPONENTS, CONTROLNET_PREFIX, FAMILIES, OVERLAY_BASE, PRECISIONS, SCHEMA_VERSION)
 
 MANIFEST_NAME = "manifest.json"
 # The largest image side a bundle may offer: 8192 x 8192 is 67 Mpx (a 3 GB float32 decode), still inside Pillow's
@@ -176,20 +176,28 @@ class Manifest:
         write_atomic(Path(bundle) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=2).encode())
 
     # ---- queries -------------------------------------------------------------------------------------
+    def precision_components(self, precision: str) -> dict[str, ComponentSpec]:
+        """Every component a run at `precision` uses: the set itself, over its base set for an overlay
+        precision (int8: the quantized UNet, everything else fp32). {} when the bundle lacks the set."""
+        own = self.components.get(precision)
+        if own is None:
+            return {}
+        base = OVERLAY_BASE.get(precision)
+        return {**self.components.get(base, {}), **own} if base else dict(own)
+
     def component(self, name: str, precision: str) -> ComponentSpec:
         try:
-            return self.components[precision][name]
+            return self.precision_components(precision)[name]
         except KeyError:
             have = ", ".join(f"{n}@{p}" for p, comps in self.components.items() for n in comps)
-            raise BundleError(
-                f"bundle has no {name} at {precision} (it has: {have}): "
-                f"re-export with --precision {precision}"
-            ) from None
+            fix = (f"quantize it with sdrt quantize BUNDLE --{precision}" if precision in OVERLAY_BASE
+                   else f"re-export with --precision {precision}")
+            raise BundleError(f"bundle has no {name} at {precision} (it has: {have}): {fix}") from None
 
     def needed_files(self, precision: str, root: str | os.PathLike | None = None) -> list[str]:
         """Every bundle file a run at `precision` opens: its graphs and their weights, tokenizers, scheduler, and
         the tokenizer side files that are listed or (given the bundle's `root`) present, links included."""
-        graphs = [rel for spec in self.components.get(precision, {}).values() for rel in spec.paths]
+        graphs = [rel for spec in self.precision_components(precision).values() for rel in spec.paths]
         side = [str(PurePosixPath(rel).parent / name) for rel in self.tokenizers.values()
                 for name in TOKENIZER_SIDE_FILES]
         side = [rel for rel in side if rel in self.files or (root is not None and os.path.lexists(Path(root) / rel))]

@@ -19,6 +19,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 SCHEMA_VERSION = 1
 FAMILIES = ("sd1", "sd2", "sdxl")
 PRECISIONS = ("fp32", "fp16", "int8")
+# Precision sets that hold only some components and take the others from a base set: `sdrt quantize` adds
+# components.int8.unet; the text encoders and the VAE of an int8 run are the fp32 ones (docs/manifest.md).
+OVERLAY_BASE = {"int8": "fp32"}
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 LATENT_CHANNELS = 4  # the runtime's latents, its inpainting layout (4 + 1 + 4) and the VAE graphs assume 4
 FIX = "re-export the model (sdrt export)"

@@ -8,7 +8,8 @@ from .generate import generate
 from .grid import grid
 from .interpolate import interpolate
 from .quality import quality
+from .quantize import quantize
 from .samplers import samplers
 from .serve import serve
 
-COMMANDS = [samplers, build, export, tiny_model, generate, grid, interpolate, bench, quality, demo, serve]
+COMMANDS = [samplers, build, export, tiny_model, generate, grid, interpolate, bench, quality, quantize, demo, serve]

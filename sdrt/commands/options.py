@@ -16,12 +16,13 @@ ENGINE_OPTIONS = (
                       "(sdrt build engines), ort-cuda or ort-trt."),
     click.option("--engines", "engines_dir", default=None, type=click.Path(path_type=Path),
                  help="TensorRT engine folder for --backend trt/auto (default: BUNDLE/engines)."),
-    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16"]),
+    click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
                  help="Graph set to run (default: fp32 on CPU, fp16 on GPU; auto on a CPU with native bf16: bf16 "
                       "where it passes the quality gate and is faster); bf16: OpenVINO computes the fp32 graphs in "
-                      "bfloat16 (faster, not exact; refused if it fails the quality gate, docs/quality.md)."),
+                      "bfloat16 (faster, not exact; refused if it fails the quality gate, docs/quality.md); int8: "
+                      "the UNet sdrt quantize added (ort-cpu, openvino; not exact, gated when made)."),
     click.option("--exact", "precision", flag_value="fp32",
-                 help="Exact fp32 everywhere (same as --precision fp32): auto then never picks bf16."),
+                 help="Exact fp32 everywhere (same as --precision fp32): auto then never picks bf16 or int8."),
     click.option("--threads", default=0, show_default=True, type=int,
                  help="CPU threads per engine: 0 (ORT decides) or 1..4 per usable core."),
     click.option("--spin/--no-spin", default=None,

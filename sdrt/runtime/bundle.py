@@ -63,6 +63,8 @@ class Bundle:
         if family not in REQUIRED:
             raise BundleError(f"bundle model family {family!r} is not one this sdrt runs "
                               f"({', '.join(REQUIRED)}): re-export with a supported model")
+        if precision == "int8":
+            _check_int8(root, manifest, backend)
         if precision is None:
             available = list(manifest.components)
             precision = "fp32" if backend in ("ort-cpu", "openvino") and "fp32" in available else (
@@ -82,7 +84,7 @@ class Bundle:
         return self.manifest.model.family
 
     def has(self, component: str) -> bool:
-        return component in self.manifest.components.get(self.precision, {})
+        return component in self.manifest.precision_components(self.precision)
 
     def compute_for(self, component: str) -> str:
         """OpenVINO's inference precision for one component."""
@@ -138,3 +140,15 @@ class Bundle:
             raise BundleError(f"bundle has no {key} (it has: {', '.join(self.manifest.tokenizers)}): "
                               "re-export the model (sdrt export)") from None
         return bundle_file(self.root, rel)
+
+
+def _check_int8(root: Path, manifest: Manifest, backend: str) -> None:
+    """--precision int8: the quantized UNet (sdrt quantize) on a CPU backend, over the fp32 graphs."""
+    if backend not in ("ort-cpu", "openvino"):
+        raise UserError(f"--precision int8 runs on --backend ort-cpu or openvino, not {backend}: choose one of "
+                        "those (TensorRT int8 engines: sdrt build --int8)")
+    if "unet" not in manifest.components.get("int8", {}):
+        raise BundleError(f"bundle {root} has no int8 UNet: run sdrt quantize {root} --int8")
+    if "fp32" not in manifest.components:
+        raise BundleError(f"bundle {root} has an int8 UNet but no fp32 graphs, which an int8 run takes its "
+                          "other components from: re-export with --precision fp32, then sdrt quantize --int8")

@@ -101,7 +101,7 @@ class Pipeline:
         from ..backends.gpu_engines import open_gpu_engines, resolve_backend  # GPU probing only when asked for
 
         probe = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify)
-        components = sorted(probe.manifest.components[probe.precision])
+        components = sorted(probe.manifest.precision_components(probe.precision))
         engines_dir = engines_dir or str(probe.root / "engines")
         choice = resolve_backend(backend, probe.manifest, components, engines_dir, probe.precision)
         if choice.name == "ort-cpu":
@@ -148,6 +148,12 @@ class Pipeline:
             if name not in self._engines:
                 self._engines[name] = self.bundle.engine(name)
             return self._engines[name]
+
+    def use_engine(self, name: str, engine: Engine) -> None:
+        """Run `engine` as component `name` from now on (sdrt quantize records the UNet's feeds through a
+        wrapper, and its gate runs a staged int8 UNet before it joins the bundle)."""
+        with self._create_lock:
+            self._engines[name] = engine
 
     def _settle_cpu_backend(self, height: int, width: int, unet_batch: int) -> None:
         """auto on CPU: switch the bundle to the measured winner (once), keeping the UNet engine it timed."""
@@ -196,6 +202,9 @@ class Pipeline:
         adapter set; the base engines are never changed (sdrt.runtime.lora_sets)."""
         if not loras:
             return self
+        if self.bundle.precision == "int8":  # run-time LoRA patches fp32 initializers; the int8 UNet has none
+            raise UserError("--lora does not apply to the int8 UNet (its weights are quantized): use --precision "
+                            "fp32, or fuse the LoRA at export (sdrt export --lora) and quantize again")
         with self._create_lock:
             if self._lora_sets is None:
                 self._lora_sets = LoraSets(self)
