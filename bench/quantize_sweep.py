@@ -50,10 +50,11 @@ def per_call(engine, feed, calls: int) -> dict:
 
 
 def main() -> None:
-    from sdrt.quality.runner import default_prompts, default_requests
+    from sdrt.quality.runner import default_prompts
+    from sdrt.runtime.gate_requests import default_requests
     from sdrt.runtime.pipeline import Pipeline
     from sdrt.tinymodel.builtin import DEFAULT_CFG
-    from sdrt.tools.cell_score import is_builtin
+    from sdrt.tinymodel.cell_score import is_builtin
 
     parser = argparse.ArgumentParser()
     parser.add_argument("bundle", type=Path)

@@ -38,7 +38,7 @@ def tree(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def builtin_bundle(tmp_path_factory) -> Path:
     _require_stack()
-    from sdrt.tinymodel.demo import bundle_for_builtin
+    from sdrt.tools.demo import bundle_for_builtin
 
     return bundle_for_builtin(tmp_path_factory.mktemp("sdrt-cache"))
 
@@ -310,3 +310,47 @@ def test_quantize_needs_int8_and_readable_prompts(builtin_bundle, tmp_path, caps
     empty.write_text("# nothing\n\n")
     code, _, err = run_cli("quantize", [str(builtin_bundle), "--int8", "--calibration-prompts", str(empty)], capsys)
     assert (code, err.strip()) == (2, f"error: --calibration-prompts {empty} holds no prompt: write one prompt a line")
+
+
+# ---- auto: the int8 UNet races on both CPU backends -----------------------------------------------------------------
+def _inject(cache: Path, fastest: str) -> list[str]:
+    """Rewrite the stored race so that `fastest` won it (made-up timings; the pipeline must follow the record)."""
+    [path] = sorted((cache / "cpu-backend").glob("*.json"))
+    record = json.loads(path.read_text())
+    record["seconds"] = {b: (0.125 if b == fastest else 0.5) for b in record["seconds"]}
+    record["backend"] = fastest
+    path.write_text(json.dumps(record))
+    return sorted(record["seconds"])
+
+
+def test_auto_races_the_int8_unet_and_says_so(quantized, tmp_path, monkeypatch):
+    from sdrt.runtime import GenerationRequest, Pipeline
+
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = str(quantized[0])
+    Pipeline.load(bundle, backend="auto", threads=1).check(GenerationRequest(PROMPT, steps=2))
+    raced = _inject(tmp_path / "cache", "ort-cpu-int8")
+    assert {"ort-cpu", "openvino", "ort-cpu-int8", "openvino-int8"} <= set(raced)
+    pipe = Pipeline.load(bundle, backend="auto", threads=1)
+    result = pipe.generate(GenerationRequest(PROMPT, steps=2))
+    assert (pipe.bundle.settings.backend, pipe.precision) == ("ort-cpu", "int8")
+    assert pipe.backend_choice.startswith("backend ort-cpu-int8: auto chose ONNX Runtime int8 on CPU, the fastest "
+                                          "backend for one UNet call at 2x4x8x8, threads 1: ONNX Runtime int8 0.125 s")
+    assert "; the bundle's int8 UNet (gated by sdrt quantize); precision int8 (--exact for fp32)" in pipe.backend_choice
+    assert "Precision: int8," in result.parameters[0]
+
+    exact = Pipeline.load(bundle, backend="auto", precision="fp32", threads=1)  # --exact: int8 stays out
+    exact.check(GenerationRequest(PROMPT, steps=2))
+    assert exact.precision == "fp32" and "int8" not in exact.backend_choice
+
+
+def test_precision_int8_under_auto_races_the_two_cpu_backends(quantized, tmp_path, monkeypatch):
+    from sdrt.runtime import GenerationRequest, Pipeline
+
+    monkeypatch.setenv("SDRT_CACHE_DIR", str(tmp_path / "cache"))
+    pipe = Pipeline.load(str(quantized[0]), backend="auto", precision="int8", threads=1)
+    pipe.check(GenerationRequest(PROMPT, steps=2))
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "cpu-backend").glob("*.json")]
+    assert set(record["seconds"]) == {"ort-cpu-int8", "openvino-int8"}
+    assert record["key"]["unet"].count("+int8:") == 1  # the key covers the int8 graph too
+    assert pipe.precision == "int8" and "; precision int8 asked for; " in pipe.backend_choice

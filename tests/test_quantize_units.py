@@ -65,7 +65,7 @@ def test_int8_is_an_overlay_on_fp32():
     m = Manifest.__new__(Manifest)
     m.components = {"fp32": {"unet": spec("fp32/unet.onnx"), "vae_decoder": spec("fp32/vae_decoder.onnx")},
                     "int8": {"unet": spec("int8/abc/unet.onnx")}}
-    m.tokenizers, m.scheduler = {"tokenizer": "tokenizer/tokenizer.json"}, "scheduler.json"
+    m.tokenizers, m.scheduler, m.files = {"tokenizer": "tokenizer/tokenizer.json"}, "scheduler.json", {}
     assert m.component("unet", "int8").file == "int8/abc/unet.onnx"
     assert m.component("vae_decoder", "int8").file == "fp32/vae_decoder.onnx"
     assert m.needed_files("int8") == ["int8/abc/unet.onnx", "fp32/vae_decoder.onnx", "tokenizer/tokenizer.json",

@@ -7,10 +7,12 @@ shape on the first inference) and one timed call. The decision is stored (decisi
 everything that could change it: the UNet graph's content hash, the UNet input shape, the thread setting,
 the CPU and the library versions; so it is measured once, and re-measured when any of those change.
 
-The exact backends (ONNX Runtime and OpenVINO f32 agree within 1e-6 relative) always compete. OpenVINO bf16
-competes too when the caller allows it (auto on a CPU with native bf16, precision not forced to fp32): it is a
-different result, so the caller uses it only when it also passes the quality gate (sdrt.runtime.bf16_choice),
-and otherwise falls back to the fastest exact backend (`CpuDecision.fastest_exact`).
+The exact backends (ONNX Runtime and OpenVINO f32 agree within 1e-6 relative) compete unless the caller asked
+for int8. OpenVINO bf16 competes too when the caller allows it (auto on a CPU with native bf16, precision not
+forced): it is a different result, so the caller uses it only when it also passes the quality gate
+(sdrt.runtime.bf16_choice), and otherwise falls back to the fastest exact backend
+(`CpuDecision.fastest_exact`). A bundle's int8 UNet (sdrt quantize, which only writes one that passed the
+gate) competes on both backends when the precision is not forced, and alone when int8 was asked for.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from .decision_cache import cpu_model, read_record, record_path, write_record
 from .engine import Engine, run_engine
 from .openvino_engine import OPENVINO_MISSING, openvino_available
 
-NAMES = {"ort-cpu": "ONNX Runtime", "openvino": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16"}
+NAMES = {"ort-cpu": "ONNX Runtime", "openvino": "OpenVINO f32", "openvino-bf16": "OpenVINO bf16",
+         "ort-cpu-int8": "ONNX Runtime int8", "openvino-int8": "OpenVINO int8"}
 EXACT = ("ort-cpu", "openvino")
 
 
@@ -48,7 +51,7 @@ class CpuDecision:
         """What auto chose and why, one line (the CLI prints it; the log records it)."""
         if not self.seconds:
             return f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU ({self.note})"
-        which = "the fastest backend" if "openvino-bf16" in self.seconds else "the faster exact backend"
+        which = "the faster exact backend" if set(self.seconds) <= set(EXACT) else "the fastest backend"
         return f"backend {self.backend}: auto chose {NAMES[self.backend]} on CPU, {which} for {self.race(threads)}"
 
     def race(self, threads: int) -> str:
@@ -80,14 +83,17 @@ def decision_key(unet_hash: str, shape: tuple[int, ...], threads: int, candidate
 
 def choose_cpu_backend(unet_hash: str, feeds: Mapping[str, np.ndarray], threads: int,
                        make_unet: Callable[[str], Engine], folder: str | Path,
-                       bf16: bool = False) -> CpuDecision:
-    """Read the stored decision for this key, or measure one UNet call per available backend (the exact ones,
-    and OpenVINO bf16 when `bf16`) and store it. `make_unet(backend)` opens the UNet on that backend; the
-    winner's engine comes back for reuse."""
+                       candidates: tuple[str, ...] = EXACT) -> CpuDecision:
+    """Read the stored decision for this key, or measure one UNet call per available candidate (names as in
+    NAMES: the exact backends, OpenVINO bf16, the int8 UNet on either) and store it. `make_unet(candidate)`
+    opens the UNet that way; the winner's engine comes back for reuse. `unet_hash` must cover every UNet graph
+    the candidates open."""
     shape = tuple(np.shape(feeds["sample"]))
     if not openvino_available():
-        return CpuDecision("ort-cpu", {}, shape, True, None, note=OPENVINO_MISSING.replace(": pip", "; pip"))
-    candidates = (*EXACT, "openvino-bf16") if bf16 else EXACT
+        candidates = tuple(c for c in candidates if not c.startswith("openvino"))
+    if len(candidates) == 1:
+        note = OPENVINO_MISSING.replace(": pip", "; pip") if not openvino_available() else "the only candidate"
+        return CpuDecision(candidates[0], {}, shape, True, None, note=note)
     key = decision_key(unet_hash, shape, threads, candidates)
     record = read_record(folder, key)
     if record is not None:

@@ -57,9 +57,9 @@ def record_unet_feeds(pipe: "Pipeline", prompts: Sequence[str], steps: int,
                       samplers: Sequence[str] = CALIBRATION_SAMPLERS, cfg: float | None = None,
                       progress: Callable[[int, int], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Run every (prompt, sampler) at the bundle's default size with CFG on and return the UNet feeds."""
-    from ..quality.runner import default_requests
+    from ..runtime.gate_requests import default_requests
     from ..tinymodel.builtin import DEFAULT_CFG
-    from ..tools.cell_score import is_builtin
+    from ..tinymodel.cell_score import is_builtin
 
     cfg = cfg if cfg is not None else (DEFAULT_CFG if is_builtin(pipe.model) else 7.5)
     recorder = RecordingEngine(pipe.engine("unet"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..manifest import ComponentSpec
-from ..quality.gate import GATE, QualitySummary, Verdict, verdict
+from ..quality.gate import QualitySummary, Verdict, verdict
 from ..quality.runner import compare_pipelines
 
 
@@ -72,6 +72,6 @@ def gate_int8(bundle: Path, reference, graph: Path, spec: ComponentSpec, backend
         candidate = Pipeline.load(str(bundle), backend=backend, precision="fp32", threads=threads, spin=spin)
         candidate.use_engine("unet", staged_engine(backend, graph, spec, threads, spin))
         summary = compare_pipelines(memo, candidate, requests)
-        figures.append(BackendFigures(backend, summary, verdict(summary, GATE)))
+        figures.append(BackendFigures(backend, summary, verdict(summary)))
         say(f"gate {figures[-1].line()}: {'passed' if figures[-1].verdict.passed else 'failed'}")
     return figures

@@ -96,9 +96,10 @@ def quantize_bundle(bundle: Path, options: QuantizeOptions = QuantizeOptions(),
 def _quantize_staged(bundle: Path, manifest: Manifest, spec, reference, options: QuantizeOptions, started: float,
                      say: Callable[[str], None]) -> QuantizeReport:
     from ..export.staging import create_staging
-    from ..quality.runner import default_prompts, default_requests
+    from ..quality.runner import default_prompts
+    from ..runtime.gate_requests import default_requests
     from ..tinymodel.builtin import DEFAULT_CFG
-    from ..tools.cell_score import is_builtin
+    from ..tinymodel.cell_score import is_builtin
 
     builtin = is_builtin(reference.model)
     cfg = DEFAULT_CFG if builtin else 7.5

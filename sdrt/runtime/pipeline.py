@@ -89,6 +89,13 @@ class Pipeline:
             raise UserError(f"unknown backend {backend!r}: choose one of {', '.join(ALL_BACKENDS)}")
         if backend == "auto" and precision == "bf16":
             backend = "openvino"  # bf16 is OpenVINO's on CPU: asking for it settles the race
+        if backend == "auto" and precision == "int8":  # the int8 UNet runs on the CPU backends: race those
+            pipe = cls(Bundle.open(path, precision="int8", backend="ort-cpu", threads=threads, verify=verify,
+                                   spin=spin))
+            pipe._cpu_auto_pending = "int8 UNets run on the CPU backends (TensorRT: sdrt build --int8)"
+            pipe._requested_precision = "int8"
+            pipe.backend_choice = cpu_auto.PENDING.format(why=pipe._cpu_auto_pending)
+            return pipe
         if backend in CPU_BACKENDS:
             bundle = Bundle.open(path, precision=precision, backend=backend, threads=threads, verify=verify, spin=spin)
             choice = f"backend {backend}: {CPU_BACKENDS[backend]}, as requested"
