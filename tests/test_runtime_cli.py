@@ -42,8 +42,8 @@ def save(image: Image.Image, path: Path) -> Path:
 def test_generate_writes_pngs_matching_the_api(bundle: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out" / "cat.png"
     code, stdout, err = run_cli([str(bundle), "a cat", "--steps", "3", "--sampler", SAMPLER, "--seed", "40",
-                                 "--batch", "2", "--negative", "dog", "--no-spin", "--backend", "ort-cpu", "-o", str(out)],
-                                capsys)
+                                 "--batch", "2", "--negative", "dog", "--no-spin", "--backend", "ort-cpu",
+                                 "-o", str(out)], capsys)
     assert code == 0, err
     paths = [tmp_path / "out" / "cat-40.png", tmp_path / "out" / "cat-41.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in paths]

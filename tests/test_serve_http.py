@@ -155,7 +155,8 @@ def test_models_describe_the_bundle(client) -> None:
     assert ddim["options"]["eta"]["default"] == 0.0 and ddim["options"]["eta"]["max"] == 1.0
     assert card["schedules"] == ["normal", "karras", "exponential", "ays"]
     assert card["limits"] == {"max_steps": 150, "max_images": 8, "max_pixels": 1048576, "max_prompt_tokens": 225,
-                              "max_prompt_chars": 20000, "max_input_pixels": 16777216, "max_controls": 3, "request_timeout": 300.0,
+                              "max_prompt_chars": 20000, "max_input_pixels": 16777216, "max_controls": 3,
+                              "request_timeout": 300.0,
                               # 5 RGBA images of the bundle's largest size (128) as base64, and 1 MiB
                               "max_body_bytes": 5 * (128 * 128 * 4 * 4 // 3) + 2**20, "header_timeout": 10.0,
                               "body_timeout": 60.0, "max_connections": 512}

@@ -5,7 +5,8 @@ Why OpenVINO: on CPU its convolution and MatMul kernels beat ONNX Runtime's on S
 the bundle's ONNX stays the single source: no second export, no IR files.
 
 Precision: "f32" (INFERENCE_PRECISION_HINT f32: exact, within 1e-6 relative of ONNX Runtime) by default;
-"bf16" on request (CPUs with AVX512_BF16 or AMX run it natively), admitted by the quality gate (sdrt.runtime.bf16_choice).
+"bf16" on request (CPUs with AVX512_BF16 or AMX run it natively), admitted by the quality gate
+(sdrt.runtime.bf16_choice).
 A CPU that would silently run f32 instead is refused, so "bf16" never means something else.
 
 Shapes: one compiled model with the graph's dynamic shapes serves every request size. Reshaping to each

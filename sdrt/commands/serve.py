@@ -70,8 +70,8 @@ DEFAULT_SETTINGS = ServeSettings()
 @click.option("--cpus-per-replica", default=None, type=click.FloatRange(min=0),
               help="With --ray: CPUs Ray reserves per replica (default 1); --threads 0 then means this many.")
 @click.option("--gpus-per-replica", default=None, type=click.FloatRange(min=0),
-              help="With --ray: GPUs per replica (default 1 on GPU backends and on auto with a GPU, 0 on CPU; 0.5 packs two "
-                   "replicas on a GPU).")
+              help="With --ray: GPUs per replica (default 1 on GPU backends and on auto with a GPU, 0 on CPU; 0.5 "
+                   "packs two replicas on a GPU).")
 @click.option("--ray-address", default=None,
               help="With --ray: attach to this Ray cluster (auto: the one this node belongs to, or the head's "
                    "HOST:6379) instead of starting a local one.")

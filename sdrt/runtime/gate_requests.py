@@ -13,8 +13,8 @@ from .request import GenerationRequest
 def default_requests(pipe: Any, prompts: Sequence[str] | None = None, seeds: int = 1,
                      size: tuple[int, int] | None = None, steps: int = 20, prompt_count: int = 4,
                      **fields: object) -> list[GenerationRequest]:
-    """One request per (prompt, seed) for `pipe` (a Pipeline): the bundle's default size, Euler, CFG on (the bundle's usual use; the
-    built-in model's own guidance scale on the built-in model). `size` is (height, width)."""
+    """One request per (prompt, seed) for `pipe` (a Pipeline): the bundle's default size, Euler, CFG on (the
+    bundle's usual use; the built-in model's own guidance scale on the built-in model). `size` is (height, width)."""
     builtin = is_builtin(pipe.model)
     prompts = list(prompts) if prompts else default_prompts(builtin, prompt_count)
     if builtin:
