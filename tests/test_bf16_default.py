@@ -206,3 +206,15 @@ def test_the_gate_key_names_everything_the_verdict_depends_on(tiny_bundle) -> No
     key = bf16_choice.gate_key(Bundle.open(tiny_bundle("sd1"), backend="openvino", threads=2))
     assert key["check"] == "bf16-image-gate" and key["cpu"] == cpu_model() and key["threads"] == 2
     assert key["versions"] == {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+
+
+def test_auto_keeps_the_graph_set_asked_for(tiny_bundle, own_cache, bf16_cpu) -> None:
+    """--precision fp16 under auto races the backends on the fp16 graphs and runs them (not the fp32 ones)."""
+    pipe = Pipeline.load(str(tiny_bundle("sd1")), backend="auto", precision="fp16", threads=1)
+    pipe.generate(GenerationRequest(PROMPT, steps=2))
+    assert (pipe.bundle.precision, pipe.precision) == ("fp16", "fp16")
+    [record] = [json.loads(p.read_text()) for p in (own_cache / "cpu-backend").glob("*.json")]
+    from sdrt.engines.target import component_model_hash
+
+    assert record["key"]["unet"] == component_model_hash(pipe.bundle.manifest, "unet", "fp16")
+    assert "; precision fp16 asked for; " in pipe.backend_choice

@@ -66,27 +66,32 @@ def candidates(bundle: Bundle, precision: str | None) -> tuple[tuple[str, ...], 
     return names, why
 
 
+def _graphs(bundle: Bundle) -> str:
+    """The graph set the non-int8 candidates run: the bundle's (fp32, or fp16 when asked), fp32 under int8."""
+    return "fp32" if bundle.precision == "int8" else bundle.precision
+
+
 def _unet_on(bundle: Bundle, candidate: str):
     if candidate.endswith("-int8"):
         return replace(bundle, precision="int8").engine("unet", candidate.removesuffix("-int8"))
     if candidate.endswith("-bf16"):
         return bundle.engine("unet", candidate.removesuffix("-bf16"), compute="bf16")
-    return bundle.engine("unet", candidate, compute="f32")
+    return replace(bundle, precision=_graphs(bundle)).engine("unet", candidate, compute="f32")
 
 
 def _unet_hash(bundle: Bundle, names: tuple[str, ...]) -> str:
     """The key covers every UNet graph that races: the fp32 one, and the int8 one when it races too."""
-    fp32 = component_model_hash(bundle.manifest, "unet", "fp32")
+    graphs = component_model_hash(bundle.manifest, "unet", _graphs(bundle))
     if not any(n.endswith("-int8") for n in names):
-        return fp32
-    return f"{fp32}+int8:{component_model_hash(bundle.manifest, 'unet', 'int8')}"
+        return graphs
+    return f"{graphs}+int8:{component_model_hash(bundle.manifest, 'unet', 'int8')}"
 
 
 def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: str | None,
            make_pipeline: Callable[[Bundle], Any]) -> Settled:
     """Measure or read the decision for this bundle, shape and thread setting; logs the line. `make_pipeline`
     (sdrt.runtime.Pipeline) runs the bf16 gate's images."""
-    spec = bundle.manifest.component("unet", "fp32")
+    spec = bundle.manifest.component("unet", _graphs(bundle))
     feeds = component_feeds("unet", spec, bundle.manifest.model, height, width, batch=unet_batch)
     names, why = candidates(bundle, precision)
     decision = choose_cpu_backend(_unet_hash(bundle, names), feeds, bundle.settings.threads,
@@ -95,7 +100,7 @@ def decide(bundle: Bundle, height: int, width: int, unet_batch: int, precision: 
     backend = decision.backend
     base = backend.removesuffix("-bf16").removesuffix("-int8")
     settled = replace(bundle, settings=replace(bundle.settings, backend=base), compute="f32",
-                      compute_components=None, precision="int8" if backend.endswith("-int8") else "fp32")
+                      compute_components=None, precision="int8" if backend.endswith("-int8") else _graphs(bundle))
     if backend.endswith("-int8") and precision is None:
         line += "; precision int8 (--exact for fp32)"
     if backend == "openvino-bf16":
