@@ -165,6 +165,24 @@ def diffusers_runner(args):
                                   f"torch {torch.__version__}"}
 
 
+def numpy_pipeline_run(pipe, clock, args):
+    """One timed call of a diffusers-style pipeline that returns numpy images (optimum's and optimum-intel's):
+    seconds, UNet seconds and calls (from `clock`), and the uint8 image."""
+    import torch
+
+    width, height = args.size
+
+    def run(noise: np.ndarray):
+        start = time.perf_counter()
+        out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, width=width, height=height,
+                   latents=torch.from_numpy(noise), output_type="np").images[0]
+        seconds = time.perf_counter() - start
+        unet, calls = clock.take()
+        return seconds, unet, calls, np.round(np.asarray(out) * 255).astype(np.uint8)
+
+    return run
+
+
 def optimum_runner(args):
     import onnxruntime as ort
     import torch
@@ -186,15 +204,8 @@ def optimum_runner(args):
     pipe.set_progress_bar_config(disable=True)
     _euler(pipe)
     clock = CallClock(pipe.unet, "forward")
-    width, height = args.size
 
-    def run(noise: np.ndarray):
-        start = time.perf_counter()
-        out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, width=width, height=height,
-                   latents=torch.from_numpy(noise), output_type="np").images[0]
-        seconds = time.perf_counter() - start
-        unet, calls = clock.take()
-        return seconds, unet, calls, np.round(np.asarray(out) * 255).astype(np.uint8)
+    run = numpy_pipeline_run(pipe, clock, args)
 
     import optimum.onnxruntime
 
@@ -234,7 +245,6 @@ def optimum_intel_runner(args):
     pipe.set_progress_bar_config(disable=True)
     _euler(pipe)
     clock = CallClock(pipe.unet, "forward")
-    width, height = args.size
     parts = {name: getattr(pipe, name) for name in ("text_encoder", "unet", "vae_decoder")}
     for part in parts.values():
         part.compile()
@@ -251,13 +261,7 @@ def optimum_intel_runner(args):
 
     info["version"] = f"optimum-intel {version('optimum-intel')}"
 
-    def run(noise: np.ndarray):
-        start = time.perf_counter()
-        out = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=CFG, width=width, height=height,
-                   latents=torch.from_numpy(noise), output_type="np").images[0]
-        seconds = time.perf_counter() - start
-        unet, calls = clock.take()
-        return seconds, unet, calls, np.round(np.asarray(out) * 255).astype(np.uint8)
+    run = numpy_pipeline_run(pipe, clock, args)
 
     return run, None, info
 

@@ -294,10 +294,13 @@ class FakeContext:
                 self.cuda.capture_broken = True  # host-side work after a shape change invalidates capture
                 return False
             self.cuda.capturing.append(("enqueue", op))
-        else:
-            self.eager_runs += 1
-            self.changed = False
-            self.cuda.stream.put("enqueue", op)
+            return True
+        return self._run_eagerly(op)
+
+    def _run_eagerly(self, op: Any) -> bool:
+        self.eager_runs += 1
+        self.changed = False
+        self.cuda.stream.put("enqueue", op)
         return True
 
 
@@ -395,11 +398,8 @@ class OnnxContext(FakeContext):
                 self.cuda.capture_broken = True
                 return False
             self.cuda.capturing.append(("enqueue", op))
-        else:
-            self.eager_runs += 1
-            self.changed = False
-            self.cuda.stream.put("enqueue", op)
-        return True
+            return True
+        return self._run_eagerly(op)
 
 
 class OnnxEngine:
